@@ -1,0 +1,180 @@
+"""Cells: what differs between the vanilla RNN, LSTM and GRU, for one layer in one direction.
+
+Each cell has `forward` (input projection for all timesteps as one GEMM, then the compiled time loop)
+and `backward` (the compiled BPTT loop, then the weight and input gradients of all timesteps as one
+GEMM each), side by side. The layer/stack driver (rnncore/layers.py) is the same for every cell.
+
+Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidden, P = H or proj):
+    p, g    this direction's parameters / gradients by short name: w_ih, w_hh, b_ih, b_hh,
+            w_hr (LSTM projection), w_ci, w_cf, w_co (LSTM peepholes); g is accumulated into (+=)
+    x       (T*B, I)   the layer input, time-major rows
+    out     (T*B, D*P) the layer output; this direction writes columns [col0, col0 + P)
+    dout    (T*B, D*P) dL/d(out)
+    dx      (T*B, I)   dL/dx, accumulated into (both directions add to it)
+All large products go through rnncore._kernels.matmul (scipy's BLAS, split over rnncore's threads).
+"""
+import numpy as np
+
+from rnncore import _kernels as K
+
+
+class RNNCell:
+    """h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), f = tanh or relu."""
+    gates = 1
+    has_cell_state = False
+
+    def __init__(self, relu=False):
+        self.relu = relu
+
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt):
+        H = p["w_hh"].shape[0]
+        G = _input_projection(p, x, T, B, H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt)
+        hprev = np.empty((T, B, H), x.dtype)
+        K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], lengths, col0, self.relu, reverse, nt)
+        return {"x": x, "G": G, "hprev": hprev, "lengths": lengths, "reverse": reverse}
+
+    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
+        G, hprev, x = cache["G"], cache["hprev"], cache["x"]
+        T, B, H = G.shape
+        dG = np.empty_like(G)
+        K.rnn_backward(dG, dh, dout, G, p["w_hh"], cache["lengths"], col0, self.relu,
+                       cache["reverse"], nt)
+        dG = dG.reshape(T * B, H)
+        # dW_hh += dG^T @ hprev
+        K.matmul(g["w_hh"], dG, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
+        _input_side_grads(p, g, dG, x, dx, nt, same_bias=True)
+        return dh, None
+
+
+class LSTMCell:
+    """LSTM with PyTorch's gate order i, f, g, o; optional projection (proj_size) and peepholes."""
+    gates = 4
+    has_cell_state = True
+
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt):
+        dt = x.dtype
+        H, P = p["w_hh"].shape[0] // 4, p["w_hh"].shape[1]
+        proj = "w_hr" in p
+        G = _input_projection(p, x, T, B, 4 * H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt)
+        hprev = np.empty((T, B, P), dt)
+        cprev = np.empty((T, B, H), dt)
+        cnew = np.empty((T, B, H), dt)
+        M = np.empty((T, B, H), dt) if proj else None
+        hbuf = np.empty((B, P), dt) if proj else None
+        K.lstm_forward(G, hprev, cprev, cnew, M, hbuf, out, h_n, c_n, h0, c0, p["w_hh"],
+                       p.get("w_hr"), p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths,
+                       col0, reverse, nt)
+        return {"x": x, "G": G, "hprev": hprev, "cprev": cprev, "cnew": cnew, "M": M,
+                "lengths": lengths, "reverse": reverse}
+
+    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
+        G, hprev, cprev, cnew, M = (cache[k] for k in ("G", "hprev", "cprev", "cnew", "M"))
+        T, B, H4 = G.shape
+        H, P = H4 // 4, hprev.shape[2]
+        proj = M is not None
+        dG = np.empty_like(G)
+        dH = np.empty((T, B, P), G.dtype) if proj else None
+        dmbuf = np.empty((B, H), G.dtype) if proj else None
+        K.lstm_backward(dG, dh, dc, dH, dmbuf, dout, G, cprev, cnew, p["w_hh"], p.get("w_hr"),
+                        p.get("w_ci"), p.get("w_cf"), p.get("w_co"), cache["lengths"], col0,
+                        cache["reverse"], nt)
+        if "w_ci" in p:
+            # peepholes: dw_c* = sum over t, b of dL/da_gate ⊙ (the cell state that gate saw)
+            g["w_ci"] += np.einsum("tbj,tbj->j", dG[:, :, :H], cprev)
+            g["w_cf"] += np.einsum("tbj,tbj->j", dG[:, :, H:2 * H], cprev)
+            g["w_co"] += np.einsum("tbj,tbj->j", dG[:, :, 3 * H:], cnew)
+        dG = dG.reshape(T * B, H4)
+        if proj:
+            # dW_hr += dH^T @ M
+            K.matmul(g["w_hr"], dH.reshape(T * B, P), M.reshape(T * B, H), trans_a=True, beta=1.0,
+                     num_threads=nt)
+        # dW_hh += dG^T @ hprev
+        K.matmul(g["w_hh"], dG, hprev.reshape(T * B, P), trans_a=True, beta=1.0, num_threads=nt)
+        _input_side_grads(p, g, dG, cache["x"], dx, nt, same_bias=True)
+        return dh, dc
+
+
+class GRUCell:
+    """GRU with PyTorch's gate order r, z, n.
+
+    reset_after=True (PyTorch, cuDNN):  n = tanh(x W_in^T + b_in + r ⊙ (h W_hn^T + b_hn))
+    reset_after=False (Cho et al. 2014, the seeds, Keras' reset_after=False):
+                                        n = tanh(x W_in^T + b_in + (r ⊙ h) W_hn^T + b_hn)
+    """
+    gates = 3
+    has_cell_state = False
+
+    def __init__(self, reset_after=True):
+        self.reset_after = reset_after
+
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt):
+        dt = x.dtype
+        H = p["w_hh"].shape[1]
+        bias = None
+        b_hn = None
+        if "b_ih" in p:
+            # b_hr and b_hz fold into the input projection; b_hn stays inside r ⊙ (...)
+            bias = p["b_ih"].copy()
+            bias[:2 * H] += p["b_hh"][:2 * H]
+            b_hn = np.ascontiguousarray(p["b_hh"][2 * H:])
+        G = _input_projection(p, x, T, B, 3 * H, bias, nt)
+        hprev = np.empty((T, B, H), dt)
+        HN = np.empty((T, B, H), dt)
+        gh = np.empty((B, 3 * H), dt)
+        K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], b_hn, lengths, col0,
+                      self.reset_after, reverse, nt)
+        return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse}
+
+    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
+        G, hprev, HN = cache["G"], cache["hprev"], cache["HN"]
+        T, B, H3 = G.shape
+        H = H3 // 3
+        dGx = np.empty_like(G)
+        if self.reset_after:
+            dGh = np.empty_like(G)
+            K.gru_backward(dGx, dGh, dh, None, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
+                           col0, True, cache["reverse"], nt)
+            dGh = dGh.reshape(T * B, H3)
+            # dW_hh += dGh^T @ hprev ; db_hh += sum(dGh)
+            K.matmul(g["w_hh"], dGh, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
+            if "b_hh" in g:
+                g["b_hh"] += dGh.sum(axis=0)
+            dGx = dGx.reshape(T * B, H3)
+        else:
+            drh = np.empty((B, H), G.dtype)
+            K.gru_backward(dGx, None, dh, drh, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
+                           col0, False, cache["reverse"], nt)
+            dGx = dGx.reshape(T * B, H3)
+            # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dG_n^T @ (r ⊙ hprev) ; db_hh += sum(dG)
+            K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(T * B, H), trans_a=True,
+                     beta=1.0, num_threads=nt)
+            K.matmul(g["w_hh"][2 * H:], dGx[:, 2 * H:], HN.reshape(T * B, H), trans_a=True,
+                     beta=1.0, num_threads=nt)
+            if "b_hh" in g:
+                g["b_hh"] += dGx.sum(axis=0)
+        _input_side_grads(p, g, dGx, cache["x"], dx, nt, same_bias=False)
+        return dh, None
+
+
+def _input_projection(p, x, T, B, GH, bias, nt):
+    """G = x @ W_ih^T + bias for all T*B rows at once, as (T, B, GH)."""
+    G = np.empty((T, B, GH), x.dtype)
+    G2 = G.reshape(T * B, GH)
+    if bias is None:
+        K.matmul(G2, x, p["w_ih"], trans_b=True, beta=0.0, num_threads=nt)
+    else:
+        G2[...] = bias
+        K.matmul(G2, x, p["w_ih"], trans_b=True, beta=1.0, num_threads=nt)
+    return G
+
+
+def _input_side_grads(p, g, dG, x, dx, nt, same_bias):
+    """dW_ih += dG^T @ x ; db_ih += sum(dG) (and db_hh when both biases see the same gradient);
+    dx += dG @ W_ih."""
+    K.matmul(g["w_ih"], dG, x, trans_a=True, beta=1.0, num_threads=nt)
+    if "b_ih" in g:
+        s = dG.sum(axis=0)
+        g["b_ih"] += s
+        if same_bias:
+            g["b_hh"] += s
+    K.matmul(dx, dG, p["w_ih"], beta=1.0, num_threads=nt)

@@ -1,0 +1,658 @@
+# cython: language_level=3
+"""rnncore._kernels: the compiled core.
+
+What lives here, for each cell type (vanilla RNN, LSTM, GRU), side by side:
+
+    <cell>_forward(...)   the time loop of one layer in one direction
+    <cell>_backward(...)  backpropagation through time over the same loop
+
+plus `matmul` (every large GEMM: the input projection of all timesteps before the loop, the weight
+and input gradients of all timesteps after it). The Python layer driver (rnncore/layers.py) calls
+them; it validates everything first, so nothing here checks shapes or touches a Python object while
+computing. All kernels release the GIL.
+
+Notation (one layer, one direction; arrays are row-major, time-major):
+    T steps, B sequences, I input features, H hidden units, P = H (or proj_size for LSTM),
+    G = number of gates (RNN 1, LSTM 4 in order i,f,g,o, GRU 3 in order r,z,n).
+    x_t     (B, I)     input at step t
+    h_t     (B, P)     hidden state after step t (h_{-1} = h0)
+    c_t     (B, H)     LSTM cell state after step t
+    a_t     (B, G*H)   gate pre-activations x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
+    G[t]    (B, G*H)   on entry: x_t W_ih^T + biases (computed by `matmul` before the loop);
+                       on exit: the gate activations of step t (what backward needs)
+    hprev   (T, B, P)  the state *entering* step t (h_{t-1} forward, h_{t+1} for the reverse direction)
+    out     (T*B, ldo) layer output; a direction writes columns [col0, col0 + P)
+    lengths (B,)       valid steps per sequence; step t of sequence b is active iff t < lengths[b].
+                       An inactive step leaves the state unchanged and outputs 0, so the reverse
+                       direction starts at step lengths[b]-1 from h0, as pack_padded_sequence.
+    dG[t]   (B, G*H)   dL/da_t, written by backward for the weight-gradient GEMMs after the loop.
+    dh      (B, P)     on entry dL/dh_n, on exit dL/dh0 (likewise dc for LSTM).
+
+Parallelism: the batch is cut into one contiguous block of rows per thread; each thread runs the whole
+time loop for its rows (rows are independent), calling BLAS on one thread for its block, so no barrier
+is needed inside the loop. The caller limits BLAS to one thread around every kernel call
+(rnncore/_threads.py), so OpenMP and BLAS thread pools never run at the same time.
+"""
+
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+from rnncore._blas cimport floating, gemm
+
+cdef extern from "_rc_math.h" nogil:
+    float rc_sigmoidf(float x)
+    float rc_tanhf(float x)
+    double rc_sigmoid(double x)
+    double rc_tanh(double x)
+    int rc_openmp_enabled()
+
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP."""
+    return bool(rc_openmp_enabled())
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    if floating is float:
+        return rc_sigmoidf(x)
+    else:
+        return rc_sigmoid(x)
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return rc_tanhf(x)
+    else:
+        return rc_tanh(x)
+
+
+cdef inline Py_ssize_t _nchunks(Py_ssize_t B, int num_threads) noexcept nogil:
+    if num_threads < 1:
+        return 1
+    return B if B < num_threads else num_threads
+
+
+cdef inline floating* _ptr_or_null(floating[::1] v) noexcept nogil:
+    return &v[0] if v is not None and v.shape[0] > 0 else NULL
+
+
+# --------------------------------------------------------------------------------------------------
+# Large GEMMs, split across the OpenMP team (each thread calls single-threaded BLAS on a block).
+# --------------------------------------------------------------------------------------------------
+
+cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,
+                    const floating* a, int lda, const floating* b, int ldb,
+                    floating beta, floating* c, int ldc, int num_threads) noexcept nogil:
+    """C := alpha * op(A) @ op(B) + beta * C, with the rows (or columns) of C split across threads.
+
+    Each element of C is computed by one thread with BLAS's own summation order over k, so the result
+    does not depend on the thread count as long as BLAS's k-blocking does not (it depends on k only).
+    """
+    cdef Py_ssize_t p, parts, s0, s1
+    cdef double work = <double> m * n * k
+    if num_threads <= 1 or work < 262144.0:
+        gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    if m >= n:
+        parts = num_threads if m >= num_threads else m
+        for p in prange(parts, num_threads=num_threads, schedule="static"):
+            s0 = m * p // parts
+            s1 = m * (p + 1) // parts
+            gemm(ta, tb, <int> (s1 - s0), n, k, alpha,
+                 a + (s0 if ta else s0 * lda), lda, b, ldb, beta, c + s0 * ldc, ldc)
+    else:
+        parts = num_threads if n >= num_threads else n
+        for p in prange(parts, num_threads=num_threads, schedule="static"):
+            s0 = n * p // parts
+            s1 = n * (p + 1) // parts
+            gemm(ta, tb, m, <int> (s1 - s0), k, alpha,
+                 a, lda, b + (s0 * ldb if tb else s0), ldb, beta, c + s0, ldc)
+
+
+def matmul(floating[:, :] C, const floating[:, :] A, const floating[:, :] B,
+           bint trans_a=False, bint trans_b=False, double alpha=1.0, double beta=0.0,
+           int num_threads=1):
+    """C := alpha * op(A) @ op(B) + beta * C on row-major 2-D views whose rows are unit-stride.
+
+    Views may be column blocks of a larger array (their row stride is their leading dimension).
+    """
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef int m = C.shape[0], n = C.shape[1]
+    cdef int k = A.shape[0] if trans_a else A.shape[1]
+    cdef int am = A.shape[1] if trans_a else A.shape[0]
+    cdef int bk = B.shape[1] if trans_b else B.shape[0]
+    cdef int bn = B.shape[0] if trans_b else B.shape[1]
+    if am != m or bn != n or bk != k:
+        raise ValueError(f"matmul: shapes do not agree: C {m}x{n}, op(A) {am}x{k}, op(B) {bk}x{bn}")
+    if m == 0 or n == 0:
+        return
+    if C.strides[1] != isz or A.strides[1] != isz or B.strides[1] != isz:
+        raise ValueError("matmul: every view must have unit-stride rows")
+    cdef int ldc = C.strides[0] // isz
+    cdef int lda = A.strides[0] // isz
+    cdef int ldb = B.strides[0] // isz
+    ldc = ldc if ldc >= n and ldc > 0 else n
+    lda = lda if lda >= A.shape[1] and lda > 0 else A.shape[1]
+    ldb = ldb if ldb >= B.shape[1] and ldb > 0 else B.shape[1]
+    if k == 0:
+        # BLAS would reject lda for an empty operand; op(A) @ op(B) is all zeros.
+        with nogil:
+            _scale_rows(&C[0, 0], m, n, ldc, <floating> beta)
+        return
+    with nogil:
+        _par_gemm(trans_a, trans_b, m, n, k, <floating> alpha, &A[0, 0], lda, &B[0, 0], ldb,
+                  <floating> beta, &C[0, 0], ldc, num_threads)
+
+
+cdef void _scale_rows(floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ldc,
+                      floating beta) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(m):
+        for j in range(n):
+            c[i * ldc + j] = 0 if beta == 0 else beta * c[i * ldc + j]
+
+
+# --------------------------------------------------------------------------------------------------
+# Vanilla (Elman) RNN:  h_t = f(a_t),  a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,  f = tanh | relu
+# --------------------------------------------------------------------------------------------------
+
+cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floating* h_n,
+                            const floating* h0, const floating* W_hh, const int* lengths,
+                            Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                            bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # G (T,B,H), hprev (T,B,H), out (T*B, ldo) at its column offset, h_n (B,H), h0 (B,H), W_hh (H,H)
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, row
+    cdef floating* g
+    cdef floating* hp
+    cdef floating* dst
+    cdef floating* o
+    cdef floating a, h
+    memcpy(hprev + ((T - 1 if reverse else 0) * B + b0) * H, h0 + b0 * H, nb * H * sizeof(floating))
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        g = G + (t * B + b0) * H
+        hp = hprev + (t * B + b0) * H
+        # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T
+        gemm(False, True, <int> nb, <int> H, <int> H, 1, hp, <int> H, W_hh, <int> H, 1, g, <int> H)
+        # where h_t goes: the next step's hprev, or h_n after the last step
+        if s == T - 1:
+            dst = h_n + b0 * H
+        else:
+            dst = hprev + ((t - 1 if reverse else t + 1) * B + b0) * H
+        # (2) h_t = f(a_t), kept in G[t] for backward
+        for b in range(nb):
+            row = t * B + b0 + b
+            o = out + row * ldo
+            if t < lengths[b0 + b]:
+                for j in range(H):
+                    a = g[b * H + j]
+                    if relu:
+                        h = a if a > 0 else 0
+                    else:
+                        h = _tanh(a)
+                    g[b * H + j] = h
+                    dst[b * H + j] = h
+                    o[j] = h
+            else:
+                for j in range(H):
+                    g[b * H + j] = 0
+                    dst[b * H + j] = hp[b * H + j]
+                    o[j] = 0
+
+
+cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, const floating* G,
+                             const floating* W_hh, const int* lengths,
+                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # dG (T,B,H) out; dh (B,H) in dL/dh_n, out dL/dh0; dout (T*B, ldo); G (T,B,H) = h_t
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j
+    cdef floating* dg
+    cdef const floating* g
+    cdef const floating* do
+    cdef floating d, h
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        dg = dG + (t * B + b0) * H
+        g = G + (t * B + b0) * H
+        for b in range(nb):
+            if t < lengths[b0 + b]:
+                do = dout + (t * B + b0 + b) * ldo
+                for j in range(H):
+                    # (2) dL/da_t = (dL/dh_t) * f'(a_t); the recurrent part of dh is added in (1)
+                    d = dh[(b0 + b) * H + j] + do[j]
+                    h = g[b * H + j]
+                    if relu:
+                        dg[b * H + j] = d if h > 0 else 0
+                    else:
+                        dg[b * H + j] = d * (1 - h * h)
+                    dh[(b0 + b) * H + j] = 0
+            else:
+                memset(dg + b * H, 0, H * sizeof(floating))
+        # (1) dL/dh_{t-1} = dL/da_t W_hh              # dh += dg @ W_hh
+        gemm(False, False, <int> nb, <int> H, <int> H, 1, dg, <int> H, W_hh, <int> H, 1,
+             dh + b0 * H, <int> H)
+
+
+def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::1] out,
+                floating[:, ::1] h_n,
+                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const int[::1] lengths,
+                Py_ssize_t col0, bint relu, bint reverse, int num_threads):
+    """Vanilla RNN layer, one direction. G (T,B,H) holds x W_ih^T + b_ih + b_hh on entry."""
+    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = out.shape[1]
+    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
+    with nogil:
+        for ci in prange(nc, num_threads=nc, schedule="static"):
+            _rnn_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &out[0, col0], &h_n[0, 0], &h0[0, 0],
+                              &W_hh[0, 0], &lengths[0], T, B, H, ldo, relu, reverse,
+                              ci * B // nc, (ci + 1) * B // nc)
+
+
+def rnn_backward(floating[:, :, ::1] dG, floating[:, ::1] dh,
+                 const floating[:, ::1] dout, const floating[:, :, ::1] G,
+                 const floating[:, ::1] W_hh, const int[::1] lengths,
+                 Py_ssize_t col0, bint relu, bint reverse, int num_threads):
+    """BPTT through `rnn_forward`: writes dG = dL/da (T,B,H); dh goes from dL/dh_n to dL/dh0."""
+    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = dout.shape[1]
+    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
+    with nogil:
+        for ci in prange(nc, num_threads=nc, schedule="static"):
+            _rnn_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dout[0, col0], &G[0, 0, 0], &W_hh[0, 0],
+                               &lengths[0], T, B, H, ldo, relu, reverse,
+                               ci * B // nc, (ci + 1) * B // nc)
+
+
+# --------------------------------------------------------------------------------------------------
+# LSTM (PyTorch's, gate order i, f, g, o), optional peepholes and projection:
+#   i = σ(a_i + w_ci ⊙ c_{t-1})   f = σ(a_f + w_cf ⊙ c_{t-1})   g = tanh(a_g)
+#   c_t = f ⊙ c_{t-1} + i ⊙ g     o = σ(a_o + w_co ⊙ c_t)       m_t = o ⊙ tanh(c_t)
+#   h_t = m_t (or m_t W_hr^T with proj_size > 0; then h has P = proj_size units)
+# Peephole terms are present only with peepholes (w_c* pointers non-NULL).
+# --------------------------------------------------------------------------------------------------
+
+cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floating* cnew,
+                             floating* M, floating* hbuf, floating* out, floating* h_n, floating* c_n,
+                             const floating* h0, const floating* c0, const floating* W_hh,
+                             const floating* W_hr, const floating* w_ci, const floating* w_cf,
+                             const floating* w_co, const int* lengths,
+                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, Py_ssize_t ldo,
+                             bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # G (T,B,4H); hprev (T,B,P); cprev, cnew, M (T,B,H) (M only with projection); hbuf (B,P) work
+    # out (T*B, ldo) at its column offset; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, tnext
+    cdef bint proj = W_hr != NULL
+    cdef bint peep = w_ci != NULL
+    cdef floating* g
+    cdef floating* hp
+    cdef floating* cp
+    cdef floating* cw
+    cdef floating* hdst
+    cdef floating* cdst
+    cdef floating* o
+    cdef floating* m
+    cdef floating ai, af, ag, ao, ig, fg, gg, og, c, cprev_j
+    tfirst = T - 1 if reverse else 0
+    memcpy(hprev + (tfirst * B + b0) * P, h0 + b0 * P, nb * P * sizeof(floating))
+    memcpy(cprev + (tfirst * B + b0) * H, c0 + b0 * H, nb * H * sizeof(floating))
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        g = G + (t * B + b0) * H4
+        hp = hprev + (t * B + b0) * P
+        cp = cprev + (t * B + b0) * H
+        cw = cnew + (t * B + b0) * H
+        # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T
+        gemm(False, True, <int> nb, <int> H4, <int> P, 1, hp, <int> P, W_hh, <int> P, 1, g, <int> H4)
+        if s == T - 1:
+            hdst = h_n + b0 * P
+            cdst = c_n + b0 * H
+        else:
+            tnext = t - 1 if reverse else t + 1
+            hdst = hprev + (tnext * B + b0) * P
+            cdst = cprev + (tnext * B + b0) * H
+        # (2) gates, cell state and m_t, fused; gate activations replace a_t in G[t]
+        for b in range(nb):
+            o = out + (t * B + b0 + b) * ldo
+            if t < lengths[b0 + b]:
+                m = (M + (t * B + b0 + b) * H) if proj else o
+                for j in range(H):
+                    cprev_j = cp[b * H + j]
+                    ai = g[b * H4 + j]
+                    af = g[b * H4 + H + j]
+                    ag = g[b * H4 + 2 * H + j]
+                    ao = g[b * H4 + 3 * H + j]
+                    if peep:
+                        ai = ai + w_ci[j] * cprev_j
+                        af = af + w_cf[j] * cprev_j
+                    ig = _sigmoid(ai)
+                    fg = _sigmoid(af)
+                    gg = _tanh(ag)
+                    c = fg * cprev_j + ig * gg
+                    if peep:
+                        ao = ao + w_co[j] * c
+                    og = _sigmoid(ao)
+                    g[b * H4 + j] = ig
+                    g[b * H4 + H + j] = fg
+                    g[b * H4 + 2 * H + j] = gg
+                    g[b * H4 + 3 * H + j] = og
+                    cw[b * H + j] = c
+                    cdst[b * H + j] = c
+                    m[j] = og * _tanh(c)
+                if not proj:
+                    memcpy(hdst + b * P, o, P * sizeof(floating))
+            else:
+                memset(g + b * H4, 0, H4 * sizeof(floating))
+                memcpy(cw + b * H, cp + b * H, H * sizeof(floating))
+                memcpy(cdst + b * H, cp + b * H, H * sizeof(floating))
+                memcpy(hdst + b * P, hp + b * P, P * sizeof(floating))
+                memset(o, 0, P * sizeof(floating))
+                if proj:
+                    memset(M + (t * B + b0 + b) * H, 0, H * sizeof(floating))
+        if proj:
+            # (3) h_t = m_t W_hr^T                    # hbuf = M[t] @ W_hr.T
+            gemm(False, True, <int> nb, <int> P, <int> H, 1, M + (t * B + b0) * H, <int> H,
+                 W_hr, <int> H, 0, hbuf + b0 * P, <int> P)
+            for b in range(nb):
+                if t < lengths[b0 + b]:
+                    memcpy(hdst + b * P, hbuf + (b0 + b) * P, P * sizeof(floating))
+                    memcpy(out + (t * B + b0 + b) * ldo, hbuf + (b0 + b) * P, P * sizeof(floating))
+
+
+cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating* dH, floating* dmbuf,
+                              const floating* dout, const floating* G, const floating* cprev,
+                              const floating* cnew, const floating* W_hh, const floating* W_hr,
+                              const floating* w_ci, const floating* w_cf, const floating* w_co,
+                              const int* lengths,
+                              Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, Py_ssize_t ldo,
+                              bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # dG (T,B,4H) out; dh (B,P), dc (B,H) carried; dH (T,B,P) out (total dL/dh_t, projection only)
+    # dmbuf (B,H) work (projection only); dout (T*B, ldo); G (T,B,4H) gate activations
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, k, H4 = 4 * H
+    cdef bint proj = W_hr != NULL
+    cdef bint peep = w_ci != NULL
+    cdef floating* dg
+    cdef const floating* g
+    cdef const floating* do
+    cdef const floating* dm
+    cdef floating* dhb
+    cdef floating ig, fg, gg, og, c, tc, cp, dmv, dcv, dao, dai, daf, dag
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        dg = dG + (t * B + b0) * H4
+        g = G + (t * B + b0) * H4
+        # (3) dL/dh_t = carried + output gradient, for active rows
+        for b in range(nb):
+            dhb = dh + (b0 + b) * P
+            if t < lengths[b0 + b]:
+                do = dout + (t * B + b0 + b) * ldo
+                for k in range(P):
+                    dhb[k] = dhb[k] + do[k]
+                if proj:
+                    memcpy(dH + (t * B + b0 + b) * P, dhb, P * sizeof(floating))
+            elif proj:
+                memset(dH + (t * B + b0 + b) * P, 0, P * sizeof(floating))
+        if proj:
+            # dL/dm_t = dL/dh_t W_hr                     # dmbuf = dH[t] @ W_hr
+            gemm(False, False, <int> nb, <int> H, <int> P, 1, dH + (t * B + b0) * P, <int> P,
+                 W_hr, <int> H, 0, dmbuf + b0 * H, <int> H)
+        # (2) through m_t = o ⊙ tanh(c_t), c_t = f ⊙ c_{t-1} + i ⊙ g, and the gates
+        for b in range(nb):
+            if t < lengths[b0 + b]:
+                dm = (dmbuf + (b0 + b) * H) if proj else (dh + (b0 + b) * P)
+                for j in range(H):
+                    ig = g[b * H4 + j]
+                    fg = g[b * H4 + H + j]
+                    gg = g[b * H4 + 2 * H + j]
+                    og = g[b * H4 + 3 * H + j]
+                    c = cnew[(t * B + b0 + b) * H + j]
+                    cp = cprev[(t * B + b0 + b) * H + j]
+                    tc = _tanh(c)
+                    dmv = dm[j]
+                    dao = dmv * tc * og * (1 - og)
+                    dcv = dc[(b0 + b) * H + j] + dmv * og * (1 - tc * tc)
+                    if peep:
+                        dcv = dcv + dao * w_co[j]
+                    dai = dcv * gg * ig * (1 - ig)
+                    daf = dcv * cp * fg * (1 - fg)
+                    dag = dcv * ig * (1 - gg * gg)
+                    dg[b * H4 + j] = dai
+                    dg[b * H4 + H + j] = daf
+                    dg[b * H4 + 2 * H + j] = dag
+                    dg[b * H4 + 3 * H + j] = dao
+                    # dL/dc_{t-1}
+                    if peep:
+                        dc[(b0 + b) * H + j] = dcv * fg + dai * w_ci[j] + daf * w_cf[j]
+                    else:
+                        dc[(b0 + b) * H + j] = dcv * fg
+                memset(dh + (b0 + b) * P, 0, P * sizeof(floating))
+            else:
+                memset(dg + b * H4, 0, H4 * sizeof(floating))
+        # (1) dL/dh_{t-1} = dL/da_t W_hh                # dh += dg @ W_hh
+        gemm(False, False, <int> nb, <int> P, <int> H4, 1, dg, <int> H4, W_hh, <int> P, 1,
+             dh + b0 * P, <int> P)
+
+
+def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] cprev,
+                 floating[:, :, ::1] cnew, floating[:, :, ::1] M, floating[:, ::1] hbuf,
+                 floating[:, ::1] out, floating[:, ::1] h_n, floating[:, ::1] c_n,
+                 const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, ::1] W_hh,
+                 const floating[:, ::1] W_hr, const floating[::1] w_ci, const floating[::1] w_cf,
+                 const floating[::1] w_co, const int[::1] lengths,
+                 Py_ssize_t col0, bint reverse, int num_threads):
+    """LSTM layer, one direction. M, hbuf, W_hr are None without projection; w_c* None without
+    peepholes. G (T,B,4H) holds x W_ih^T + b_ih + b_hh on entry."""
+    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = hprev.shape[2]
+    cdef Py_ssize_t ldo = out.shape[1], nc = _nchunks(B, num_threads), ci
+    cdef floating* pM = &M[0, 0, 0] if M is not None else NULL
+    cdef floating* phbuf = &hbuf[0, 0] if hbuf is not None else NULL
+    cdef const floating* pW_hr = &W_hr[0, 0] if W_hr is not None else NULL
+    cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
+    cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
+    cdef const floating* pco = &w_co[0] if w_co is not None else NULL
+    with nogil:
+        for ci in prange(nc, num_threads=nc, schedule="static"):
+            _lstm_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], pM,
+                               phbuf, &out[0, col0], &h_n[0, 0], &c_n[0, 0], &h0[0, 0], &c0[0, 0],
+                               &W_hh[0, 0], pW_hr, pci, pcf, pco, &lengths[0],
+                               T, B, H, P, ldo, reverse, ci * B // nc, (ci + 1) * B // nc)
+
+
+def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] dc,
+                  floating[:, :, ::1] dH, floating[:, ::1] dmbuf,
+                  const floating[:, ::1] dout, const floating[:, :, ::1] G,
+                  const floating[:, :, ::1] cprev, const floating[:, :, ::1] cnew,
+                  const floating[:, ::1] W_hh, const floating[:, ::1] W_hr,
+                  const floating[::1] w_ci, const floating[::1] w_cf, const floating[::1] w_co,
+                  const int[::1] lengths, Py_ssize_t col0, bint reverse, int num_threads):
+    """BPTT through `lstm_forward`: writes dG = dL/da (T,B,4H) (and dH = dL/dh_t with projection);
+    dh, dc go from dL/dh_n, dL/dc_n to dL/dh0, dL/dc0."""
+    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = dh.shape[1]
+    cdef Py_ssize_t ldo = dout.shape[1], nc = _nchunks(B, num_threads), ci
+    cdef floating* pdH = &dH[0, 0, 0] if dH is not None else NULL
+    cdef floating* pdm = &dmbuf[0, 0] if dmbuf is not None else NULL
+    cdef const floating* pW_hr = &W_hr[0, 0] if W_hr is not None else NULL
+    cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
+    cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
+    cdef const floating* pco = &w_co[0] if w_co is not None else NULL
+    with nogil:
+        for ci in prange(nc, num_threads=nc, schedule="static"):
+            _lstm_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dc[0, 0], pdH, pdm, &dout[0, col0],
+                                &G[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], &W_hh[0, 0], pW_hr,
+                                pci, pcf, pco, &lengths[0], T, B, H, P, ldo, reverse,
+                                ci * B // nc, (ci + 1) * B // nc)
+
+
+# --------------------------------------------------------------------------------------------------
+# GRU, gate order r, z, n:
+#   r = σ(a_r)   z = σ(a_z)   h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+#   reset_after (PyTorch):  n = tanh(x W_in^T + b_in + r ⊙ (h_{t-1} W_hn^T + b_hn))
+#   reset before (Cho et al., Keras reset_after=False):  n = tanh(x W_in^T + b_in + (r ⊙ h_{t-1}) W_hn^T + b_hn)
+# G[t] holds x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry; b_hn is added here.
+# HN (T,B,H) keeps h_{t-1} W_hn^T + b_hn (reset_after) or r ⊙ h_{t-1} (reset before) for backward.
+# --------------------------------------------------------------------------------------------------
+
+cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating* gh,
+                            floating* out, floating* h_n,
+                            const floating* h0, const floating* W_hh, const floating* b_hn,
+                            const int* lengths,
+                            Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                            bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # G (T,B,3H); hprev, HN (T,B,H); gh (B,3H) work; out (T*B, ldo) at its column offset
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H
+    cdef floating* g
+    cdef floating* hp
+    cdef floating* hn
+    cdef floating* q
+    cdef floating* dst
+    cdef floating* o
+    cdef floating r, z, n, hv
+    memcpy(hprev + ((T - 1 if reverse else 0) * B + b0) * H, h0 + b0 * H, nb * H * sizeof(floating))
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        g = G + (t * B + b0) * H3
+        hp = hprev + (t * B + b0) * H
+        hn = HN + (t * B + b0) * H
+        q = gh + b0 * H3
+        if s == T - 1:
+            dst = h_n + b0 * H
+        else:
+            dst = hprev + ((t - 1 if reverse else t + 1) * B + b0) * H
+        if reset_after:
+            # (1) q = h_{t-1} W_hh^T                    # q = hp @ W_hh.T  (all three gates)
+            gemm(False, True, <int> nb, <int> H3, <int> H, 1, hp, <int> H, W_hh, <int> H, 0, q, <int> H3)
+        else:
+            # (1) q_rz = h_{t-1} W_h{r,z}^T             # q[:, :2H] = hp @ W_hh[:2H].T
+            gemm(False, True, <int> nb, <int> (2 * H), <int> H, 1, hp, <int> H, W_hh, <int> H, 0,
+                 q, <int> H3)
+            # (2') r, then r ⊙ h_{t-1} into HN, then q_n = (r ⊙ h_{t-1}) W_hn^T
+            for b in range(nb):
+                for j in range(H):
+                    r = _sigmoid(g[b * H3 + j] + q[b * H3 + j])
+                    g[b * H3 + j] = r
+                    hn[b * H + j] = r * hp[b * H + j]
+            gemm(False, True, <int> nb, <int> H, <int> H, 1, hn, <int> H, W_hh + 2 * H * H, <int> H, 0,
+                 q + 2 * H, <int> H3)
+        # (2) gates and the new state
+        for b in range(nb):
+            o = out + (t * B + b0 + b) * ldo
+            if t < lengths[b0 + b]:
+                for j in range(H):
+                    z = _sigmoid(g[b * H3 + H + j] + q[b * H3 + H + j])
+                    if reset_after:
+                        r = _sigmoid(g[b * H3 + j] + q[b * H3 + j])
+                        hv = q[b * H3 + 2 * H + j] + (b_hn[j] if b_hn != NULL else 0)
+                        hn[b * H + j] = hv
+                        n = _tanh(g[b * H3 + 2 * H + j] + r * hv)
+                        g[b * H3 + j] = r
+                    else:
+                        n = _tanh(g[b * H3 + 2 * H + j] + q[b * H3 + 2 * H + j]
+                                  + (b_hn[j] if b_hn != NULL else 0))
+                    g[b * H3 + H + j] = z
+                    g[b * H3 + 2 * H + j] = n
+                    hv = (1 - z) * n + z * hp[b * H + j]
+                    dst[b * H + j] = hv
+                    o[j] = hv
+            else:
+                memset(g + b * H3, 0, H3 * sizeof(floating))
+                memset(hn + b * H, 0, H * sizeof(floating))
+                memcpy(dst + b * H, hp + b * H, H * sizeof(floating))
+                memset(o, 0, H * sizeof(floating))
+
+
+cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floating* drh,
+                             const floating* dout, const floating* G, const floating* hprev,
+                             const floating* HN, const floating* W_hh, const int* lengths,
+                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                             bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # dGx (T,B,3H) out: dL/d(input-side pre-activations); dGh (T,B,3H) out (reset_after only):
+    # dL/d(h W_hh^T + b_hh); dh (B,H) carried; drh (B,H) work (reset before only)
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H
+    cdef floating* dx
+    cdef floating* dq
+    cdef floating* dhb
+    cdef const floating* g
+    cdef const floating* hp
+    cdef const floating* hn
+    cdef const floating* do
+    cdef floating d, r, z, n, dan, daz, dar
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        dx = dGx + (t * B + b0) * H3
+        dq = (dGh + (t * B + b0) * H3) if reset_after else dx
+        g = G + (t * B + b0) * H3
+        hp = hprev + (t * B + b0) * H
+        hn = HN + (t * B + b0) * H
+        # (2) through h_t = (1 - z) ⊙ n + z ⊙ h_{t-1} and n, z (and r when reset_after)
+        for b in range(nb):
+            dhb = dh + (b0 + b) * H
+            if t < lengths[b0 + b]:
+                do = dout + (t * B + b0 + b) * ldo
+                for j in range(H):
+                    d = dhb[j] + do[j]
+                    r = g[b * H3 + j]
+                    z = g[b * H3 + H + j]
+                    n = g[b * H3 + 2 * H + j]
+                    dan = d * (1 - z) * (1 - n * n)
+                    daz = d * (hp[b * H + j] - n) * z * (1 - z)
+                    dx[b * H3 + H + j] = daz
+                    dx[b * H3 + 2 * H + j] = dan
+                    if reset_after:
+                        dar = dan * hn[b * H + j] * r * (1 - r)
+                        dx[b * H3 + j] = dar
+                        dq[b * H3 + j] = dar
+                        dq[b * H3 + H + j] = daz
+                        dq[b * H3 + 2 * H + j] = dan * r
+                    dhb[j] = d * z
+            else:
+                memset(dx + b * H3, 0, H3 * sizeof(floating))
+                if reset_after:
+                    memset(dq + b * H3, 0, H3 * sizeof(floating))
+        if reset_after:
+            # (1) dL/dh_{t-1} += dL/dq W_hh               # dh += dq @ W_hh
+            gemm(False, False, <int> nb, <int> H, <int> H3, 1, dq, <int> H3, W_hh, <int> H, 1,
+                 dh + b0 * H, <int> H)
+        else:
+            # (2') dL/d(r ⊙ h_{t-1}) = dL/da_n W_hn        # drh = dx[:, 2H:] @ W_hh[2H:]
+            gemm(False, False, <int> nb, <int> H, <int> H, 1, dx + 2 * H, <int> H3, W_hh + 2 * H * H,
+                 <int> H, 0, drh + b0 * H, <int> H)
+            for b in range(nb):
+                if t < lengths[b0 + b]:
+                    for j in range(H):
+                        r = g[b * H3 + j]
+                        dx[b * H3 + j] = drh[(b0 + b) * H + j] * hp[b * H + j] * r * (1 - r)
+                        dh[(b0 + b) * H + j] += drh[(b0 + b) * H + j] * r
+            # (1) dL/dh_{t-1} += dL/da_{r,z} W_h{r,z}      # dh += dx[:, :2H] @ W_hh[:2H]
+            gemm(False, False, <int> nb, <int> H, <int> (2 * H), 1, dx, <int> H3, W_hh, <int> H, 1,
+                 dh + b0 * H, <int> H)
+
+
+def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] HN,
+                floating[:, ::1] gh, floating[:, ::1] out, floating[:, ::1] h_n,
+                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[::1] b_hn,
+                const int[::1] lengths, Py_ssize_t col0, bint reset_after, bint reverse,
+                int num_threads):
+    """GRU layer, one direction. G (T,B,3H) holds x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry;
+    b_hn is None without bias."""
+    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = out.shape[1]
+    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
+    cdef const floating* pb = &b_hn[0] if b_hn is not None else NULL
+    with nogil:
+        for ci in prange(nc, num_threads=nc, schedule="static"):
+            _gru_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &HN[0, 0, 0], &gh[0, 0], &out[0, col0],
+                              &h_n[0, 0], &h0[0, 0], &W_hh[0, 0], pb, &lengths[0],
+                              T, B, H, ldo, reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
+
+
+def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, ::1] dh,
+                 floating[:, ::1] drh, const floating[:, ::1] dout, const floating[:, :, ::1] G,
+                 const floating[:, :, ::1] hprev, const floating[:, :, ::1] HN,
+                 const floating[:, ::1] W_hh, const int[::1] lengths,
+                 Py_ssize_t col0, bint reset_after, bint reverse, int num_threads):
+    """BPTT through `gru_forward`. dGh is used (and required) only with reset_after; drh only without."""
+    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = dout.shape[1]
+    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
+    cdef floating* pdGh = &dGh[0, 0, 0] if dGh is not None else NULL
+    cdef floating* pdrh = &drh[0, 0] if drh is not None else NULL
+    with nogil:
+        for ci in prange(nc, num_threads=nc, schedule="static"):
+            _gru_backward_rows(&dGx[0, 0, 0], pdGh, &dh[0, 0], pdrh, &dout[0, col0], &G[0, 0, 0],
+                               &hprev[0, 0, 0], &HN[0, 0, 0], &W_hh[0, 0], &lengths[0],
+                               T, B, H, ldo, reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)

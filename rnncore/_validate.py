@@ -1,0 +1,88 @@
+"""Input checks for rnncore's public entry points: every message says what was expected and what was got.
+
+Checks live here, at the Python boundary; the compiled kernels below trust their arguments.
+"""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_int(value, name, minimum=None, maximum=None):
+    """An integer (not a bool) in [minimum, maximum]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_float_dtype(dtype, name="dtype"):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be numpy.float32 or numpy.float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be numpy.float32 or numpy.float64, got {dt}")
+    return dt
+
+
+def _to_numpy(value):
+    # torch tensors (and other array-likes with .detach()) convert without importing torch
+    if hasattr(value, "detach") and hasattr(value, "cpu") and callable(value.detach):
+        value = value.detach().cpu().numpy()
+    return value
+
+
+def as_float_array(value, name, dtype, shape_doc):
+    """Convert array-likes (nested lists, strided, Fortran-ordered, other float or int dtypes) to a
+    C-contiguous array of `dtype`; refuse non-numeric data with a TypeError."""
+    value = _to_numpy(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be an array {shape_doc}; could not convert it: {exc}") from None
+    if arr.dtype == object:
+        raise ValueError(f"{name} must be a rectangular array {shape_doc} of numbers, got ragged or "
+                         f"non-numeric data")
+    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold real numbers {shape_doc}, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_shape(arr, name, expected, doc):
+    """`expected` is a tuple of ints (or None for any)."""
+    ok = arr.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, arr.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name} must have shape {want} {doc}, got shape {tuple(arr.shape)}")
+    return arr
+
+
+def check_lengths(lengths, T, B):
+    """lengths: B integers in [1, T], any order -> int32 array."""
+    lengths = _to_numpy(lengths)
+    try:
+        arr = np.asarray(lengths)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"lengths must be a 1-D array of {B} integers, could not convert: {exc}") from None
+    if arr.dtype == object or arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), one length per sequence, got shape {arr.shape}")
+    if B and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must be between 1 and T={T}, got values from {arr.min()} to {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int32)

@@ -1,0 +1,406 @@
+"""rnncore's recurrent layers: RNN, LSTM, GRU with torch.nn's arguments, names, shapes and defaults.
+
+One stack driver serves every cell (rnncore/_cells.py): depth, bidirectional (outputs concatenated),
+dropout between layers (training only), variable lengths (pack_padded_sequence semantics), batch_first.
+
+    out, h_n = layer(x, hx=None, lengths=None)                      # inference
+    out, h_n, backprop = layer.forward_train(x, hx=None, lengths=None)
+    dx, dhx = backprop(d_out, d_h_n=None)                           # adds into layer.grads
+
+The forward pass returns a `backprop` closure over what it kept (as thinc does): a layer holds no
+hidden "last input", so two forward_train calls in flight never interfere.
+"""
+import numpy as np
+
+from rnncore import _cells
+from rnncore import _threads
+from rnncore._validate import (as_float_array, check_bool, check_float_dtype, check_int,
+                               check_lengths, check_shape)
+
+__all__ = ["RNN", "LSTM", "GRU"]
+
+_INITS = ("default", "orthogonal", "identity")
+
+
+class _RecurrentStack:
+    """Stack driver shared by RNN, LSTM and GRU. Not instantiated directly."""
+
+    def __init__(self, mode, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, proj_size, dtype, seed, init, peephole=False, reset_after=True,
+                 forget_bias=None):
+        self.mode = mode
+        self._cell = cell
+        self.input_size = check_int(input_size, "input_size", 1)
+        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
+        self.num_layers = check_int(num_layers, "num_layers", 1)
+        self.bias = check_bool(bias, "bias")
+        self.batch_first = check_bool(batch_first, "batch_first")
+        self.bidirectional = check_bool(bidirectional, "bidirectional")
+        self.proj_size = check_int(proj_size, "proj_size", 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size={self.hidden_size}, "
+                             f"got {self.proj_size}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)):
+            raise TypeError(f"dropout must be a number in [0, 1), got {type(dropout).__name__}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self.dtype = check_float_dtype(dtype)
+        if seed is not None:
+            check_int(seed, "seed", 0)
+        self.seed = seed
+        self.peephole = peephole
+        self.reset_after = reset_after
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        self.init = init
+        self.forget_bias = forget_bias
+        self.num_directions = 2 if self.bidirectional else 1
+        self._P = self.proj_size or self.hidden_size
+        self.output_size = self.num_directions * self._P
+        self._rng = np.random.default_rng(seed)
+        self.params = {}
+        self._layout = []  # per (layer, direction): {short name: full name}
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else self.output_size
+            for direction in range(self.num_directions):
+                self._layout.append(self._add_params(layer, direction, in_size))
+        self._initialise()
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    # ----------------------------------------------------------------------------- parameters
+    def _add_params(self, layer, direction, in_size):
+        GH, H, P = self._cell.gates * self.hidden_size, self.hidden_size, self._P
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        shapes = [("w_ih", "weight_ih", (GH, in_size)), ("w_hh", "weight_hh", (GH, P))]
+        if self.bias:
+            shapes += [("b_ih", "bias_ih", (GH,)), ("b_hh", "bias_hh", (GH,))]
+        if self.proj_size:
+            shapes.append(("w_hr", "weight_hr", (P, H)))
+        if self.peephole:
+            shapes += [("w_ci", "weight_ci", (H,)), ("w_cf", "weight_cf", (H,)), ("w_co", "weight_co", (H,))]
+        names = {}
+        for short, stem, shape in shapes:
+            names[short] = stem + sfx
+            self.params[stem + sfx] = np.zeros(shape, self.dtype)
+        return names
+
+    def _initialise(self):
+        """PyTorch's default, U(-1/sqrt(H), 1/sqrt(H)) for every parameter, then the chosen scheme."""
+        k = 1.0 / np.sqrt(self.hidden_size)
+        for name, arr in self.params.items():
+            arr[...] = self._rng.uniform(-k, k, size=arr.shape)
+        H, G = self.hidden_size, self._cell.gates
+        for names in self._layout:
+            w_hh = self.params[names["w_hh"]]
+            if self.init == "orthogonal":
+                # each gate's (H, P) block of W_hh orthogonal (Saxe et al. 2014)
+                for gate in range(G):
+                    w_hh[gate * H:(gate + 1) * H] = _orthogonal(self._rng, H, self._P)
+            elif self.init == "identity":
+                # IRNN (Le, Jaitly, Hinton 2015): W_hh = I, biases 0, for ReLU RNNs
+                w_hh[...] = np.eye(H, dtype=self.dtype)
+                for short in ("b_ih", "b_hh"):
+                    if short in names:
+                        self.params[names[short]][...] = 0
+            if self.forget_bias is not None and "b_ih" in names:
+                # forget-gate bias (Jozefowicz et al. 2015): b_ih_f + b_hh_f = forget_bias
+                self.params[names["b_ih"]][H:2 * H] = self.forget_bias
+                self.params[names["b_hh"]][H:2 * H] = 0
+
+    def state_dict(self):
+        """Parameters by PyTorch's names, as copies."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Load parameters by PyTorch's names (numpy arrays, array-likes or torch tensors).
+
+        Strict: a missing, unexpected or mis-shaped entry raises ValueError and nothing is changed."""
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"state_dict must be a mapping of parameter names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        missing = [k for k in self.params if k not in state_dict]
+        unexpected = [k for k in state_dict.keys() if k not in self.params]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not match this {type(self).__name__}: "
+                             f"missing keys {missing}, unexpected keys {unexpected}")
+        new = {}
+        for k, cur in self.params.items():
+            v = as_float_array(state_dict[k], f"state_dict[{k!r}]", self.dtype, str(cur.shape))
+            if v.shape != cur.shape:
+                raise ValueError(f"state_dict[{k!r}] must have shape {cur.shape}, got {v.shape}")
+            new[k] = v
+        for k, v in new.items():
+            self.params[k][...] = v
+
+    def zero_grad(self):
+        """Set every accumulated gradient in `grads` to zero."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    @property
+    def config(self):
+        return {"mode": self.mode, "input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "bias": self.bias, "batch_first": self.batch_first,
+                "bidirectional": self.bidirectional, "proj_size": self.proj_size,
+                "peephole": self.peephole, "reset_after": self.reset_after,
+                "nonlinearity": "relu" if self.mode == "RNN_RELU" else "tanh",
+                "dropout": self.dropout, "dtype": self.dtype.name}
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v!r}" for k, v in (
+            ("num_layers", self.num_layers), ("batch_first", self.batch_first),
+            ("dropout", self.dropout), ("bidirectional", self.bidirectional),
+            ("proj_size", self.proj_size)) if v)
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
+                f"dtype={self.dtype.name})")
+
+    # ------------------------------------------------------------------------------ forward
+    def __call__(self, x, hx=None, lengths=None):
+        """Inference: ``output, h_n = layer(x, hx=None, lengths=None)`` (no dropout)."""
+        out, h_n, _ = self._forward(x, hx, lengths, train=False)
+        return out, h_n
+
+    def forward_train(self, x, hx=None, lengths=None):
+        """Training forward: ``output, h_n, backprop``; ``dx, dhx = backprop(d_output, d_h_n=None)``
+        returns the gradients for x and hx and adds the parameter gradients into ``self.grads``."""
+        return self._forward(x, hx, lengths, train=True)
+
+    def _check_input(self, x):
+        order = "(batch, time, input_size)" if self.batch_first else "(time, batch, input_size)"
+        x = as_float_array(x, "x", self.dtype, order)
+        if x.ndim == 2:
+            # unbatched input (time, input_size), as torch.nn accepts
+            x, unbatched = x[:, None, :], True
+        elif x.ndim == 3:
+            unbatched = False
+            if self.batch_first:
+                x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        else:
+            raise ValueError(f"x must be a 3-D array {order} (or 2-D (time, input_size) for one "
+                             f"sequence), got shape {x.shape}")
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"x must have input_size={self.input_size} features in its last axis, "
+                             f"got {I} (shape {x.shape if not unbatched else x[:, 0].shape})")
+        if T == 0 or B == 0:
+            raise ValueError(f"x must hold at least one sequence of at least one step, got shape "
+                             f"{x.shape if not unbatched else x[:, 0].shape}")
+        return x, unbatched
+
+    def _check_state(self, h, name, B, size, unbatched):
+        LD = self.num_layers * self.num_directions
+        if h is None:
+            return np.zeros((LD, B, size), self.dtype)
+        doc = f"(num_layers * num_directions, {'' if unbatched else 'batch, '}{'cell' if name.startswith('c') else 'hidden'} size)"
+        h = as_float_array(h, name, self.dtype, doc)
+        if unbatched:
+            check_shape(h, name, (LD, size), doc)
+            return np.ascontiguousarray(h[:, None, :])
+        return check_shape(h, name, (LD, B, size), doc)
+
+    def _check_hx(self, hx, B, unbatched):
+        if self._cell.has_cell_state:
+            if hx is None:
+                hx = (None, None)
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx for an LSTM must be a tuple (h0, c0), got {type(hx).__name__}")
+            return (self._check_state(hx[0], "h0", B, self._P, unbatched),
+                    self._check_state(hx[1], "c0", B, self.hidden_size, unbatched))
+        if isinstance(hx, (tuple, list)) and len(hx) == 2 and np.ndim(hx[0]) == 3 and np.ndim(hx[1]) == 3:
+            raise TypeError(f"hx for an {type(self).__name__} is one array h0, got a tuple (h0, c0)")
+        return self._check_state(hx, "h0", B, self._P, unbatched), None
+
+    def _forward(self, x, hx, lengths, train):
+        x, unbatched = self._check_input(x)
+        T, B, _ = x.shape
+        if lengths is None:
+            lens = np.full(B, T, np.int32)
+        elif unbatched:
+            raise ValueError("lengths cannot be given for an unbatched (2-D) input")
+        else:
+            lens = check_lengths(lengths, T, B)
+        h0, c0 = self._check_hx(hx, B, unbatched)
+        D, P, H, LD = self.num_directions, self._P, self.hidden_size, self.num_layers * self.num_directions
+        has_c = self._cell.has_cell_state
+        h_n = np.empty((LD, B, P), self.dtype)
+        c_n = np.empty((LD, B, H), self.dtype) if has_c else None
+        nt = _threads.get_num_threads()
+        caches, masks = [], []
+        layer_in = x.reshape(T * B, self.input_size)
+        with _threads.blas_single_thread():
+            for layer in range(self.num_layers):
+                if layer > 0 and train and self.dropout > 0:
+                    keep = self._rng.random((T, B, self.output_size)) >= self.dropout
+                    mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                    masks.append(mask)
+                    layer_in = layer_in * mask.reshape(T * B, -1)
+                out = np.empty((T * B, D * P), self.dtype)
+                for d in range(D):
+                    idx = layer * D + d
+                    p = self._short(self.params, idx)
+                    caches.append(self._cell.forward(
+                        p, layer_in, h0[idx], c0[idx] if has_c else None, lens, bool(d), out, d * P,
+                        h_n[idx], c_n[idx] if has_c else None, T, B, nt))
+                layer_in = out
+        output = out.reshape(T, B, D * P)
+        if unbatched:
+            output, h_n = output[:, 0], h_n[:, 0]
+            c_n = c_n[:, 0] if has_c else None
+        elif self.batch_first:
+            output = np.ascontiguousarray(output.transpose(1, 0, 2))
+        state = (h_n, c_n) if has_c else h_n
+        if not train:
+            return output, state, None
+        backprop = _Backprop(self, caches, masks, T, B, unbatched)
+        return output, state, backprop
+
+    def _short(self, arrays, idx):
+        return {short: arrays[full] for short, full in self._layout[idx].items()}
+
+
+class _Backprop:
+    """The backward pass of one forward_train call: ``dx, dhx = backprop(d_output, d_h_n=None)``."""
+
+    def __init__(self, layer, caches, masks, T, B, unbatched):
+        self._layer, self._caches, self.masks = layer, caches, masks
+        self._T, self._B, self._unbatched = T, B, unbatched
+
+    def __call__(self, d_output, d_h_n=None):
+        lay = self._layer
+        T, B, D, P, H = self._T, self._B, lay.num_directions, lay._P, lay.hidden_size
+        LD = lay.num_layers * D
+        has_c = lay._cell.has_cell_state
+        ub = self._unbatched
+        if ub:
+            shape, doc = (T, D * P), "(time, num_directions * hidden_size), the output's shape"
+        elif lay.batch_first:
+            shape, doc = (B, T, D * P), "(batch, time, num_directions * hidden_size), the output's shape"
+        else:
+            shape, doc = (T, B, D * P), "(time, batch, num_directions * hidden_size), the output's shape"
+        if d_output is None:
+            dout = np.zeros((T, B, D * P), lay.dtype)
+        else:
+            dout = check_shape(as_float_array(d_output, "d_output", lay.dtype, doc), "d_output", shape, doc)
+            if ub:
+                dout = dout[:, None, :]
+            elif lay.batch_first:
+                dout = np.ascontiguousarray(dout.transpose(1, 0, 2))
+        if has_c:
+            if d_h_n is None:
+                d_h_n = (None, None)
+            if not isinstance(d_h_n, (tuple, list)) or len(d_h_n) != 2:
+                raise TypeError(f"d_h_n for an LSTM must be None or a tuple (d_h_n, d_c_n), "
+                                f"got {type(d_h_n).__name__}")
+            dh_all = lay._check_state(d_h_n[0], "d_h_n", B, P, ub).copy()
+            dc_all = lay._check_state(d_h_n[1], "d_c_n", B, H, ub).copy()
+        else:
+            dh_all = lay._check_state(d_h_n, "d_h_n", B, P, ub).copy()
+            dc_all = None
+        nt = _threads.get_num_threads()
+        dlayer = dout.reshape(T * B, D * P)
+        with _threads.blas_single_thread():
+            for layer in reversed(range(lay.num_layers)):
+                in_size = lay.input_size if layer == 0 else lay.output_size
+                dx = np.zeros((T * B, in_size), lay.dtype)
+                for d in range(D):
+                    idx = layer * D + d
+                    p, g = lay._short(lay.params, idx), lay._short(lay.grads, idx)
+                    dh = np.ascontiguousarray(dh_all[idx])
+                    dc = np.ascontiguousarray(dc_all[idx]) if has_c else None
+                    dh, dc = lay._cell.backward(p, g, self._caches[idx], dlayer, d * P, dh, dc, dx, nt)
+                    dh_all[idx] = dh
+                    if has_c:
+                        dc_all[idx] = dc
+                if layer > 0 and self.masks:
+                    dx *= self.masks[layer - 1].reshape(T * B, -1)
+                dlayer = dx
+        dx = dlayer.reshape(T, B, lay.input_size)
+        if ub:
+            dx, dh_all = dx[:, 0], dh_all[:, 0]
+            dc_all = dc_all[:, 0] if has_c else None
+        elif lay.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, ((dh_all, dc_all) if has_c else dh_all)
+
+
+def _orthogonal(rng, rows, cols):
+    """A (rows, cols) matrix with orthonormal rows or columns (QR of a Gaussian, sign-corrected)."""
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    return q if rows >= cols else q.T
+
+
+class RNN(_RecurrentStack):
+    """Elman RNN, as torch.nn.RNN: ``h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``,
+    f = tanh or relu (``nonlinearity``).
+
+    Extra arguments: ``dtype`` (numpy.float32 or float64), ``seed`` (initialisation and dropout),
+    ``init``: "default" (PyTorch's U(-1/sqrt(H), 1/sqrt(H))), "orthogonal" (W_hh orthogonal), or
+    "identity" (IRNN: W_hh = I and zero biases, for ReLU RNNs).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32, seed=None,
+                 init="default"):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_RELU" if nonlinearity == "relu" else "RNN_TANH",
+                         _cells.RNNCell(relu=nonlinearity == "relu"), input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, dtype, seed, init)
+
+
+class LSTM(_RecurrentStack):
+    """LSTM, as torch.nn.LSTM (gate order i, f, g, o; ``proj_size`` as PyTorch).
+
+    ``hx`` and ``h_n`` are tuples ``(h, c)``; ``backprop(d_output, (d_h_n, d_c_n))`` returns
+    ``dx, (dh0, dc0)`` (either of d_h_n, d_c_n may be None).
+
+    Extra arguments: ``dtype``, ``seed``, ``init`` ("default" or "orthogonal");
+    ``forget_bias``: if given, the forget gate's b_ih is set to it and its b_hh to 0 (e.g. 1.0);
+    ``peephole=True``: the seeds' LSTM with peephole connections (Gers & Schmidhuber 2000), adding per
+    layer and direction the diagonal weights ``weight_ci_l{k}``, ``weight_cf_l{k}`` (input and forget
+    gates see c_{t-1}) and ``weight_co_l{k}`` (output gate sees c_t), each (hidden_size,):
+    ``i = σ(a_i + w_ci ⊙ c_{t-1})``, ``f = σ(a_f + w_cf ⊙ c_{t-1})``, ``o = σ(a_o + w_co ⊙ c_t)``.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32, seed=None,
+                 peephole=False, init="default", forget_bias=None):
+        peephole = check_bool(peephole, "peephole")
+        if init == "identity":
+            raise ValueError("init='identity' (IRNN) is for ReLU RNNs; use 'default' or 'orthogonal' for an LSTM")
+        if forget_bias is not None:
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.number)):
+                raise TypeError(f"forget_bias must be a number or None, got {type(forget_bias).__name__}")
+            if not bias:
+                raise ValueError("forget_bias needs bias=True")
+            forget_bias = float(forget_bias)
+        super().__init__("LSTM", _cells.LSTMCell(), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, proj_size, dtype, seed, init,
+                         peephole=peephole, forget_bias=forget_bias)
+
+
+class GRU(_RecurrentStack):
+    """GRU, as torch.nn.GRU (gate order r, z, n).
+
+    ``reset_after=True`` (default) is PyTorch's and cuDNN's form:
+        ``n = tanh(x W_in^T + b_in + r ⊙ (h W_hn^T + b_hn))``
+    ``reset_after=False`` is the original one (Cho et al. 2014, the seeds; Keras' reset_after=False),
+    where the reset gate scales h before the matrix product:
+        ``n = tanh(x W_in^T + b_in + (r ⊙ h) W_hn^T + b_hn)``
+    Both keep PyTorch's parameter names and shapes; ``h' = (1 - z) ⊙ n + z ⊙ h`` in both.
+    Extra arguments: ``dtype``, ``seed``, ``init`` ("default" or "orthogonal").
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, reset_after=True,
+                 init="default"):
+        reset_after = check_bool(reset_after, "reset_after")
+        if init == "identity":
+            raise ValueError("init='identity' (IRNN) is for ReLU RNNs; use 'default' or 'orthogonal' for a GRU")
+        super().__init__("GRU", _cells.GRUCell(reset_after), input_size, hidden_size, num_layers,
+                         bias, batch_first, dropout, bidirectional, 0, dtype, seed, init,
+                         reset_after=reset_after)
