@@ -16,6 +16,7 @@ All large products go through rnncore._kernels.matmul (scipy's BLAS, split over 
 import numpy as np
 
 from rnncore import _kernels as K
+from rnncore._threads import own_step_gemm
 
 
 class RNNCell:
@@ -30,7 +31,8 @@ class RNNCell:
         H = p["w_hh"].shape[0]
         G = _input_projection(p, x, T, B, H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt)
         hprev = np.empty((T, B, H), x.dtype)
-        K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], lengths, col0, self.relu, reverse, nt)
+        K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), lengths, col0,
+                      self.relu, reverse, nt)
         return {"x": x, "G": G, "hprev": hprev, "lengths": lengths, "reverse": reverse}
 
     def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
@@ -38,7 +40,7 @@ class RNNCell:
         T, B, H = G.shape
         dG = np.empty_like(G)
         K.rnn_backward(dG, dh, dout, G, p["w_hh"], cache["lengths"], col0, self.relu,
-                       cache["reverse"], nt)
+                       cache["reverse"], own_step_gemm(), nt)
         dG = dG.reshape(T * B, H)
         # dW_hh += dG^T @ hprev
         K.matmul(g["w_hh"], dG, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
@@ -62,8 +64,8 @@ class LSTMCell:
         M = np.empty((T, B, H), dt) if proj else None
         hbuf = np.empty((B, P), dt) if proj else None
         K.lstm_forward(G, hprev, cprev, cnew, M, hbuf, out, h_n, c_n, h0, c0, p["w_hh"],
-                       p.get("w_hr"), p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths,
-                       col0, reverse, nt)
+                       p.get("w_hr"), _packed_t(p["w_hh"]), _packed_t(p.get("w_hr")),
+                       p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths, col0, reverse, nt)
         return {"x": x, "G": G, "hprev": hprev, "cprev": cprev, "cnew": cnew, "M": M,
                 "lengths": lengths, "reverse": reverse}
 
@@ -75,9 +77,10 @@ class LSTMCell:
         dG = np.empty_like(G)
         dH = np.empty((T, B, P), G.dtype) if proj else None
         dmbuf = np.empty((B, H), G.dtype) if proj else None
-        K.lstm_backward(dG, dh, dc, dH, dmbuf, dout, G, cprev, cnew, p["w_hh"], p.get("w_hr"),
+        tcbuf = np.empty((B, H), G.dtype)
+        K.lstm_backward(dG, dh, dc, dH, dmbuf, tcbuf, dout, G, cprev, cnew, p["w_hh"], p.get("w_hr"),
                         p.get("w_ci"), p.get("w_cf"), p.get("w_co"), cache["lengths"], col0,
-                        cache["reverse"], nt)
+                        cache["reverse"], own_step_gemm(), nt)
         if "w_ci" in p:
             # peepholes: dw_c* = sum over t, b of dL/da_gate ⊙ (the cell state that gate saw)
             g["w_ci"] += np.einsum("tbj,tbj->j", dG[:, :, :H], cprev)
@@ -121,8 +124,8 @@ class GRUCell:
         hprev = np.empty((T, B, H), dt)
         HN = np.empty((T, B, H), dt)
         gh = np.empty((B, 3 * H), dt)
-        K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], b_hn, lengths, col0,
-                      self.reset_after, reverse, nt)
+        K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), b_hn,
+                      lengths, col0, self.reset_after, reverse, nt)
         return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse}
 
     def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
@@ -133,7 +136,7 @@ class GRUCell:
         if self.reset_after:
             dGh = np.empty_like(G)
             K.gru_backward(dGx, dGh, dh, None, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           col0, True, cache["reverse"], nt)
+                           col0, True, cache["reverse"], own_step_gemm(), nt)
             dGh = dGh.reshape(T * B, H3)
             # dW_hh += dGh^T @ hprev ; db_hh += sum(dGh)
             K.matmul(g["w_hh"], dGh, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
@@ -143,7 +146,7 @@ class GRUCell:
         else:
             drh = np.empty((B, H), G.dtype)
             K.gru_backward(dGx, None, dh, drh, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           col0, False, cache["reverse"], nt)
+                           col0, False, cache["reverse"], own_step_gemm(), nt)
             dGx = dGx.reshape(T * B, H3)
             # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dG_n^T @ (r ⊙ hprev) ; db_hh += sum(dG)
             K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(T * B, H), trans_a=True,
@@ -154,6 +157,13 @@ class GRUCell:
                 g["b_hh"] += dGx.sum(axis=0)
         _input_side_grads(p, g, dGx, cache["x"], dx, nt, same_bias=False)
         return dh, None
+
+
+def _packed_t(w):
+    """W^T laid out for rnncore's own step GEMM (rnncore/_rc_gemm.h), or None to use BLAS."""
+    if w is None or not own_step_gemm():
+        return None
+    return np.ascontiguousarray(w.T)
 
 
 def _input_projection(p, x, T, B, GH, bias, nt):

@@ -37,13 +37,13 @@ is needed inside the loop. The caller limits BLAS to one thread around every ker
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-from rnncore._blas cimport floating, gemm
+from rnncore._blas cimport floating, gemm, mm_nn, mm_nt
 
 cdef extern from "_rc_math.h" nogil:
-    float rc_sigmoidf(float x)
-    float rc_tanhf(float x)
-    double rc_sigmoid(double x)
-    double rc_tanh(double x)
+    void rc_sigmoidf_span(float* x, Py_ssize_t n)
+    void rc_tanhf_span(float* x, Py_ssize_t n)
+    void rc_sigmoid_span(double* x, Py_ssize_t n)
+    void rc_tanh_span(double* x, Py_ssize_t n)
     int rc_openmp_enabled()
 
 
@@ -52,28 +52,26 @@ def openmp_enabled():
     return bool(rc_openmp_enabled())
 
 
-cdef inline floating _sigmoid(floating x) noexcept nogil:
+cdef inline void _sigmoid_span(floating* x, Py_ssize_t n) noexcept nogil:
+    """x := sigmoid(x) over n contiguous values, in place (vectorised for float)."""
     if floating is float:
-        return rc_sigmoidf(x)
+        rc_sigmoidf_span(x, n)
     else:
-        return rc_sigmoid(x)
+        rc_sigmoid_span(x, n)
 
 
-cdef inline floating _tanh(floating x) noexcept nogil:
+cdef inline void _tanh_span(floating* x, Py_ssize_t n) noexcept nogil:
+    """x := tanh(x) over n contiguous values, in place (vectorised for float)."""
     if floating is float:
-        return rc_tanhf(x)
+        rc_tanhf_span(x, n)
     else:
-        return rc_tanh(x)
+        rc_tanh_span(x, n)
 
 
 cdef inline Py_ssize_t _nchunks(Py_ssize_t B, int num_threads) noexcept nogil:
     if num_threads < 1:
         return 1
     return B if B < num_threads else num_threads
-
-
-cdef inline floating* _ptr_or_null(floating[::1] v) noexcept nogil:
-    return &v[0] if v is not None and v.shape[0] > 0 else NULL
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,53 +155,50 @@ cdef void _scale_rows(floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ldc,
 # --------------------------------------------------------------------------------------------------
 
 cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floating* h_n,
-                            const floating* h0, const floating* W_hh, const int* lengths,
+                            const floating* h0, const floating* W_hh, const floating* W_t,
+                            const int* lengths,
                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # G (T,B,H), hprev (T,B,H), out (T*B, ldo) at its column offset, h_n (B,H), h0 (B,H), W_hh (H,H)
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, row
+    # W_t = W_hh^T (H,H) for rnncore's own step GEMM, or NULL for BLAS
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j
     cdef floating* g
     cdef floating* hp
     cdef floating* dst
     cdef floating* o
-    cdef floating a, h
     memcpy(hprev + ((T - 1 if reverse else 0) * B + b0) * H, h0 + b0 * H, nb * H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
         g = G + (t * B + b0) * H
         hp = hprev + (t * B + b0) * H
         # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T
-        gemm(False, True, <int> nb, <int> H, <int> H, 1, hp, <int> H, W_hh, <int> H, 1, g, <int> H)
+        mm_nt(nb, H, H, hp, H, W_hh, H, W_t, H, True, g, H)
         # where h_t goes: the next step's hprev, or h_n after the last step
         if s == T - 1:
             dst = h_n + b0 * H
         else:
             dst = hprev + ((t - 1 if reverse else t + 1) * B + b0) * H
         # (2) h_t = f(a_t), kept in G[t] for backward
+        if relu:
+            for j in range(nb * H):
+                g[j] = g[j] if g[j] > 0 else 0
+        else:
+            _tanh_span(g, nb * H)
         for b in range(nb):
-            row = t * B + b0 + b
-            o = out + row * ldo
+            o = out + (t * B + b0 + b) * ldo
             if t < lengths[b0 + b]:
-                for j in range(H):
-                    a = g[b * H + j]
-                    if relu:
-                        h = a if a > 0 else 0
-                    else:
-                        h = _tanh(a)
-                    g[b * H + j] = h
-                    dst[b * H + j] = h
-                    o[j] = h
-            else:
-                for j in range(H):
-                    g[b * H + j] = 0
-                    dst[b * H + j] = hp[b * H + j]
-                    o[j] = 0
+                memcpy(dst + b * H, g + b * H, H * sizeof(floating))
+                memcpy(o, g + b * H, H * sizeof(floating))
+            else:  # past the sequence's end: state carried, output 0
+                memset(g + b * H, 0, H * sizeof(floating))
+                memcpy(dst + b * H, hp + b * H, H * sizeof(floating))
+                memset(o, 0, H * sizeof(floating))
 
 
 cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, const floating* G,
                              const floating* W_hh, const int* lengths,
                              Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
-                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+                             bint relu, bint reverse, bint own, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # dG (T,B,H) out; dh (B,H) in dL/dh_n, out dL/dh0; dout (T*B, ldo); G (T,B,H) = h_t
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j
     cdef floating* dg
@@ -229,35 +224,37 @@ cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, c
             else:
                 memset(dg + b * H, 0, H * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh              # dh += dg @ W_hh
-        gemm(False, False, <int> nb, <int> H, <int> H, 1, dg, <int> H, W_hh, <int> H, 1,
-             dh + b0 * H, <int> H)
+        mm_nn(nb, H, H, dg, H, W_hh, H, own, True, dh + b0 * H, H)
 
 
 def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::1] out,
                 floating[:, ::1] h_n,
-                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const int[::1] lengths,
-                Py_ssize_t col0, bint relu, bint reverse, int num_threads):
-    """Vanilla RNN layer, one direction. G (T,B,H) holds x W_ih^T + b_ih + b_hh on entry."""
+                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
+                const int[::1] lengths, Py_ssize_t col0, bint relu, bint reverse, int num_threads):
+    """Vanilla RNN layer, one direction. G (T,B,H) holds x W_ih^T + b_ih + b_hh on entry.
+    W_t = W_hh^T selects rnncore's own step GEMM; None selects BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = out.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
+    cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _rnn_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &out[0, col0], &h_n[0, 0], &h0[0, 0],
-                              &W_hh[0, 0], &lengths[0], T, B, H, ldo, relu, reverse,
+                              &W_hh[0, 0], pW_t, &lengths[0], T, B, H, ldo, relu, reverse,
                               ci * B // nc, (ci + 1) * B // nc)
 
 
 def rnn_backward(floating[:, :, ::1] dG, floating[:, ::1] dh,
                  const floating[:, ::1] dout, const floating[:, :, ::1] G,
                  const floating[:, ::1] W_hh, const int[::1] lengths,
-                 Py_ssize_t col0, bint relu, bint reverse, int num_threads):
-    """BPTT through `rnn_forward`: writes dG = dL/da (T,B,H); dh goes from dL/dh_n to dL/dh0."""
+                 Py_ssize_t col0, bint relu, bint reverse, bint own, int num_threads):
+    """BPTT through `rnn_forward`: writes dG = dL/da (T,B,H); dh goes from dL/dh_n to dL/dh0.
+    own: rnncore's step GEMM, else BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = dout.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _rnn_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dout[0, col0], &G[0, 0, 0], &W_hh[0, 0],
-                               &lengths[0], T, B, H, ldo, relu, reverse,
+                               &lengths[0], T, B, H, ldo, relu, reverse, own,
                                ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -272,7 +269,8 @@ def rnn_backward(floating[:, :, ::1] dG, floating[:, ::1] dh,
 cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floating* cnew,
                              floating* M, floating* hbuf, floating* out, floating* h_n, floating* c_n,
                              const floating* h0, const floating* c0, const floating* W_hh,
-                             const floating* W_hr, const floating* w_ci, const floating* w_cf,
+                             const floating* W_hr, const floating* W_t, const floating* W_hr_t,
+                             const floating* w_ci, const floating* w_cf,
                              const floating* w_co, const int* lengths,
                              Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, Py_ssize_t ldo,
                              bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -289,7 +287,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
     cdef floating* cdst
     cdef floating* o
     cdef floating* m
-    cdef floating ai, af, ag, ao, ig, fg, gg, og, c, cprev_j
+    cdef floating* gb
     tfirst = T - 1 if reverse else 0
     memcpy(hprev + (tfirst * B + b0) * P, h0 + b0 * P, nb * P * sizeof(floating))
     memcpy(cprev + (tfirst * B + b0) * H, c0 + b0 * H, nb * H * sizeof(floating))
@@ -300,7 +298,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
         cp = cprev + (t * B + b0) * H
         cw = cnew + (t * B + b0) * H
         # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T
-        gemm(False, True, <int> nb, <int> H4, <int> P, 1, hp, <int> P, W_hh, <int> P, 1, g, <int> H4)
+        mm_nt(nb, H4, P, hp, P, W_hh, P, W_t, H4, True, g, H4)
         if s == T - 1:
             hdst = h_n + b0 * P
             cdst = c_n + b0 * H
@@ -308,37 +306,33 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
             tnext = t - 1 if reverse else t + 1
             hdst = hprev + (tnext * B + b0) * P
             cdst = cprev + (tnext * B + b0) * H
-        # (2) gates, cell state and m_t, fused; gate activations replace a_t in G[t]
+        # (2) gates, cell state and m_t; gate activations replace a_t in G[t]
+        for b in range(nb):
+            gb = g + b * H4
+            if peep:
+                for j in range(H):
+                    gb[j] = gb[j] + w_ci[j] * cp[b * H + j]
+                    gb[H + j] = gb[H + j] + w_cf[j] * cp[b * H + j]
+            _sigmoid_span(gb, 2 * H)                    # i, f
+            _tanh_span(gb + 2 * H, H)                   # g
+            for j in range(H):                          # c_t = f ⊙ c_{t-1} + i ⊙ g
+                cw[b * H + j] = gb[H + j] * cp[b * H + j] + gb[j] * gb[2 * H + j]
+            if peep:
+                for j in range(H):
+                    gb[3 * H + j] = gb[3 * H + j] + w_co[j] * cw[b * H + j]
+            _sigmoid_span(gb + 3 * H, H)                # o
+            m = (M + (t * B + b0 + b) * H) if proj else (out + (t * B + b0 + b) * ldo)
+            memcpy(m, cw + b * H, H * sizeof(floating))
+            _tanh_span(m, H)
+            for j in range(H):                          # m_t = o ⊙ tanh(c_t)
+                m[j] = gb[3 * H + j] * m[j]
         for b in range(nb):
             o = out + (t * B + b0 + b) * ldo
             if t < lengths[b0 + b]:
-                m = (M + (t * B + b0 + b) * H) if proj else o
-                for j in range(H):
-                    cprev_j = cp[b * H + j]
-                    ai = g[b * H4 + j]
-                    af = g[b * H4 + H + j]
-                    ag = g[b * H4 + 2 * H + j]
-                    ao = g[b * H4 + 3 * H + j]
-                    if peep:
-                        ai = ai + w_ci[j] * cprev_j
-                        af = af + w_cf[j] * cprev_j
-                    ig = _sigmoid(ai)
-                    fg = _sigmoid(af)
-                    gg = _tanh(ag)
-                    c = fg * cprev_j + ig * gg
-                    if peep:
-                        ao = ao + w_co[j] * c
-                    og = _sigmoid(ao)
-                    g[b * H4 + j] = ig
-                    g[b * H4 + H + j] = fg
-                    g[b * H4 + 2 * H + j] = gg
-                    g[b * H4 + 3 * H + j] = og
-                    cw[b * H + j] = c
-                    cdst[b * H + j] = c
-                    m[j] = og * _tanh(c)
+                memcpy(cdst + b * H, cw + b * H, H * sizeof(floating))
                 if not proj:
                     memcpy(hdst + b * P, o, P * sizeof(floating))
-            else:
+            else:  # past the sequence's end: state carried, output 0
                 memset(g + b * H4, 0, H4 * sizeof(floating))
                 memcpy(cw + b * H, cp + b * H, H * sizeof(floating))
                 memcpy(cdst + b * H, cp + b * H, H * sizeof(floating))
@@ -348,8 +342,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                     memset(M + (t * B + b0 + b) * H, 0, H * sizeof(floating))
         if proj:
             # (3) h_t = m_t W_hr^T                    # hbuf = M[t] @ W_hr.T
-            gemm(False, True, <int> nb, <int> P, <int> H, 1, M + (t * B + b0) * H, <int> H,
-                 W_hr, <int> H, 0, hbuf + b0 * P, <int> P)
+            mm_nt(nb, P, H, M + (t * B + b0) * H, H, W_hr, H, W_hr_t, P, False, hbuf + b0 * P, P)
             for b in range(nb):
                 if t < lengths[b0 + b]:
                     memcpy(hdst + b * P, hbuf + (b0 + b) * P, P * sizeof(floating))
@@ -357,14 +350,15 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
 
 
 cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating* dH, floating* dmbuf,
+                              floating* tcbuf,
                               const floating* dout, const floating* G, const floating* cprev,
                               const floating* cnew, const floating* W_hh, const floating* W_hr,
                               const floating* w_ci, const floating* w_cf, const floating* w_co,
                               const int* lengths,
                               Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, Py_ssize_t ldo,
-                              bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+                              bint reverse, bint own, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # dG (T,B,4H) out; dh (B,P), dc (B,H) carried; dH (T,B,P) out (total dL/dh_t, projection only)
-    # dmbuf (B,H) work (projection only); dout (T*B, ldo); G (T,B,4H) gate activations
+    # dmbuf (B,H) work (projection only); tcbuf (B,H) work; dout (T*B, ldo); G (T,B,4H) gate activations
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j, k, H4 = 4 * H
     cdef bint proj = W_hr != NULL
     cdef bint peep = w_ci != NULL
@@ -373,7 +367,8 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
     cdef const floating* do
     cdef const floating* dm
     cdef floating* dhb
-    cdef floating ig, fg, gg, og, c, tc, cp, dmv, dcv, dao, dai, daf, dag
+    cdef floating* tcb
+    cdef floating ig, fg, gg, og, tc, cp, dmv, dcv, dao, dai, daf, dag
     for s in range(T):
         t = s if reverse else T - 1 - s
         dg = dG + (t * B + b0) * H4
@@ -391,20 +386,21 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
                 memset(dH + (t * B + b0 + b) * P, 0, P * sizeof(floating))
         if proj:
             # dL/dm_t = dL/dh_t W_hr                     # dmbuf = dH[t] @ W_hr
-            gemm(False, False, <int> nb, <int> H, <int> P, 1, dH + (t * B + b0) * P, <int> P,
-                 W_hr, <int> H, 0, dmbuf + b0 * H, <int> H)
+            mm_nn(nb, H, P, dH + (t * B + b0) * P, P, W_hr, H, own, False, dmbuf + b0 * H, H)
         # (2) through m_t = o ⊙ tanh(c_t), c_t = f ⊙ c_{t-1} + i ⊙ g, and the gates
         for b in range(nb):
             if t < lengths[b0 + b]:
                 dm = (dmbuf + (b0 + b) * H) if proj else (dh + (b0 + b) * P)
+                tcb = tcbuf + (b0 + b) * H
+                memcpy(tcb, cnew + (t * B + b0 + b) * H, H * sizeof(floating))
+                _tanh_span(tcb, H)
                 for j in range(H):
                     ig = g[b * H4 + j]
                     fg = g[b * H4 + H + j]
                     gg = g[b * H4 + 2 * H + j]
                     og = g[b * H4 + 3 * H + j]
-                    c = cnew[(t * B + b0 + b) * H + j]
                     cp = cprev[(t * B + b0 + b) * H + j]
-                    tc = _tanh(c)
+                    tc = tcb[j]
                     dmv = dm[j]
                     dao = dmv * tc * og * (1 - og)
                     dcv = dc[(b0 + b) * H + j] + dmv * og * (1 - tc * tc)
@@ -426,24 +422,27 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
             else:
                 memset(dg + b * H4, 0, H4 * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh                # dh += dg @ W_hh
-        gemm(False, False, <int> nb, <int> P, <int> H4, 1, dg, <int> H4, W_hh, <int> P, 1,
-             dh + b0 * P, <int> P)
+        mm_nn(nb, P, H4, dg, H4, W_hh, P, own, True, dh + b0 * P, P)
 
 
 def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] cprev,
                  floating[:, :, ::1] cnew, floating[:, :, ::1] M, floating[:, ::1] hbuf,
                  floating[:, ::1] out, floating[:, ::1] h_n, floating[:, ::1] c_n,
                  const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, ::1] W_hh,
-                 const floating[:, ::1] W_hr, const floating[::1] w_ci, const floating[::1] w_cf,
+                 const floating[:, ::1] W_hr, const floating[:, ::1] W_t,
+                 const floating[:, ::1] W_hr_t, const floating[::1] w_ci, const floating[::1] w_cf,
                  const floating[::1] w_co, const int[::1] lengths,
                  Py_ssize_t col0, bint reverse, int num_threads):
     """LSTM layer, one direction. M, hbuf, W_hr are None without projection; w_c* None without
-    peepholes. G (T,B,4H) holds x W_ih^T + b_ih + b_hh on entry."""
+    peepholes. G (T,B,4H) holds x W_ih^T + b_ih + b_hh on entry. W_t = W_hh^T and W_hr_t = W_hr^T
+    select rnncore's own step GEMM; None selects BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = hprev.shape[2]
     cdef Py_ssize_t ldo = out.shape[1], nc = _nchunks(B, num_threads), ci
     cdef floating* pM = &M[0, 0, 0] if M is not None else NULL
     cdef floating* phbuf = &hbuf[0, 0] if hbuf is not None else NULL
     cdef const floating* pW_hr = &W_hr[0, 0] if W_hr is not None else NULL
+    cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
+    cdef const floating* pW_hr_t = &W_hr_t[0, 0] if W_hr_t is not None else NULL
     cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
     cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
     cdef const floating* pco = &w_co[0] if w_co is not None else NULL
@@ -451,17 +450,17 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _lstm_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], pM,
                                phbuf, &out[0, col0], &h_n[0, 0], &c_n[0, 0], &h0[0, 0], &c0[0, 0],
-                               &W_hh[0, 0], pW_hr, pci, pcf, pco, &lengths[0],
+                               &W_hh[0, 0], pW_hr, pW_t, pW_hr_t, pci, pcf, pco, &lengths[0],
                                T, B, H, P, ldo, reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
 def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] dc,
-                  floating[:, :, ::1] dH, floating[:, ::1] dmbuf,
+                  floating[:, :, ::1] dH, floating[:, ::1] dmbuf, floating[:, ::1] tcbuf,
                   const floating[:, ::1] dout, const floating[:, :, ::1] G,
                   const floating[:, :, ::1] cprev, const floating[:, :, ::1] cnew,
                   const floating[:, ::1] W_hh, const floating[:, ::1] W_hr,
                   const floating[::1] w_ci, const floating[::1] w_cf, const floating[::1] w_co,
-                  const int[::1] lengths, Py_ssize_t col0, bint reverse, int num_threads):
+                  const int[::1] lengths, Py_ssize_t col0, bint reverse, bint own, int num_threads):
     """BPTT through `lstm_forward`: writes dG = dL/da (T,B,4H) (and dH = dL/dh_t with projection);
     dh, dc go from dL/dh_n, dL/dc_n to dL/dh0, dL/dc0."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = dh.shape[1]
@@ -474,9 +473,10 @@ def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] 
     cdef const floating* pco = &w_co[0] if w_co is not None else NULL
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
-            _lstm_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dc[0, 0], pdH, pdm, &dout[0, col0],
+            _lstm_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dc[0, 0], pdH, pdm, &tcbuf[0, 0],
+                                &dout[0, col0],
                                 &G[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], &W_hh[0, 0], pW_hr,
-                                pci, pcf, pco, &lengths[0], T, B, H, P, ldo, reverse,
+                                pci, pcf, pco, &lengths[0], T, B, H, P, ldo, reverse, own,
                                 ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -491,8 +491,8 @@ def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] 
 
 cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating* gh,
                             floating* out, floating* h_n,
-                            const floating* h0, const floating* W_hh, const floating* b_hn,
-                            const int* lengths,
+                            const floating* h0, const floating* W_hh, const floating* W_t,
+                            const floating* b_hn, const int* lengths,
                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
                             bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # G (T,B,3H); hprev, HN (T,B,H); gh (B,3H) work; out (T*B, ldo) at its column offset
@@ -503,7 +503,7 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
     cdef floating* q
     cdef floating* dst
     cdef floating* o
-    cdef floating r, z, n, hv
+    cdef floating z, hv
     memcpy(hprev + ((T - 1 if reverse else 0) * B + b0) * H, h0 + b0 * H, nb * H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -515,42 +515,43 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
             dst = h_n + b0 * H
         else:
             dst = hprev + ((t - 1 if reverse else t + 1) * B + b0) * H
+        # (1) q_rz = h_{t-1} W_h{r,z}^T (and q_n = h_{t-1} W_hn^T when reset_after)
+        mm_nt(nb, H3 if reset_after else 2 * H, H, hp, H, W_hh, H, W_t, H3, False, q, H3)
+        # (2) r = σ(a_r), z = σ(a_z)
+        for b in range(nb):
+            for j in range(2 * H):
+                g[b * H3 + j] = g[b * H3 + j] + q[b * H3 + j]
+            _sigmoid_span(g + b * H3, 2 * H)
         if reset_after:
-            # (1) q = h_{t-1} W_hh^T                    # q = hp @ W_hh.T  (all three gates)
-            gemm(False, True, <int> nb, <int> H3, <int> H, 1, hp, <int> H, W_hh, <int> H, 0, q, <int> H3)
-        else:
-            # (1) q_rz = h_{t-1} W_h{r,z}^T             # q[:, :2H] = hp @ W_hh[:2H].T
-            gemm(False, True, <int> nb, <int> (2 * H), <int> H, 1, hp, <int> H, W_hh, <int> H, 0,
-                 q, <int> H3)
-            # (2') r, then r ⊙ h_{t-1} into HN, then q_n = (r ⊙ h_{t-1}) W_hn^T
+            # (3) HN = h_{t-1} W_hn^T + b_hn;  a_n = G_n + r ⊙ HN
             for b in range(nb):
                 for j in range(H):
-                    r = _sigmoid(g[b * H3 + j] + q[b * H3 + j])
-                    g[b * H3 + j] = r
-                    hn[b * H + j] = r * hp[b * H + j]
-            gemm(False, True, <int> nb, <int> H, <int> H, 1, hn, <int> H, W_hh + 2 * H * H, <int> H, 0,
-                 q + 2 * H, <int> H3)
-        # (2) gates and the new state
+                    hv = q[b * H3 + 2 * H + j] + (b_hn[j] if b_hn != NULL else 0)
+                    hn[b * H + j] = hv
+                    g[b * H3 + 2 * H + j] = g[b * H3 + 2 * H + j] + g[b * H3 + j] * hv
+        else:
+            # (3) HN = r ⊙ h_{t-1};  a_n = G_n + HN W_hn^T + b_hn
+            for b in range(nb):
+                for j in range(H):
+                    hn[b * H + j] = g[b * H3 + j] * hp[b * H + j]
+            mm_nt(nb, H, H, hn, H, W_hh + 2 * H * H, H, (W_t + 2 * H) if W_t != NULL else NULL, H3,
+                  False, q + 2 * H, H3)
+            for b in range(nb):
+                for j in range(H):
+                    g[b * H3 + 2 * H + j] = (g[b * H3 + 2 * H + j] + q[b * H3 + 2 * H + j]
+                                             + (b_hn[j] if b_hn != NULL else 0))
+        # (4) n = tanh(a_n);  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+        for b in range(nb):
+            _tanh_span(g + b * H3 + 2 * H, H)
         for b in range(nb):
             o = out + (t * B + b0 + b) * ldo
             if t < lengths[b0 + b]:
                 for j in range(H):
-                    z = _sigmoid(g[b * H3 + H + j] + q[b * H3 + H + j])
-                    if reset_after:
-                        r = _sigmoid(g[b * H3 + j] + q[b * H3 + j])
-                        hv = q[b * H3 + 2 * H + j] + (b_hn[j] if b_hn != NULL else 0)
-                        hn[b * H + j] = hv
-                        n = _tanh(g[b * H3 + 2 * H + j] + r * hv)
-                        g[b * H3 + j] = r
-                    else:
-                        n = _tanh(g[b * H3 + 2 * H + j] + q[b * H3 + 2 * H + j]
-                                  + (b_hn[j] if b_hn != NULL else 0))
-                    g[b * H3 + H + j] = z
-                    g[b * H3 + 2 * H + j] = n
-                    hv = (1 - z) * n + z * hp[b * H + j]
+                    z = g[b * H3 + H + j]
+                    hv = (1 - z) * g[b * H3 + 2 * H + j] + z * hp[b * H + j]
                     dst[b * H + j] = hv
                     o[j] = hv
-            else:
+            else:  # past the sequence's end: state carried, output 0
                 memset(g + b * H3, 0, H3 * sizeof(floating))
                 memset(hn + b * H, 0, H * sizeof(floating))
                 memcpy(dst + b * H, hp + b * H, H * sizeof(floating))
@@ -561,7 +562,8 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                              const floating* dout, const floating* G, const floating* hprev,
                              const floating* HN, const floating* W_hh, const int* lengths,
                              Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
-                             bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+                             bint reset_after, bint reverse, bint own,
+                             Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # dGx (T,B,3H) out: dL/d(input-side pre-activations); dGh (T,B,3H) out (reset_after only):
     # dL/d(h W_hh^T + b_hh); dh (B,H) carried; drh (B,H) work (reset before only)
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H
@@ -607,12 +609,10 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                     memset(dq + b * H3, 0, H3 * sizeof(floating))
         if reset_after:
             # (1) dL/dh_{t-1} += dL/dq W_hh               # dh += dq @ W_hh
-            gemm(False, False, <int> nb, <int> H, <int> H3, 1, dq, <int> H3, W_hh, <int> H, 1,
-                 dh + b0 * H, <int> H)
+            mm_nn(nb, H, H3, dq, H3, W_hh, H, own, True, dh + b0 * H, H)
         else:
             # (2') dL/d(r ⊙ h_{t-1}) = dL/da_n W_hn        # drh = dx[:, 2H:] @ W_hh[2H:]
-            gemm(False, False, <int> nb, <int> H, <int> H, 1, dx + 2 * H, <int> H3, W_hh + 2 * H * H,
-                 <int> H, 0, drh + b0 * H, <int> H)
+            mm_nn(nb, H, H, dx + 2 * H, H3, W_hh + 2 * H * H, H, own, False, drh + b0 * H, H)
             for b in range(nb):
                 if t < lengths[b0 + b]:
                     for j in range(H):
@@ -620,24 +620,24 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                         dx[b * H3 + j] = drh[(b0 + b) * H + j] * hp[b * H + j] * r * (1 - r)
                         dh[(b0 + b) * H + j] += drh[(b0 + b) * H + j] * r
             # (1) dL/dh_{t-1} += dL/da_{r,z} W_h{r,z}      # dh += dx[:, :2H] @ W_hh[:2H]
-            gemm(False, False, <int> nb, <int> H, <int> (2 * H), 1, dx, <int> H3, W_hh, <int> H, 1,
-                 dh + b0 * H, <int> H)
+            mm_nn(nb, H, 2 * H, dx, H3, W_hh, H, own, True, dh + b0 * H, H)
 
 
 def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] HN,
                 floating[:, ::1] gh, floating[:, ::1] out, floating[:, ::1] h_n,
-                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[::1] b_hn,
-                const int[::1] lengths, Py_ssize_t col0, bint reset_after, bint reverse,
-                int num_threads):
+                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
+                const floating[::1] b_hn, const int[::1] lengths, Py_ssize_t col0, bint reset_after,
+                bint reverse, int num_threads):
     """GRU layer, one direction. G (T,B,3H) holds x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry;
-    b_hn is None without bias."""
+    b_hn is None without bias. W_t = W_hh^T selects rnncore's own step GEMM; None selects BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = out.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pb = &b_hn[0] if b_hn is not None else NULL
+    cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _gru_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &HN[0, 0, 0], &gh[0, 0], &out[0, col0],
-                              &h_n[0, 0], &h0[0, 0], &W_hh[0, 0], pb, &lengths[0],
+                              &h_n[0, 0], &h0[0, 0], &W_hh[0, 0], pW_t, pb, &lengths[0],
                               T, B, H, ldo, reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -645,7 +645,7 @@ def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, :
                  floating[:, ::1] drh, const floating[:, ::1] dout, const floating[:, :, ::1] G,
                  const floating[:, :, ::1] hprev, const floating[:, :, ::1] HN,
                  const floating[:, ::1] W_hh, const int[::1] lengths,
-                 Py_ssize_t col0, bint reset_after, bint reverse, int num_threads):
+                 Py_ssize_t col0, bint reset_after, bint reverse, bint own, int num_threads):
     """BPTT through `gru_forward`. dGh is used (and required) only with reset_after; drh only without."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = dout.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
@@ -655,4 +655,4 @@ def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, :
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _gru_backward_rows(&dGx[0, 0, 0], pdGh, &dh[0, 0], pdrh, &dout[0, col0], &G[0, 0, 0],
                                &hprev[0, 0, 0], &HN[0, 0, 0], &W_hh[0, 0], &lengths[0],
-                               T, B, H, ldo, reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
+                               T, B, H, ldo, reset_after, reverse, own, ci * B // nc, (ci + 1) * B // nc)

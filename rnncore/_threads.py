@@ -24,7 +24,17 @@ def _default_num_threads():
         return max(1, os.cpu_count() or 1)
 
 
-_state = {"num_threads": _default_num_threads()}
+_state = {
+    "num_threads": _default_num_threads(),
+    # the per-step recurrent product: rnncore's own small GEMM ("own", default) or BLAS ("blas",
+    # the reference path, kept tested). RNNCORE_STEP_GEMM=blas selects BLAS.
+    "step_gemm": "blas" if os.environ.get("RNNCORE_STEP_GEMM", "").lower() == "blas" else "own",
+}
+
+
+def own_step_gemm():
+    """True when the time loops use rnncore's own small GEMM rather than BLAS."""
+    return _state["step_gemm"] == "own"
 
 
 def _check_num_threads(n):
