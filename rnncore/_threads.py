@@ -69,18 +69,19 @@ def threads(n):
         _state["num_threads"] = old
 
 
-# The controller is built once (scanning the loaded libraries costs ~1 ms); scipy's BLAS is
-# loaded by then because rnncore._kernels cimports scipy.linalg.cython_blas.
-_controller = None
+# The BLAS controllers are found once (scanning the loaded libraries costs ~1 ms); scipy's BLAS is
+# loaded by then because rnncore._kernels cimports scipy.linalg.cython_blas. Setting their thread
+# count directly costs a few microseconds, where threadpoolctl's limit() costs ~20 per call.
+_blas_libs = None
 _lock = threading.Lock()
-_active = [0, None]  # callers inside rnncore, the limiter they share
+_active = [0, []]  # callers inside rnncore; (library, its thread count before) to restore
 
 
-def _get_controller():
-    global _controller
-    if _controller is None:
-        _controller = ThreadpoolController().select(user_api="blas")
-    return _controller
+def _get_blas_libs():
+    global _blas_libs
+    if _blas_libs is None:
+        _blas_libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas_libs
 
 
 @contextlib.contextmanager
@@ -91,7 +92,13 @@ def blas_single_thread():
     and the user's setting comes back when the last one leaves."""
     with _lock:
         if _active[0] == 0:
-            _active[1] = _get_controller().limit(limits=1)
+            saved = []
+            for lib in _get_blas_libs():
+                n = lib.get_num_threads()
+                if n != 1:
+                    lib.set_num_threads(1)
+                    saved.append((lib, n))
+            _active[1] = saved
         _active[0] += 1
     try:
         yield
@@ -99,5 +106,6 @@ def blas_single_thread():
         with _lock:
             _active[0] -= 1
             if _active[0] == 0:
-                _active[1].restore_original_limits()
-                _active[1] = None
+                for lib, n in _active[1]:
+                    lib.set_num_threads(n)
+                _active[1] = []
