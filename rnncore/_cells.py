@@ -11,6 +11,8 @@ Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidd
     out     (T*B, D*P) the layer output; this direction writes columns [col0, col0 + P)
     dout    (T*B, D*P) dL/d(out)
     dx      (T*B, I)   dL/dx, accumulated into (both directions add to it)
+    ws      ws(name, shape, dtype) -> array: where forward puts what backward needs (fresh arrays
+            when training; reused scratch for inference, see layers._Scratch)
 All large products go through rnncore._kernels.matmul (scipy's BLAS, split over rnncore's threads).
 """
 import numpy as np
@@ -27,10 +29,10 @@ class RNNCell:
     def __init__(self, relu=False):
         self.relu = relu
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws):
         H = p["w_hh"].shape[0]
-        G = _input_projection(p, x, T, B, H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt)
-        hprev = np.empty((T, B, H), x.dtype)
+        G = _input_projection(p, x, T, B, H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
+        hprev = ws("hprev", (T, B, H), x.dtype)
         K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), lengths, col0,
                       self.relu, reverse, nt)
         return {"x": x, "G": G, "hprev": hprev, "lengths": lengths, "reverse": reverse}
@@ -53,16 +55,16 @@ class LSTMCell:
     gates = 4
     has_cell_state = True
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws):
         dt = x.dtype
         H, P = p["w_hh"].shape[0] // 4, p["w_hh"].shape[1]
         proj = "w_hr" in p
-        G = _input_projection(p, x, T, B, 4 * H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt)
-        hprev = np.empty((T, B, P), dt)
-        cprev = np.empty((T, B, H), dt)
-        cnew = np.empty((T, B, H), dt)
-        M = np.empty((T, B, H), dt) if proj else None
-        hbuf = np.empty((B, P), dt) if proj else None
+        G = _input_projection(p, x, T, B, 4 * H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
+        hprev = ws("hprev", (T, B, P), dt)
+        cprev = ws("cprev", (T, B, H), dt)
+        cnew = ws("cnew", (T, B, H), dt)
+        M = ws("M", (T, B, H), dt) if proj else None
+        hbuf = ws("hbuf", (B, P), dt) if proj else None
         K.lstm_forward(G, hprev, cprev, cnew, M, hbuf, out, h_n, c_n, h0, c0, p["w_hh"],
                        p.get("w_hr"), _packed_t(p["w_hh"]), _packed_t(p.get("w_hr")),
                        p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths, col0, reverse, nt)
@@ -110,7 +112,7 @@ class GRUCell:
     def __init__(self, reset_after=True):
         self.reset_after = reset_after
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws):
         dt = x.dtype
         H = p["w_hh"].shape[1]
         bias = None
@@ -120,10 +122,10 @@ class GRUCell:
             bias = p["b_ih"].copy()
             bias[:2 * H] += p["b_hh"][:2 * H]
             b_hn = np.ascontiguousarray(p["b_hh"][2 * H:])
-        G = _input_projection(p, x, T, B, 3 * H, bias, nt)
-        hprev = np.empty((T, B, H), dt)
-        HN = np.empty((T, B, H), dt)
-        gh = np.empty((B, 3 * H), dt)
+        G = _input_projection(p, x, T, B, 3 * H, bias, nt, ws)
+        hprev = ws("hprev", (T, B, H), dt)
+        HN = ws("HN", (T, B, H), dt)
+        gh = ws("gh", (B, 3 * H), dt)
         K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), b_hn,
                       lengths, col0, self.reset_after, reverse, nt)
         return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse}
@@ -166,9 +168,9 @@ def _packed_t(w):
     return np.ascontiguousarray(w.T)
 
 
-def _input_projection(p, x, T, B, GH, bias, nt):
+def _input_projection(p, x, T, B, GH, bias, nt, ws):
     """G = x @ W_ih^T + bias for all T*B rows at once, as (T, B, GH)."""
-    G = np.empty((T, B, GH), x.dtype)
+    G = ws("G", (T, B, GH), x.dtype)
     G2 = G.reshape(T * B, GH)
     if bias is None:
         K.matmul(G2, x, p["w_ih"], trans_b=True, beta=0.0, num_threads=nt)

@@ -10,6 +10,8 @@ dropout between layers (training only), variable lengths (pack_padded_sequence s
 The forward pass returns a `backprop` closure over what it kept (as thinc does): a layer holds no
 hidden "last input", so two forward_train calls in flight never interfere.
 """
+import threading
+
 import numpy as np
 
 from rnncore import _cells
@@ -228,6 +230,7 @@ class _RecurrentStack:
         nt = _threads.get_num_threads()
         caches, masks = [], []
         layer_in = x.reshape(T * B, self.input_size)
+        scratch = None if train else self._scratch()
         with _threads.blas_single_thread():
             for layer in range(self.num_layers):
                 if layer > 0 and train and self.dropout > 0:
@@ -235,13 +238,18 @@ class _RecurrentStack:
                     mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
                     masks.append(mask)
                     layer_in = layer_in * mask.reshape(T * B, -1)
-                out = np.empty((T * B, D * P), self.dtype)
+                last = layer == self.num_layers - 1
+                if train or last:
+                    out = np.empty((T * B, D * P), self.dtype)
+                else:  # an inner layer's output, read only by the next layer
+                    out = scratch(f"out{layer % 2}", (T * B, D * P), self.dtype)
                 for d in range(D):
                     idx = layer * D + d
                     p = self._short(self.params, idx)
+                    ws = _fresh if train else scratch.view(d)
                     caches.append(self._cell.forward(
                         p, layer_in, h0[idx], c0[idx] if has_c else None, lens, bool(d), out, d * P,
-                        h_n[idx], c_n[idx] if has_c else None, T, B, nt))
+                        h_n[idx], c_n[idx] if has_c else None, T, B, nt, ws))
                 layer_in = out
         output = out.reshape(T, B, D * P)
         if unbatched:
@@ -257,6 +265,39 @@ class _RecurrentStack:
 
     def _short(self, arrays, idx):
         return {short: arrays[full] for short, full in self._layout[idx].items()}
+
+    def _scratch(self):
+        local = self.__dict__.setdefault("_local", threading.local())
+        if not hasattr(local, "scratch"):
+            local.scratch = _Scratch()
+        return local.scratch
+
+    def __getstate__(self):  # picklable: the per-thread scratch is not state
+        state = dict(self.__dict__)
+        state.pop("_local", None)
+        return state
+
+
+def _fresh(name, shape, dtype):
+    """Workspace for training: new arrays, kept by the backward pass."""
+    return np.empty(shape, dtype)
+
+
+class _Scratch:
+    """Workspace for inference, reused across calls (no page faults for multi-MB arrays on every
+    call). One per layer object and Python thread, so concurrent inference stays safe."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def __call__(self, name, shape, dtype):
+        a = self._arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = self._arrays[name] = np.empty(shape, dtype)
+        return a
+
+    def view(self, direction):
+        return lambda name, shape, dtype: self(f"{name}{direction}", shape, dtype)
 
 
 class _Backprop:
