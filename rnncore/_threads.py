@@ -57,6 +57,17 @@ def get_num_threads():
     return _state["num_threads"]
 
 
+# Below this many floating-point operations a layer call runs on one thread: splitting it would
+# save less than OpenMP's fork/join costs, and on a loaded machine a team whose threads spin-wait
+# for a descheduled partner can make a tiny call 100x slower.
+SMALL_WORK_FLOPS = 2e6
+
+
+def threads_for(flops):
+    """The thread count for a call of about `flops` operations."""
+    return 1 if flops < SMALL_WORK_FLOPS else _state["num_threads"]
+
+
 @contextlib.contextmanager
 def threads(n):
     """``with rnncore.threads(n):`` runs rnncore's kernels on n threads inside the block."""

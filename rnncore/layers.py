@@ -227,7 +227,7 @@ class _RecurrentStack:
         has_c = self._cell.has_cell_state
         h_n = np.empty((LD, B, P), self.dtype)
         c_n = np.empty((LD, B, H), self.dtype) if has_c else None
-        nt = _threads.get_num_threads()
+        nt = _threads.threads_for(self._flops(T, B))
         caches, masks = [], []
         layer_in = x.reshape(T * B, self.input_size)
         scratch = None if train else self._scratch()
@@ -262,6 +262,13 @@ class _RecurrentStack:
             return output, state, None
         backprop = _Backprop(self, caches, masks, T, B, unbatched)
         return output, state, backprop
+
+    def _flops(self, T, B):
+        """Multiply-adds x 2 of the forward pass's matrix products (gate math not counted)."""
+        GH = self._cell.gates * self.hidden_size
+        per_step = sum(2 * B * GH * (self.params[names["w_ih"]].shape[1] + self._P)
+                       for names in self._layout)
+        return T * per_step
 
     def _short(self, arrays, idx):
         return {short: arrays[full] for short, full in self._layout[idx].items()}
@@ -338,7 +345,7 @@ class _Backprop:
         else:
             dh_all = lay._check_state(d_h_n, "d_h_n", B, P, ub).copy()
             dc_all = None
-        nt = _threads.get_num_threads()
+        nt = _threads.threads_for(2 * lay._flops(T, B))
         dlayer = dout.reshape(T * B, D * P)
         with _threads.blas_single_thread():
             for layer in reversed(range(lay.num_layers)):

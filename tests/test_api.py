@@ -256,7 +256,9 @@ def test_thread_settings():
 
 
 @pytest.mark.parametrize("cls", CELLS)
-def test_thread_count_does_not_change_results(cls):
+def test_thread_count_does_not_change_results(cls, monkeypatch):
+    # small problems normally run on one thread (rnncore._threads.SMALL_WORK_FLOPS); force the split
+    monkeypatch.setattr(rnncore._threads, "SMALL_WORK_FLOPS", 0)
     rng = np.random.default_rng(0)
     layer = cls(7, 9, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
     x = rng.standard_normal((6, 5, 7))
@@ -292,6 +294,12 @@ def test_importing_rnncore_leaves_denormals_alone():
     layer = rnncore.RNN(1, 1, dtype=np.float32, seed=0)
     layer(np.ones((2, 1, 1)))
     assert (tiny32 * np.float32(1.0))[0] != 0
+
+
+def test_small_problems_run_on_one_thread():
+    assert rnncore._threads.threads_for(1e3) == 1
+    with rnncore.threads(2):
+        assert rnncore._threads.threads_for(1e9) == 2
 
 
 def test_openmp_reported():
