@@ -6,6 +6,7 @@ does); without it the build still succeeds, with a warning, and the kernels run 
 Build options (environment variables):
   RNNCORE_PORTABLE=1   do not add -march=native (for binaries that move to other CPUs)
   RNNCORE_BOUNDSCHECK=1  compile the Cython kernels with bounds checks and wraparound on (debugging)
+  RNNCORE_NO_OPENMP=1  build without OpenMP even if the compiler has it (as a compiler without it would)
 """
 import os
 import subprocess
@@ -57,7 +58,8 @@ class BuildExt(build_ext):
                 compile_flags += ["-march=native"]
                 if _compiles(cc, ["-march=native", "-mprefer-vector-width=512"]):
                     compile_flags += ["-mprefer-vector-width=512"]
-            omp = _compiles(cc, ["-fopenmp"], ["-fopenmp"], OPENMP_PROBE)
+            omp = (os.environ.get("RNNCORE_NO_OPENMP", "0") in ("", "0")
+                   and _compiles(cc, ["-fopenmp"], ["-fopenmp"], OPENMP_PROBE))
             if omp:
                 compile_flags.append("-fopenmp")
                 link_flags.append("-fopenmp")
