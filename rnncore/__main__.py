@@ -1,0 +1,7 @@
+"""``python -m rnncore``: the same as the ``rnncore`` command (rnncore.cli)."""
+import sys
+
+from rnncore.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

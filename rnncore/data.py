@@ -1,0 +1,240 @@
+"""Data for the trainer: a corpus and its character vocabulary, and batches of sequences.
+
+A batch is time-major, as the layers: ``Batch(X, Y, lengths)`` with
+
+    X        (T, B) integer ids, or (T, B, I) floats
+    Y        (T, B) ids / (T, B, O) floats for a target at every step, or (B,) / (B, O) for one per sequence
+    lengths  (B,) valid steps per sequence, or None when every sequence has T steps
+
+Two sources, both with ``batches(rng)`` (one epoch, in an order drawn from rng; rng=None: fixed order):
+
+    SequenceDataset   independent sequences of any lengths, shuffled and padded per batch
+    TextStreams       one long text cut into batch_size parallel streams (each a long sequence:
+                      the trainer's truncated BPTT carries the hidden state along it, chunk by chunk)
+"""
+import math
+import os
+import sysconfig
+from collections import namedtuple
+
+import numpy as np
+
+__all__ = ["Batch", "CharVocab", "DataError", "read_text", "stdlib_corpus", "split_text",
+           "unigram_entropy", "SequenceDataset", "TextStreams", "pad_sequences"]
+
+Batch = namedtuple("Batch", ["X", "Y", "lengths"])
+
+
+class DataError(ValueError):
+    """The data cannot be used (missing, empty, binary, characters outside the vocabulary...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+def read_text(path):
+    """Read a UTF-8 text file; DataError if it is missing, a directory, empty or binary."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory, expected a text file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if not raw.strip():
+        raise DataError(f"{path} is empty, expected some text")
+    if b"\x00" in raw:
+        raise DataError(f"{path} looks binary (it contains NUL bytes), expected a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}), "
+                        f"expected a UTF-8 text file") from None
+    return text.replace("\r\n", "\n")
+
+
+def stdlib_corpus(max_chars=2_000_000, max_file_chars=100_000):
+    """Python source from the standard library, the same on every run of the same Python.
+
+    The public top-level modules (``<stdlib>/*.py`` not starting with "_", at most max_file_chars
+    long so that no single module dominates), in name order, every k-th of them with k chosen so that
+    the selection spans the whole alphabet and holds about max_chars characters; then cut to
+    max_chars. Returns (text, list of the file names used).
+    """
+    stdlib = sysconfig.get_paths()["stdlib"]
+    try:
+        names = sorted(n for n in os.listdir(stdlib) if n.endswith(".py") and not n.startswith("_"))
+    except OSError:
+        names = []
+    sources = []
+    for name in names:
+        try:
+            with open(os.path.join(stdlib, name), encoding="utf-8") as f:
+                src = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if src.strip() and len(src) <= max_file_chars and "\x00" not in src:
+            src = src.replace("\r\n", "\n")
+            sources.append((name, src if src.endswith("\n") else src + "\n"))
+    if not sources:
+        raise DataError(f"no Python source found in the standard library at {stdlib}; use --data FILE")
+    total = sum(len(src) for _, src in sources)
+    stride = max(1, math.ceil(total / max_chars))
+    picked = sources[::stride]
+    text = "".join(src for _, src in picked)[:max_chars]
+    used, n = [], 0
+    for name, src in picked:
+        if n >= len(text):
+            break
+        used.append(name)
+        n += len(src)
+    return text, used
+
+
+def split_text(text, val_fraction=0.1, max_val_chars=None):
+    """(train, val): the last val_fraction of the text (at most max_val_chars) is held out."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
+    n_val = int(len(text) * val_fraction)
+    if max_val_chars is not None:
+        n_val = min(n_val, max_val_chars)
+    if n_val == 0:
+        return text, ""
+    return text[:-n_val], text[-n_val:]
+
+
+def unigram_entropy(ids, vocab_size):
+    """Entropy in bits per symbol of the symbol frequencies: what a model that ignores context gets."""
+    counts = np.bincount(np.asarray(ids), minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+class CharVocab:
+    """Characters <-> integer ids, ids in sorted character order."""
+
+    def __init__(self, chars):
+        chars = list(chars)
+        if len(set(chars)) != len(chars) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError("chars: expected distinct single characters")
+        self.chars = chars
+        self.index = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text):
+        return cls(sorted(set(text)))
+
+    def __len__(self):
+        return len(self.chars)
+
+    def encode(self, text):
+        try:
+            return np.fromiter((self.index[c] for c in text), dtype=np.int64, count=len(text))
+        except KeyError as e:
+            raise DataError(f"character {e.args[0]!r} is not in the model's vocabulary "
+                            f"({len(self.chars)} characters)") from None
+
+    def decode(self, ids):
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+
+
+def pad_sequences(seqs, pad_value=0, dtype=None):
+    """Stack sequences of shape (L_i, ...) into a time-major (T, B, ...) array; returns (array, lengths)."""
+    seqs = [np.asarray(s) if dtype is None else np.asarray(s, dtype=dtype) for s in seqs]
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    if (lengths < 1).any():
+        raise ValueError("every sequence needs at least one step")
+    tail = seqs[0].shape[1:]
+    out = np.full((int(lengths.max()), len(seqs)) + tail, pad_value, dtype=seqs[0].dtype)
+    for b, s in enumerate(seqs):
+        if s.shape[1:] != tail:
+            raise ValueError(f"sequence {b}: expected steps of shape {tail}, got {s.shape[1:]}")
+        out[: len(s), b] = s
+    return out, lengths
+
+
+class SequenceDataset:
+    """Independent sequences (variable lengths) with a target per step or per sequence.
+
+    inputs:  list of (L_i,) id arrays or (L_i, I) float arrays
+    targets: list of (L_i,) / (L_i, O) per-step targets, or one id / (O,) array per sequence
+    Each epoch shuffles (if shuffle) and yields padded batches with their lengths.
+    """
+
+    def __init__(self, inputs, targets, batch_size, shuffle=True):
+        if len(inputs) != len(targets):
+            raise ValueError(f"targets: expected {len(inputs)} (one per input), got {len(targets)}")
+        if not inputs:
+            raise ValueError("inputs: expected at least one sequence")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        self.inputs = [np.asarray(x) for x in inputs]
+        self.targets = [np.asarray(y) for y in targets]
+        # a target with as many dims as its input has one value per step: (L,) ids or (L, O) floats
+        self.per_step = self.targets[0].ndim == self.inputs[0].ndim
+        for i, (x, y) in enumerate(zip(self.inputs, self.targets)):
+            expected = (len(x),) + self.targets[0].shape[1:] if self.per_step else self.targets[0].shape
+            if y.shape != expected:
+                raise ValueError(f"targets[{i}]: expected shape {expected}, got {y.shape}")
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+
+    def __len__(self):
+        return math.ceil(len(self.inputs) / self.batch_size)
+
+    def batches(self, rng=None):
+        order = rng.permutation(len(self.inputs)) if (self.shuffle and rng is not None) \
+            else np.arange(len(self.inputs))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            X, lengths = pad_sequences([self.inputs[i] for i in idx])
+            ys = [self.targets[i] for i in idx]
+            Y = pad_sequences(ys)[0] if self.per_step else np.stack(ys)
+            yield Batch(X, Y, lengths)
+
+
+class TextStreams:
+    """A long id sequence cut into batch_size parallel streams, for a language model.
+
+    Stream b reads ids[offset + b*L : offset + (b+1)*L] (inputs) and the same shifted by one
+    (targets, the next character). Each epoch is one batch of shape (L, batch_size): a long sequence
+    per stream, which the trainer cuts into truncated-BPTT chunks, carrying the hidden state. With
+    random_offset, each epoch first rotates the text by an offset drawn from the epoch's rng, so the
+    streams and chunk boundaries move from epoch to epoch.
+    """
+
+    def __init__(self, ids, batch_size, random_offset=True):
+        ids = np.asarray(ids, dtype=np.int64)
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        self.stream_len = (len(ids) - 1) // batch_size
+        if self.stream_len < 2:
+            raise DataError(f"text too short: {len(ids)} characters for {batch_size} streams; "
+                            f"use a longer text or a smaller batch size")
+        self.ids = ids
+        self.batch_size = int(batch_size)
+        self.random_offset = random_offset
+
+    def __len__(self):
+        return 1
+
+    def batches(self, rng=None):
+        L, B = self.stream_len, self.batch_size
+        ids = self.ids
+        if self.random_offset and rng is not None:
+            # rotate the text: the streams (and chunk boundaries) start elsewhere each epoch
+            offset = int(rng.integers(0, len(ids)))
+            ids = np.concatenate([ids[offset:], ids[:offset]])
+        window = ids[: L * B + 1]
+        # X[t, b] = ids[offset + b*L + t],  Y[t, b] = ids[offset + b*L + t + 1]
+        X = np.ascontiguousarray(window[:-1].reshape(B, L).T)
+        Y = np.ascontiguousarray(window[1:].reshape(B, L).T)
+        yield Batch(X, Y, None)

@@ -1,0 +1,139 @@
+"""Losses, each fused with its gradient: ``loss, d_pred = loss_fn(pred, target, ...)``.
+
+Softmax cross-entropy follows the lecture notes (../shared/seeds): for one sequence
+
+    o^(t)  = c + V h^(t)                    (the logits, what the model returns)
+    ŷ^(t)  = softmax(o^(t))
+    L^(t)  = -log ŷ^(t)[y^(t)]
+    L      = Σ_t L^(t)
+    ∂L/∂o^(t) = ŷ^(t) - onehot(y^(t))
+
+and over a batch L sums over every valid (t, b) position. ``reduction="mean"`` divides by the number
+of valid positions (so the loss is nats per token, and the gradient is divided by the same count).
+
+Positions at or past ``lengths[b]`` (padding) add nothing to the loss and get a zero gradient.
+Clipping is *not* done here: the gradient returned is the exact gradient of the loss returned
+(clip in the optimizer step, see rnncore.optim).
+"""
+import numpy as np
+
+__all__ = ["softmax_cross_entropy", "mse", "length_mask", "log_softmax"]
+
+REDUCTIONS = ("sum", "mean")
+
+
+def length_mask(lengths, T, B):
+    """Boolean (T, B) mask, True where t < lengths[b]; all True when lengths is None."""
+    if lengths is None:
+        return np.ones((T, B), dtype=bool)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths: expected shape ({B},), got {lengths.shape}")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+        raise ValueError(f"lengths: expected values in [0, {T}], got min {lengths.min()}, max {lengths.max()}")
+    return np.arange(T)[:, None] < lengths[None, :]
+
+
+def _valid_mask(lead_shape, lengths, mask):
+    """Mask over the leading (non-class) dims of the prediction: from lengths (time-major) and/or mask."""
+    valid = np.ones(lead_shape, dtype=bool)
+    if lengths is not None:
+        if len(lead_shape) != 2:
+            raise ValueError(f"lengths need time-major (T, B) predictions, got leading shape {lead_shape}")
+        valid &= length_mask(lengths, *lead_shape)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != lead_shape:
+            raise ValueError(f"mask: expected shape {lead_shape}, got {mask.shape}")
+        valid &= mask
+    return valid
+
+
+def _check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+
+
+def log_softmax(logits, axis=-1):
+    """log softmax, stable: shift by the max so exp never overflows."""
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax_cross_entropy(logits, targets, lengths=None, mask=None, reduction="sum"):
+    """Softmax cross-entropy and its gradient with respect to the logits.
+
+    logits:  (T, B, V) for a prediction at every step, or (B, V) for one per sequence (any (..., V)).
+    targets: integer class ids of shape logits.shape[:-1].
+    lengths: (B,) valid steps per sequence for time-major (T, B, V) logits; padding adds nothing.
+    mask:    optional boolean array of shape logits.shape[:-1]; False positions add nothing.
+    reduction: "sum" (L = Σ_t L^(t), summed over the batch too) or "mean" (divided by the number of
+        valid positions).
+    Returns (loss as a Python float, d_logits of logits' shape and dtype).
+    """
+    _check_reduction(reduction)
+    logits = np.asarray(logits)
+    if logits.dtype.kind != "f":
+        logits = logits.astype(np.float64)
+    targets = np.asarray(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets: expected shape {logits.shape[:-1]}, got {targets.shape}")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets: expected integer class ids, got dtype {targets.dtype}")
+    V = logits.shape[-1]
+    valid = _valid_mask(logits.shape[:-1], lengths, mask)
+    # padding may hold any id; only valid positions must name a class
+    if valid.any():
+        tv = targets[valid]
+        if tv.min() < 0 or tv.max() >= V:
+            raise ValueError(f"targets: expected class ids in [0, {V}), got min {tv.min()}, max {tv.max()}")
+    safe_targets = np.where(valid, targets, 0)
+
+    # logp = o - max(o) - log Σ exp(o - max(o))
+    logp = log_softmax(logits)
+    picked = np.take_along_axis(logp, safe_targets[..., None], axis=-1)[..., 0]
+    # L = -Σ_{valid} logp[y]   (accumulated in float64)
+    loss = -float(np.sum(picked, where=valid, dtype=np.float64))
+
+    # ∂L/∂o = softmax(o) - onehot(y), zero at padding
+    d_logits = np.exp(logp)
+    np.put_along_axis(d_logits, safe_targets[..., None],
+                      np.take_along_axis(d_logits, safe_targets[..., None], axis=-1) - 1, axis=-1)
+    d_logits *= valid[..., None]
+    if reduction == "mean":
+        n = int(valid.sum())
+        if n:
+            loss /= n
+            d_logits /= d_logits.dtype.type(n)
+    return loss, d_logits
+
+
+def mse(pred, target, lengths=None, mask=None, reduction="mean"):
+    """Mean squared error (as torch.nn.MSELoss, no 1/2) and its gradient with respect to pred.
+
+    pred, target: same shape, (T, B, O) per step or (B, O) per sequence (any shape).
+    lengths: (B,) for time-major (T, B, ...) predictions; padding adds nothing.
+    mask:    optional boolean array of pred.shape[:-1].
+    reduction: "sum" (Σ (pred - target)²) or "mean" (divided by the number of valid elements).
+    Returns (loss as a Python float, d_pred of pred's shape and dtype).
+    """
+    _check_reduction(reduction)
+    pred = np.asarray(pred)
+    if pred.dtype.kind != "f":
+        pred = pred.astype(np.float64)
+    target = np.asarray(target, dtype=pred.dtype)
+    if target.shape != pred.shape:
+        raise ValueError(f"target: expected shape {pred.shape}, got {target.shape}")
+    if pred.ndim < 2:
+        raise ValueError(f"pred: expected (..., O) with at least 2 dims, got shape {pred.shape}")
+    valid = _valid_mask(pred.shape[:-1], lengths, mask)[..., None]
+    diff = (pred - target) * valid
+    # L = Σ (pred - target)²,  ∂L/∂pred = 2 (pred - target)
+    loss = float(np.sum(np.square(diff, dtype=np.float64)))
+    d_pred = 2 * diff
+    if reduction == "mean":
+        n = int(valid.sum()) * pred.shape[-1]
+        if n:
+            loss /= n
+            d_pred /= d_pred.dtype.type(n)
+    return loss, d_pred

@@ -1,0 +1,316 @@
+"""A thin model API over the recurrent layers: input -> recurrent stack -> linear head.
+
+Every piece has the layers' shape of forward pass: ``Y, backprop = piece.forward(X, ...)``, where
+backprop is a closure over what the forward pass kept; ``dX = backprop(dY)`` returns the gradient
+for the input and adds (+=) the parameter gradients into ``piece.grads`` (zero them with
+``zero_grad()``). Nothing about the last input is stored on the objects.
+
+    x_t   input at step t: a token id (Embedding or OneHot turns it into a vector) or a float vector
+    h_t   the recurrent stack's output at step t (rnncore.RNN / LSTM / GRU)
+    o_t   head output, o = h W^T + b:  logits at every step ("many_to_many"), real values at every
+          step ("regression"), or logits from the last valid step of each sequence ("many_to_one")
+
+SequenceModel owns ``params`` and ``grads``: dicts of the live arrays by dotted name
+("embedding.weight", "rnn.weight_ih_l0", ..., "head.weight", "head.bias"); an optimizer updates
+params in place from grads.
+"""
+import numpy as np
+
+from rnncore.layers import GRU, LSTM, RNN
+
+__all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "generate", "select_state"]
+
+HEADS = ("many_to_many", "many_to_one", "regression")
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+class _Backprop:
+    """Callable backward pass; also carries what the forward pass returned besides Y (``h_n``)."""
+
+    def __init__(self, fn, h_n=None):
+        self._fn = fn
+        self.h_n = h_n
+
+    def __call__(self, dY):
+        if self._fn is None:
+            raise RuntimeError("this forward pass ran with is_train=False: it has no backward pass")
+        return self._fn(dY)
+
+
+def _check_ids(ids, num_classes, name="X"):
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        raise ValueError(f"{name}: expected token ids in [0, {num_classes}), got min {ids.min()}, max {ids.max()}")
+    return ids
+
+
+class Embedding:
+    """Token id -> learned vector. weight (num_embeddings, dim), initialised N(0, 1) as torch.nn."""
+
+    def __init__(self, num_embeddings, dim, dtype=np.float32, rng=None):
+        rng = np.random.default_rng(rng)
+        self.num_embeddings, self.dim = num_embeddings, dim
+        self.params = {"weight": rng.standard_normal((num_embeddings, dim)).astype(dtype)}
+        self.grads = {"weight": np.zeros_like(self.params["weight"])}
+
+    def forward(self, ids, is_train=True):
+        # ids (...,) -> E (..., dim)
+        ids = _check_ids(ids, self.num_embeddings)
+        W = self.params["weight"]
+        E = W[ids]
+
+        def backprop(dE):
+            # dW[ids[n]] += dE[n]   (a token seen twice gets both contributions)
+            np.add.at(self.grads["weight"], ids.reshape(-1), dE.reshape(-1, self.dim))
+            return None
+
+        return E, backprop
+
+    def zero_grad(self):
+        self.grads["weight"].fill(0)
+
+
+class OneHot:
+    """Token id -> one-hot vector (num_classes,). No parameters (min-char-rnn's input)."""
+
+    def __init__(self, num_classes, dtype=np.float32):
+        self.num_classes, self.dim, self.dtype = num_classes, num_classes, np.dtype(dtype)
+        self.params, self.grads = {}, {}
+
+    def forward(self, ids, is_train=True):
+        ids = _check_ids(ids, self.num_classes)
+        E = np.zeros(ids.shape + (self.num_classes,), self.dtype)
+        np.put_along_axis(E, ids[..., None], 1, axis=-1)
+        return E, lambda dE: None
+
+    def zero_grad(self):
+        pass
+
+
+class Linear:
+    """Y = X W^T + b over the last axis. weight (out, in), bias (out,), torch.nn.Linear's init."""
+
+    def __init__(self, in_features, out_features, dtype=np.float32, rng=None):
+        rng = np.random.default_rng(rng)
+        k = 1.0 / np.sqrt(in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.params = {"weight": rng.uniform(-k, k, (out_features, in_features)).astype(dtype),
+                       "bias": rng.uniform(-k, k, (out_features,)).astype(dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, X, is_train=True):
+        # X (..., in) -> Y (..., out)
+        W, b = self.params["weight"], self.params["bias"]
+        X2 = X.reshape(-1, self.in_features)
+        # Y = X W^T + b
+        Y = X2 @ W.T
+        Y += b
+
+        def backprop(dY):
+            dY2 = dY.reshape(-1, self.out_features)
+            # dW += dY^T X;  db += Σ_rows dY;  dX = dY W
+            self.grads["weight"] += dY2.T @ X2
+            self.grads["bias"] += dY2.sum(axis=0)
+            return (dY2 @ W).reshape(X.shape)
+
+        return Y.reshape(X.shape[:-1] + (self.out_features,)), backprop
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+
+class SequenceModel:
+    """Input (embedding, one-hot or dense) -> rnncore recurrent stack -> linear head.
+
+    Token input: give vocab_size (ids (T, B)); embedding_dim=None uses one-hot vectors.
+    Dense input: give input_size (floats (T, B, input_size)).
+    head: "many_to_many" (logits at every step, (T, B, output_size)), "many_to_one" (logits from the
+        last valid step of each sequence, (B, output_size); a bidirectional stack's reverse half is
+        taken where it ends, at t = 0), "regression" (real values at every step, (T, B, output_size)).
+    output_size: defaults to vocab_size (a language model).
+    cell: "rnn", "lstm" or "gru"; rnn_options: further arguments of that layer (nonlinearity,
+        proj_size, peephole, reset_after, init, forget_bias).
+    seed: one seed for every initialisation (embedding, recurrent stack, head).
+    All arrays are time-major, as the layers' default.
+    """
+
+    def __init__(self, cell="lstm", hidden_size=128, num_layers=1, vocab_size=None, embedding_dim=None,
+                 input_size=None, output_size=None, head="many_to_many", dropout=0.0, bidirectional=False,
+                 dtype=np.float32, seed=None, rnn_options=None):
+        if cell not in CELLS:
+            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {cell!r}")
+        if head not in HEADS:
+            raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError("expected exactly one of vocab_size (token ids in) or input_size (vectors in)")
+        if output_size is None:
+            if vocab_size is None:
+                raise ValueError("output_size: required when the input is not token ids")
+            output_size = vocab_size
+        self.dtype = np.dtype(dtype)
+        self.cell, self.head_kind = cell, head
+        self.vocab_size, self.embedding_dim, self.input_size = vocab_size, embedding_dim, input_size
+        self.hidden_size, self.num_layers, self.output_size = hidden_size, num_layers, output_size
+        self.dropout, self.bidirectional, self.seed = dropout, bidirectional, seed
+        self.rnn_options = dict(rnn_options or {})
+
+        # one seed -> independent streams for each part
+        seeds = np.random.SeedSequence(seed).spawn(3)
+        if vocab_size is None:
+            self.embedding, rnn_in = None, input_size
+        elif embedding_dim is None:
+            self.embedding, rnn_in = OneHot(vocab_size, self.dtype), vocab_size
+        else:
+            self.embedding = Embedding(vocab_size, embedding_dim, self.dtype, np.random.default_rng(seeds[0]))
+            rnn_in = embedding_dim
+        self.rnn = CELLS[cell](rnn_in, hidden_size, num_layers=num_layers, dropout=dropout,
+                               bidirectional=bidirectional, dtype=self.dtype,
+                               seed=int(seeds[1].generate_state(1)[0]), **self.rnn_options)
+        self.head = Linear(self.rnn.output_size, output_size, self.dtype, np.random.default_rng(seeds[2]))
+
+        self.params, self.grads = {}, {}
+        for prefix, part in (("embedding", self.embedding), ("rnn", self.rnn), ("head", self.head)):
+            if part is None:
+                continue
+            for name in part.params:
+                self.params[f"{prefix}.{name}"] = part.params[name]
+                self.grads[f"{prefix}.{name}"] = part.grads[name]
+
+    # ------------------------------------------------------------------------------ config
+    @property
+    def config(self):
+        """Everything needed to rebuild this model (JSON-serializable)."""
+        return {"cell": self.cell, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
+                "input_size": self.input_size, "output_size": self.output_size, "head": self.head_kind,
+                "dropout": self.dropout, "bidirectional": self.bidirectional, "dtype": self.dtype.name,
+                "seed": self.seed, "rnn_options": dict(self.rnn_options)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @property
+    def num_params(self):
+        return sum(p.size for p in self.params.values())
+
+    def __repr__(self):
+        inp = (f"vocab_size={self.vocab_size}, embedding_dim={self.embedding_dim}"
+               if self.vocab_size is not None else f"input_size={self.input_size}")
+        return (f"SequenceModel({self.cell}, {inp}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.num_layers}, head={self.head_kind!r}, output_size={self.output_size})")
+
+    # ------------------------------------------------------------------------------ parameters
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Strict: the same names and shapes as this model's parameters, or ValueError (nothing changed)."""
+        missing = sorted(set(self.params) - set(state))
+        extra = sorted(set(state) - set(self.params))
+        if missing or extra:
+            raise ValueError(f"parameters do not match this model: missing {missing}, unexpected {extra}")
+        for k, p in self.params.items():
+            if np.shape(state[k]) != p.shape:
+                raise ValueError(f"parameter {k!r}: expected shape {p.shape}, got {np.shape(state[k])}")
+        for k, p in self.params.items():
+            p[...] = state[k]
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, X, lengths=None, hx=None, is_train=True):
+        """``Y, backprop = model.forward(X, lengths, hx, is_train)``.
+
+        X: (T, B) token ids or (T, B, input_size) floats. lengths: (B,) or None. hx: initial state
+        (for an LSTM a tuple (h0, c0)), e.g. ``backprop.h_n`` of the previous chunk.
+        Y: (T, B, output_size), or (B, output_size) for "many_to_one".
+        backprop.h_n: the final state, at each sequence's last valid step.
+        ``dX = backprop(dY)`` adds parameter gradients into model.grads; dX is None for token input.
+        With is_train=False there is no backward pass and no dropout.
+        """
+        if self.embedding is not None:
+            E, emb_backprop = self.embedding.forward(X, is_train)
+        else:
+            E, emb_backprop = np.asarray(X, dtype=self.dtype), None
+        T, B = E.shape[:2]
+        if is_train:
+            H, h_n, rnn_backprop = self.rnn.forward_train(E, hx=hx, lengths=lengths)
+        else:
+            H, h_n = self.rnn(E, hx=hx, lengths=lengths)
+
+        if self.head_kind == "many_to_one":
+            # last valid step of each sequence: forward half at t = L_b - 1, reverse half at t = 0
+            last = (np.full(B, T) if lengths is None else np.asarray(lengths)) - 1
+            cols = np.arange(B)
+            P = self.rnn.output_size // self.rnn.num_directions
+            Hlast = H[last, cols].copy()
+            if self.rnn.num_directions == 2:
+                Hlast[:, P:] = H[0, :, P:]
+            Y, head_backprop = self.head.forward(Hlast, is_train)
+        else:
+            Y, head_backprop = self.head.forward(H, is_train)
+
+        if not is_train:
+            return Y, _Backprop(None, h_n)
+
+        def backprop(dY):
+            dH_head = head_backprop(dY)
+            if self.head_kind == "many_to_one":
+                dH = np.zeros_like(H)
+                dH[last, cols, :P] = dH_head[:, :P]
+                if self.rnn.num_directions == 2:
+                    dH[0, :, P:] += dH_head[:, P:]
+            else:
+                dH = dH_head
+            dE, _ = rnn_backprop(dH)
+            if emb_backprop is not None:
+                return emb_backprop(dE)
+            return dE
+
+        return Y, _Backprop(backprop, h_n)
+
+    def predict(self, X, lengths=None, hx=None):
+        """Inference output only (no backward pass, no dropout)."""
+        return self.forward(X, lengths=lengths, hx=hx, is_train=False)[0]
+
+
+def select_state(h, cols):
+    """The state of some sequences only: h[:, cols] (for an LSTM, of both h and c)."""
+    if h is None:
+        return None
+    if isinstance(h, tuple):
+        return tuple(x[:, cols] for x in h)
+    return h[:, cols]
+
+
+def generate(model, prime_ids, length, temperature=1.0, rng=None):
+    """Sample `length` token ids from a language model, after reading prime_ids (at least one id).
+
+    Each step feeds the last token and the carried state, and draws the next token from
+    softmax(logits / temperature). Returns an int64 array of the generated ids (prime excluded).
+    """
+    if model.vocab_size is None or model.head_kind != "many_to_many":
+        raise ValueError("generate: expected a language model (token input, many_to_many head)")
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+    rng = np.random.default_rng(rng)
+    prime_ids = np.asarray(prime_ids, dtype=np.int64)
+    if prime_ids.ndim != 1 or len(prime_ids) == 0:
+        raise ValueError("prime_ids: expected a non-empty 1-D sequence of token ids")
+    logits, bp = model.forward(prime_ids[:, None], is_train=False)
+    state, last = bp.h_n, logits[-1, 0]
+    out = np.empty(length, dtype=np.int64)
+    for i in range(length):
+        z = last.astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        out[i] = rng.choice(len(p), p=p)
+        logits, bp = model.forward(out[i:i + 1, None], hx=state, is_train=False)
+        state, last = bp.h_n, logits[0, 0]
+    return out

@@ -1,0 +1,432 @@
+"""Training loop: epochs over batches, truncated BPTT, validation, early stopping, checkpoints.
+
+One optimizer step per chunk:
+
+    model.zero_grad()
+    Y, backprop = model.forward(X[s:e], lengths, hx=carried state)    # forward, keeps a closure
+    loss, dY = loss_fn(Y, targets[s:e], lengths)                      # fused loss + gradient
+    backprop(dY)                                                       # grads += ...
+    optimizer.step()                                                   # clip, then update in place
+
+Truncated BPTT (``tbptt=k``): each batch's time axis is cut into chunks of k steps. The state at the
+end of a chunk (``backprop.h_n``) is the initial state of the next chunk, as plain numbers: no
+gradient flows back across a chunk boundary. The state is reset (hx=None) at the start of every
+batch, since batches hold independent sequences. With k >= T (or tbptt=None) this is full BPTT.
+Sequences that end before a chunk drop out of it (the layers need lengths >= 1); a sequence's
+one-per-sequence target ("many_to_one") is scored in the chunk where the sequence ends.
+
+Everything random comes from one seed: the model's initialisation (its own seed) and the order of
+the data (the trainer's generator). A checkpoint holds the parameters, the optimizer's buffers and
+step, the position in the epoch (batch, chunk, carried state), the generator's state at the start of
+the epoch, and the early-stopping state, so a resumed run computes the same losses as an
+uninterrupted one.
+"""
+import contextlib
+import math
+import time
+
+import numpy as np
+
+from rnncore import checkpoint as ckpt
+from rnncore.losses import length_mask, mse, softmax_cross_entropy
+from rnncore.models import SequenceModel, select_state
+from rnncore.optim import make_optimizer
+
+__all__ = ["Trainer", "load_model", "LOSSES"]
+
+LOSSES = {"cross_entropy": softmax_cross_entropy, "mse": mse}
+
+
+class Trainer:
+    """Train a SequenceModel with an optimizer from rnncore.optim.
+
+    loss: "cross_entropy" or "mse" (or a callable ``loss, dY = f(Y, target, lengths=, mask=,
+        reduction=)``); reduction: "mean" (per valid target; the default) or "sum".
+    tbptt: chunk length k for truncated BPTT (None: whole sequences).
+    seed: seeds the generator that orders the data (shuffling, text offsets).
+    eval_every: evaluate on the validation data every this many steps (None: at the end of each epoch).
+    patience: stop after this many evaluations without an improvement of at least min_delta.
+    checkpoint_path, checkpoint_every: save a checkpoint every this many steps and at the end of fit.
+    metadata: extra JSON-serializable data stored in every checkpoint (e.g. a vocabulary).
+    progress: show a tqdm bar with loss and throughput (None: only on a terminal). loss_in_bits: show losses in bits
+        (loss / ln 2), e.g. bits per character for a language model.
+    on_eval: called as on_eval(trainer, val_loss) after each evaluation.
+    eval_chunk: steps per forward pass when evaluating (memory bound; results do not depend on it).
+    blas_threads: numpy's BLAS threads during fit and evaluate (None: leave as is). The head's and
+        the optimizer's small products run fastest on one thread; rnncore's kernels have their own.
+    """
+
+    def __init__(self, model, optimizer, loss="cross_entropy", reduction="mean", tbptt=None, seed=0,
+                 eval_every=None, patience=None, min_delta=0.0, checkpoint_path=None,
+                 checkpoint_every=None, metadata=None, progress=False, loss_in_bits=False,
+                 on_eval=None, eval_chunk=256, blas_threads=1):
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise ValueError(f"loss: expected one of {sorted(LOSSES)} or a callable, got {loss!r}")
+            self.loss_name, self.loss_fn = loss, LOSSES[loss]
+        else:
+            self.loss_name, self.loss_fn = getattr(loss, "__name__", "custom"), loss
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        for name, v in (("tbptt", tbptt), ("eval_every", eval_every), ("patience", patience),
+                        ("checkpoint_every", checkpoint_every), ("eval_chunk", eval_chunk)):
+            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+                raise ValueError(f"{name}: expected a positive integer or None, got {v!r}")
+        self.model, self.optimizer = model, optimizer
+        self.reduction = reduction
+        self.tbptt = tbptt
+        self.seed = seed
+        self.eval_every, self.patience, self.min_delta = eval_every, patience, float(min_delta)
+        self.checkpoint_path, self.checkpoint_every = checkpoint_path, checkpoint_every
+        self.metadata = dict(metadata or {})
+        self.progress, self.loss_in_bits, self.on_eval = progress, loss_in_bits, on_eval
+        self.eval_chunk = eval_chunk
+        self.blas_threads = blas_threads
+
+        self.rng = np.random.default_rng(seed)
+        self.step = 0                 # optimizer steps done
+        self.epoch = 0                # current epoch (0-based)
+        self.batch_index = 0          # next batch of the current epoch
+        self.chunk_start = 0          # next time step of the current batch
+        self.carry = None             # (cols, state) carried into the next chunk
+        self.epoch_rng_state = None   # generator state at the start of the current epoch (None: not begun)
+        self.best_val = math.inf
+        self.bad_evals = 0
+        self.stopped = False          # by early stopping
+        self.history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+        self._bar = None
+
+    # ------------------------------------------------------------------------------ training
+    def fit(self, train, val=None, epochs=None, max_steps=None):
+        """Train until `epochs` epochs (counted from 0) or `max_steps` optimizer steps in total
+        (counted from step 0, so a resumed trainer continues to the same end), or early stopping.
+
+        train, val: data sources with ``batches(rng)`` (rnncore.data), or lists of Batch.
+        Returns self.history: the training loss of every step this trainer ran, and the
+        validation losses with their steps.
+        """
+        with self._blas_limit():
+            return self._fit(train, val, epochs, max_steps)
+
+    def _blas_limit(self):
+        if self.blas_threads is None:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=self.blas_threads, user_api="blas")
+
+    def _fit(self, train, val, epochs, max_steps):
+        if epochs is None and max_steps is None:
+            raise ValueError("fit: expected epochs or max_steps")
+        train = _as_source(train)
+        val = None if val is None else _as_source(val)
+        from tqdm.auto import tqdm
+        total = max_steps if max_steps is not None else None
+        self._bar = tqdm(total=total, initial=self.step, unit="step",
+                         disable=None if self.progress is None else not self.progress,
+                         dynamic_ncols=True, leave=True)
+        tokens, t0 = 0, time.perf_counter()
+        try:
+            while not self.stopped and (epochs is None or self.epoch < epochs):
+                if max_steps is not None and self.step >= max_steps:
+                    return self.history
+                if self.epoch_rng_state is None:
+                    self.epoch_rng_state = self.rng.bit_generator.state
+                else:  # continuing an epoch begun earlier (or in a checkpoint): replay its data order
+                    self.rng.bit_generator.state = self.epoch_rng_state
+                for bi, batch in enumerate(train.batches(self.rng)):
+                    if bi < self.batch_index:
+                        continue
+                    T = batch.X.shape[0]
+                    k = self.tbptt or T
+                    while self.chunk_start < T:
+                        if max_steps is not None and self.step >= max_steps:
+                            return self.history
+                        s, e = self.chunk_start, min(T, self.chunk_start + k)
+                        loss, n = self._train_chunk(batch, s, e)
+                        self.chunk_start = e
+                        if loss is None:
+                            continue
+                        tokens += n
+                        self._after_step(loss, tokens / max(time.perf_counter() - t0, 1e-9), val)
+                        if self.stopped:
+                            return self.history
+                    self.batch_index, self.chunk_start, self.carry = bi + 1, 0, None
+                self.epoch += 1
+                self.batch_index, self.epoch_rng_state = 0, None
+                if val is not None and self.eval_every is None:
+                    self._evaluate_and_stop(val)
+            return self.history
+        finally:
+            if self.checkpoint_path is not None and self.step > 0:
+                self.save_checkpoint(self.checkpoint_path)
+            self._bar.close()
+            self._bar = None
+
+    def _train_chunk(self, batch, s, e):
+        """One optimizer step on time steps [s, e) of a batch. Returns (loss, targets) or (None, 0)."""
+        X, Y, lengths = batch
+        T, B = X.shape[:2]
+        per_step = self.model.head_kind != "many_to_one"
+        if lengths is None:
+            cols, lens = np.arange(B), None
+        else:
+            lengths = np.asarray(lengths)
+            cols = np.flatnonzero(lengths > s)   # sequences still running at step s
+            lens = np.minimum(lengths[cols] - s, e - s)
+        hx = self._carried_state(cols)
+        Xc = X[s:e, cols]
+        if per_step:
+            Yc, mask = Y[s:e, cols], None
+            n = int(lens.sum()) if lens is not None else (e - s) * len(cols)
+        else:
+            # a sequence's target is scored in the chunk where the sequence ends
+            ends = (lengths[cols] if lengths is not None else np.full(len(cols), T)) <= e
+            Yc, mask, n = Y[cols], ends, int(ends.sum())
+        if n == 0:
+            # nothing to score here: carry the state forward without a step
+            _, bp = self.model.forward(Xc, lengths=lens, hx=hx, is_train=False)
+            self.carry = (cols, bp.h_n)
+            return None, 0
+        self.model.zero_grad()
+        Yhat, bp = self.model.forward(Xc, lengths=lens, hx=hx, is_train=True)
+        loss, dY = self.loss_fn(Yhat, Yc, lengths=lens if per_step else None, mask=mask,
+                                reduction=self.reduction)
+        bp(dY)
+        self.optimizer.step()
+        self.step += 1
+        self.carry = (cols, bp.h_n)
+        return loss, n
+
+    def _carried_state(self, cols):
+        if self.carry is None or self.chunk_start == 0:
+            return None
+        prev_cols, state = self.carry
+        # cols is a subset of prev_cols (sequences only ever drop out), both sorted
+        return select_state(state, np.searchsorted(prev_cols, cols))
+
+    def _after_step(self, loss, throughput, val):
+        self.history["step"].append(self.step)
+        self.history["loss"].append(loss)
+        shown = loss / math.log(2) if self.loss_in_bits else loss
+        self._bar.update(1)
+        self._bar.set_postfix_str(f"loss {shown:.3f}{' bits' if self.loss_in_bits else ''}, "
+                                  f"{throughput:,.0f} tok/s", refresh=False)
+        if val is not None and self.eval_every is not None and self.step % self.eval_every == 0:
+            self._evaluate_and_stop(val)
+        if self.checkpoint_path is not None and self.checkpoint_every is not None \
+                and self.step % self.checkpoint_every == 0:
+            self.save_checkpoint(self.checkpoint_path)
+
+    def _evaluate_and_stop(self, val):
+        v = self.evaluate(val)
+        self.history["val_step"].append(self.step)
+        self.history["val_loss"].append(v)
+        if v < self.best_val - self.min_delta:
+            self.best_val, self.bad_evals = v, 0
+        else:
+            self.bad_evals += 1
+            if self.patience is not None and self.bad_evals >= self.patience:
+                self.stopped = True
+        if self.on_eval is not None:
+            self.on_eval(self, v)
+        if self.stopped:
+            self.write(f"early stopping at step {self.step}: no improvement in {self.bad_evals} evaluations")
+
+    def write(self, msg):
+        """Print a line without breaking the progress bar."""
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    # ------------------------------------------------------------------------------ evaluation
+    def evaluate(self, data):
+        with self._blas_limit():
+            return self._evaluate(data)
+
+    def _evaluate(self, data):
+        """Loss over a whole data source (mean per valid target, or the sum), no gradients.
+
+        Long batches are run in chunks of eval_chunk steps with the state carried, which gives the
+        same numbers as one pass over the whole sequence."""
+        data = _as_source(data)
+        total, count = 0.0, 0
+        per_step = self.model.head_kind != "many_to_one"
+        for X, Y, lengths in data.batches(None):
+            T, B = X.shape[:2]
+            state, prev_cols = None, None
+            for s in range(0, T, self.eval_chunk):
+                e = min(T, s + self.eval_chunk)
+                if lengths is None:
+                    cols, lens = np.arange(B), None
+                else:
+                    lengths = np.asarray(lengths)
+                    cols = np.flatnonzero(lengths > s)
+                    lens = np.minimum(lengths[cols] - s, e - s)
+                hx = None if state is None else select_state(state, np.searchsorted(prev_cols, cols))
+                Yhat, bp = self.model.forward(X[s:e, cols], lengths=lens, hx=hx, is_train=False)
+                state, prev_cols = bp.h_n, cols
+                if per_step:
+                    valid = length_mask(lens, e - s, len(cols))
+                    loss, _ = self.loss_fn(Yhat, Y[s:e, cols], lengths=lens, reduction="sum")
+                    n = int(valid.sum())
+                else:
+                    ends = (lengths[cols] if lengths is not None else np.full(len(cols), T)) <= e
+                    n = int(ends.sum())
+                    if n == 0:
+                        continue
+                    loss, _ = self.loss_fn(Yhat, Y[cols], mask=ends, reduction="sum")
+                if self.loss_fn is mse:
+                    n *= Yhat.shape[-1]
+                total += loss
+                count += n
+        if self.reduction == "sum":
+            return total
+        return total / max(count, 1)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def state(self):
+        """(arrays, metadata) of a checkpoint of the whole training state."""
+        arrays = {f"model/{k}": v for k, v in self.model.params.items()}
+        opt = self.optimizer.state_dict()
+        arrays.update({f"optim/{k}": v for k, v in opt["buffers"].items()})
+        carry_kind = None
+        if self.carry is not None and self.chunk_start > 0:
+            cols, h = self.carry
+            arrays["carry/cols"] = np.asarray(cols, dtype=np.int64)
+            if isinstance(h, tuple):
+                arrays["carry/h"], arrays["carry/c"] = h
+                carry_kind = "hc"
+            else:
+                arrays["carry/h"] = h
+                carry_kind = "h"
+        layer_rng = getattr(self.model.rnn, "_rng", None)  # dropout masks are drawn from it
+        meta = {
+            **self.metadata,
+            "model": self.model.config,
+            "optimizer": self.optimizer.config(),
+            "trainer": {
+                "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+                "chunk_start": self.chunk_start, "carry": carry_kind,
+                "epoch_rng_state": _jsonable_rng_state(self.epoch_rng_state),
+                "rng_state": _jsonable_rng_state(self.rng.bit_generator.state),
+                "layer_rng_state": _jsonable_rng_state(layer_rng.bit_generator.state) if layer_rng else None,
+                "optimizer_step": opt["step_count"], "best_val": _json_float(self.best_val),
+                "bad_evals": self.bad_evals, "stopped": self.stopped, "seed": self.seed,
+                "tbptt": self.tbptt, "loss": self.loss_name, "reduction": self.reduction,
+            },
+        }
+        return arrays, meta
+
+    def save_checkpoint(self, path):
+        arrays, meta = self.state()
+        return ckpt.save(path, arrays, meta)
+
+    def load_checkpoint(self, path):
+        """Restore the training state saved by save_checkpoint into this trainer, model and optimizer.
+
+        The checkpoint must come from a model with the same configuration (CheckpointError if not)."""
+        arrays, meta = ckpt.load(path)
+        if "model" not in meta or "trainer" not in meta or "optimizer" not in meta:
+            raise ckpt.CheckpointError(f"{path}: not a training checkpoint (no model/optimizer/trainer state)")
+        _check_same_model(path, meta["model"], self.model.config)
+        self.model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
+        tr = meta["trainer"]
+        try:
+            self.optimizer.load_state_dict({
+                "step_count": tr["optimizer_step"],
+                "buffers": {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}})
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"{path}: optimizer state does not fit this optimizer ({e})") from None
+        self.step, self.epoch = tr["step"], tr["epoch"]
+        self.batch_index, self.chunk_start = tr["batch_index"], tr["chunk_start"]
+        self.carry = None
+        if tr["carry"] == "hc":
+            self.carry = (arrays["carry/cols"], (arrays["carry/h"], arrays["carry/c"]))
+        elif tr["carry"] == "h":
+            self.carry = (arrays["carry/cols"], arrays["carry/h"])
+        self.epoch_rng_state = tr["epoch_rng_state"]
+        self.rng.bit_generator.state = tr["rng_state"]
+        layer_rng = getattr(self.model.rnn, "_rng", None)
+        if layer_rng is not None and tr.get("layer_rng_state"):
+            layer_rng.bit_generator.state = tr["layer_rng_state"]
+        self.best_val = math.inf if tr["best_val"] is None else tr["best_val"]
+        self.bad_evals, self.stopped = tr["bad_evals"], tr["stopped"]
+        self.seed = tr["seed"]
+        return meta
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs):
+        """Rebuild model, optimizer and trainer from a checkpoint, ready to continue training.
+
+        kwargs go to Trainer (e.g. checkpoint_path, progress, eval_every); tbptt, loss and reduction
+        default to the checkpoint's."""
+        arrays, meta = ckpt.load(path)
+        if "trainer" not in meta or "optimizer" not in meta:
+            raise ckpt.CheckpointError(f"{path}: not a training checkpoint (no optimizer/trainer state)")
+        model = _model_from_meta(path, meta)
+        try:
+            optimizer = make_optimizer(model.params, model.grads, meta["optimizer"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise ckpt.CheckpointError(f"{path}: bad optimizer configuration ({e})") from None
+        tr = meta["trainer"]
+        kwargs.setdefault("tbptt", tr["tbptt"])
+        kwargs.setdefault("loss", tr["loss"])
+        kwargs.setdefault("reduction", tr["reduction"])
+        kwargs.setdefault("seed", tr["seed"])
+        kwargs.setdefault("metadata", {k: v for k, v in meta.items()
+                                       if k not in ("model", "optimizer", "trainer", "format", "version")})
+        trainer = cls(model, optimizer, **kwargs)
+        trainer.load_checkpoint(path)
+        return trainer
+
+
+def load_model(path):
+    """(model, metadata) from a checkpoint: the model rebuilt from its configuration, with its weights."""
+    arrays, meta = ckpt.load(path)
+    model = _model_from_meta(path, meta)
+    try:
+        model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
+    except ValueError as e:
+        raise ckpt.CheckpointError(f"{path}: weights do not fit the model it describes ({e})") from None
+    return model, meta
+
+
+def _model_from_meta(path, meta):
+    if not isinstance(meta.get("model"), dict):
+        raise ckpt.CheckpointError(f"{path}: no model configuration in this checkpoint")
+    try:
+        return SequenceModel.from_config(meta["model"])
+    except (TypeError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{path}: bad model configuration ({e})") from None
+
+
+def _check_same_model(path, saved, current):
+    ignore = {"seed"}
+    diffs = [f"{k} {saved.get(k)!r} in the checkpoint, {current.get(k)!r} here"
+             for k in sorted(set(saved) | set(current)) if k not in ignore and saved.get(k) != current.get(k)]
+    if diffs:
+        raise ckpt.CheckpointError(f"{path}: checkpoint is from another model ({'; '.join(diffs)})")
+
+
+def _jsonable_rng_state(state):
+    return None if state is None else dict(state)
+
+
+def _json_float(x):
+    return None if not math.isfinite(x) else float(x)
+
+
+class _ListSource:
+    def __init__(self, batches):
+        self._batches = list(batches)
+
+    def __len__(self):
+        return len(self._batches)
+
+    def batches(self, rng=None):
+        return iter(self._batches)
+
+
+def _as_source(data):
+    return data if hasattr(data, "batches") else _ListSource(data)
