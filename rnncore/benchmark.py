@@ -1,0 +1,1086 @@
+"""Time rnncore's layers against PyTorch and the numpy reference, after checking that they agree.
+
+    python -m rnncore.benchmark [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--threads 2] [--quick]
+                                [--dtype float32|float64] [--json PATH] [--memory] [--coretype-unset]
+
+For each cell and shape the benchmark
+
+1. builds a ``torch.nn`` module, copies its weights into the rnncore layer (``load_state_dict``) and
+   checks the rnncore layer against it on the first few timesteps at the full batch and sizes
+   (outputs, final states, the input gradient and every weight gradient); a layer that disagrees is
+   marked FAIL and no time is reported for it;
+2. times the inference pass ``layer(x)`` and the training pass
+   ``forward_train(x)`` + ``backprop(d_out)`` against torch's ``module(x)`` under ``inference_mode`` and
+   ``module(x)`` + ``backward`` with ``x.requires_grad``, in the same process, on the same number of
+   threads, with warm-up calls and interleaved repeats (rnncore, torch, torch, rnncore, ...), and
+   reports medians; the full-shape outputs of the timed calls are compared once more;
+3. times the pure-numpy reference (``rnncore.reference``) with a few repeats.
+
+``main`` returns 0 when every check passed and 1 otherwise, so a wrong kernel fails a script or CI job.
+FLOPs counted: forward ``2*T*B*G*H*(I+H)`` (the two matrix products per gate), training ``3 *`` that
+(the backward pass does two products of the forward's size: dX/dh and dW); G = 1, 3, 4 for RNN, GRU, LSTM.
+"""
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# name: (B, T, I, H); inputs are batch_first (B, T, I)
+SHAPES = {
+    "S": (32, 50, 32, 64),
+    "M": (64, 100, 128, 256),
+    "L": (128, 50, 512, 512),
+    "B1": (1, 200, 64, 128),
+}
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+PASSES = ("fwd", "train")
+DEFAULT_PEAK = 512.0        # GFLOP/s: FP32, 2 cores, AVX-512 FMA (see PERFORMANCE.md)
+CHECK_STEPS = 8             # timesteps used by the correctness check
+# A check fails when max|rnncore - oracle| / max(1, max|oracle|) exceeds this, for any compared array.
+TOLERANCE = {"float32": 5e-5, "float64": 1e-9}
+FULL_TOLERANCE = {"float32": 2e-4, "float64": 1e-8}   # full-shape outputs after timing (longer sums)
+SCHEMA = "rnncore-benchmark/1"
+BUSY = 0.2                  # cores used by other processes above which a time is flagged unreliable
+RETRIES = 3                 # with --wait-idle, times a cell is timed again after others interfered
+CORETYPE = "OPENBLAS_CORETYPE"
+
+
+# ---------------------------------------------------------------------------------------------------
+# FLOPs
+
+def flops(cell, shape, pass_):
+    """Matrix-product FLOPs of one call: forward 2*T*B*G*H*(I+H); training 3x forward."""
+    B, T, I, H = shape
+    fwd = 2 * T * B * GATES[cell] * H * (I + H)
+    return fwd if pass_ == "fwd" else 3 * fwd
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environment
+
+def _cpu_info():
+    info = {"model": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count()}
+    try:
+        info["usable_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        info["usable_cpus"] = os.cpu_count()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key and key not in fields:
+            fields[key] = value.strip()
+    info["model"] = fields.get("model name", info["model"])
+    info["family_model"] = "family %s model %s" % (fields.get("cpu family", "?"), fields.get("model", "?"))
+    flags = set(fields.get("flags", "").split())
+    info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512vl", "avx512_bf16", "amx_tile") if f in flags]
+    return info
+
+
+def _version(module_name):
+    try:
+        module = __import__(module_name)
+    except Exception:
+        return None
+    version = getattr(module, "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as dist_version
+            version = dist_version(module_name)
+        except Exception:
+            version = "?"
+    return str(version)
+
+
+def _torch_build():
+    torch = _import_torch()
+    if torch is None:
+        return None
+    out = {"cpu_capability": None, "libraries": []}
+    try:
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        pass
+    try:
+        for line in torch.__config__.show().splitlines():
+            line = line.strip(" -\t")
+            if "Math Kernel Library" in line or "MKL-DNN" in line or "oneDNN" in line:
+                if line not in out["libraries"]:
+                    out["libraries"].append(line)
+    except Exception:
+        pass
+    return out
+
+
+def _threadpools():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer",
+            "num_threads", "filepath")
+    return [{k: d.get(k) for k in keys if k in d} for d in threadpool_info()]
+
+
+def environment():
+    """What the numbers depend on: CPU, library versions, BLAS kernels, OPENBLAS_CORETYPE."""
+    import scipy  # noqa: F401  (loaded so threadpoolctl sees scipy's OpenBLAS, which rnncore calls)
+    import scipy.linalg  # noqa: F401
+    rnncore = _import_rnncore()
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_info(),
+        "versions": {
+            "rnncore": getattr(rnncore, "__version__", None) if rnncore else None,
+            "numpy": np.__version__,
+            "scipy": _version("scipy"),
+            "torch": _version("torch") if _import_torch() is not None else None,
+            "threadpoolctl": _version("threadpoolctl"),
+        },
+        "rnncore_path": os.path.dirname(getattr(rnncore, "__file__", "") or "") if rnncore else None,
+        "openblas_coretype": os.environ.get(CORETYPE),
+        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                        "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+                        if os.environ.get(k) is not None},
+        "torch_build": _torch_build(),
+        "threadpools": _threadpools(),
+    }
+    return env
+
+
+def _warnings(env, peak, dtype):
+    notes = []
+    simd = env["cpu"].get("simd")
+    if simd is not None and "avx512f" not in simd and peak == DEFAULT_PEAK:
+        notes.append("this CPU has no AVX-512: its FP32 peak is about half the default %g GFLOP/s "
+                     "(pass --peak)" % DEFAULT_PEAK)
+    if dtype == "float64" and peak == DEFAULT_PEAK:
+        notes.append("--peak is the FP32 figure; the FP64 peak is half of it")
+    pools = env.get("threadpools") or []
+    openmp = {p.get("filepath") for p in pools if p.get("user_api") == "openmp"}
+    blas = {p.get("filepath") for p in pools if p.get("user_api") == "blas"}
+    if len(openmp) > 1:
+        notes.append("%d OpenMP runtimes are loaded: their thread pools can compete for the cores" % len(openmp))
+    if len(blas) > 1:
+        notes.append("%d BLAS libraries are loaded (rnncore calls scipy's; the numpy reference numpy's)"
+                     % len(blas))
+    return notes
+
+
+class CpuLoad:
+    """CPU time used by other processes (in cores) between start() and stop(), from /proc.
+
+    The machine's busy time (/proc/stat, steal excluded) minus this process's own (/proc/self/stat).
+    Other work on a 2-core machine makes OpenMP teams wait for descheduled threads: the times of a
+    run with a high figure here are not to be trusted. None where /proc is missing.
+    """
+
+    def __init__(self):
+        self.start()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                own = f.read()
+            own = own[own.rindex(")") + 2:].split()
+            return sum(v) - v[3] - v[4] - v[7], v[7], int(own[11]) + int(own[12]), time.monotonic()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self):
+        self._t0 = self._read()
+        return self
+
+    def stop(self):
+        """{'others': cores used by other processes, 'steal': cores taken by the hypervisor}."""
+        t1 = self._read()
+        if self._t0 is None or t1 is None or t1[3] <= self._t0[3]:
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        seconds = t1[3] - self._t0[3]
+        busy, steal, own = (t1[i] - self._t0[i] for i in range(3))
+        return {"others": max(0.0, (busy - own) / hz / seconds), "steal": steal / hz / seconds,
+                "seconds": seconds}
+
+
+def idle_check(seconds=0.5):
+    """Cores used by other processes while this one sleeps for `seconds`."""
+    load = CpuLoad()
+    time.sleep(seconds)
+    return load.stop()
+
+
+def wait_for_idle(timeout):
+    """Sleep until other processes use less than BUSY cores (over 0.5 s), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        load = idle_check(0.5)
+        if load is None or load["others"] < BUSY:
+            return True
+        if time.monotonic() >= deadline:
+            print("  other processes still use %.2f cores; going on" % load["others"], file=sys.stderr, flush=True)
+            return False
+        if not said:
+            print("  waiting for idle CPUs (other processes use %.2f cores) ..." % load["others"],
+                  file=sys.stderr, flush=True)
+            said = True
+        time.sleep(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Imports that may be missing
+
+_CACHE = {}
+
+
+def _import_torch():
+    if "torch" not in _CACHE:
+        try:
+            import torch
+        except Exception:
+            torch = None
+        _CACHE["torch"] = torch
+    return _CACHE["torch"]
+
+
+def _import_rnncore():
+    if "rnncore" not in _CACHE:
+        try:
+            import rnncore
+        except Exception:
+            rnncore = None
+        _CACHE["rnncore"] = rnncore
+    return _CACHE["rnncore"]
+
+
+def _import_reference():
+    if "reference" not in _CACHE:
+        try:
+            from rnncore import reference
+        except Exception:
+            reference = None
+        _CACHE["reference"] = reference
+    return _CACHE["reference"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Threads
+
+@contextlib.contextmanager
+def _threads(n):
+    """Run rnncore, torch and the BLAS that numpy calls on n threads; restore them afterwards."""
+    rnncore, torch = _import_rnncore(), _import_torch()
+    saved = []
+    if torch is not None:
+        saved.append((torch.set_num_threads, torch.get_num_threads()))
+        torch.set_num_threads(n)
+    if rnncore is not None and hasattr(rnncore, "set_num_threads"):
+        if hasattr(rnncore, "get_num_threads"):
+            saved.append((rnncore.set_num_threads, rnncore.get_num_threads()))
+        rnncore.set_num_threads(n)
+    limits = None
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=n, user_api="blas")
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+        for setter, value in reversed(saved):
+            setter(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing
+
+def _time_calls(fn, number):
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def time_interleaved(fns, repeats, warmup, min_time):
+    """Median seconds per call of each function in `fns` (name -> callable).
+
+    Each function is warmed up, then called `number` times per sample (enough for `min_time`
+    seconds); samples alternate between the functions, the order flipping on every repeat, so
+    that drifts of the machine (other users, clocks) hit every function alike.
+    """
+    number = {}
+    for name, fn in fns.items():
+        t = _time_calls(fn, 1)
+        for _ in range(warmup - 1):
+            t = _time_calls(fn, 1)
+        number[name] = max(1, int(min_time / max(t, 1e-9)))
+    samples = {name: [] for name in fns}
+    order = list(fns)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                samples[name].append(_time_calls(fns[name], number[name]))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: {"median_ms": 1e3 * statistics.median(s),
+                   "min_ms": 1e3 * min(s),
+                   "samples_ms": [1e3 * v for v in s],
+                   "calls_per_sample": number[name]} for name, s in samples.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The implementations under test
+
+def _torch_module(cell, shape, dtype, seed):
+    torch = _import_torch()
+    B, T, I, H = shape
+    torch.manual_seed(seed)
+    cls = {"RNN": torch.nn.RNN, "GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM}[cell]
+    module = cls(I, H, batch_first=True)
+    return module.double() if dtype == "float64" else module.float()
+
+
+def _rnncore_layer(cell, shape, dtype, state_dict):
+    rnncore = _import_rnncore()
+    B, T, I, H = shape
+    cls = getattr(rnncore, cell)
+    layer = cls(I, H, batch_first=True, dtype=np.dtype(dtype))
+    layer.load_state_dict({k: np.array(v, dtype=dtype, copy=True) for k, v in state_dict.items()})
+    return layer
+
+
+def _flat_state(h):
+    """h_n or (h_n, c_n) as a list of arrays."""
+    return list(h) if isinstance(h, (tuple, list)) else [h]
+
+
+def _err(got, want):
+    """max|got - want| / max(1, max|want|); inf when shapes differ or got is not finite."""
+    got = np.asarray(got)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return float("inf"), "shape %s, expected %s" % (got.shape, want.shape)
+    got = got.astype(np.float64)
+    if not np.all(np.isfinite(got)):
+        return float("inf"), "non-finite values"
+    if got.size == 0:
+        return 0.0, None
+    return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want))))), None
+
+
+class _Comparison:
+    """Collects the worst error over named arrays and any dtype/shape problems."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.max_err = 0.0
+        self.worst = None
+        self.problems = []
+
+    def add(self, name, got, want):
+        if got is None:
+            self.problems.append("%s: missing (None)" % name)
+            self.max_err = float("inf")
+            return
+        if getattr(got, "dtype", self.dtype) != self.dtype:
+            self.problems.append("%s: dtype %s, expected %s" % (name, got.dtype, self.dtype))
+        err, why = _err(got, want)
+        if why:
+            self.problems.append("%s: %s" % (name, why))
+        if err >= self.max_err:
+            self.max_err, self.worst = err, name
+
+    def add_state(self, got, want):
+        """h_n, or (h_n, c_n) for LSTM."""
+        got = _flat_state(got)
+        if len(got) != len(want):
+            self.problems.append("h_n: %d array(s), expected %d" % (len(got), len(want)))
+        for i, (g, w) in enumerate(zip(got, want)):
+            self.add("h_n[%d]" % i, g, w)
+
+    def result(self, tol, oracle):
+        ok = not self.problems and self.max_err <= tol
+        return {"status": "ok" if ok else "FAIL", "oracle": oracle, "max_err": self.max_err,
+                "worst": self.worst, "tol": tol, "problems": self.problems}
+
+
+def _torch_run(module, x, d_out=None):
+    """Outputs (and, given d_out, the input and weight gradients) of a torch module, as numpy."""
+    torch = _import_torch()
+    if d_out is None:
+        with torch.inference_mode():
+            out, h = module(torch.from_numpy(x))
+        return out.numpy(), [t.numpy() for t in _flat_state(h)], None, None
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    for p in module.parameters():
+        p.grad = None
+    out, h = module(xt)
+    out.backward(torch.from_numpy(d_out))
+    grads = {k: p.grad.numpy().copy() for k, p in module.named_parameters()}
+    return (out.detach().numpy(), [t.detach().numpy() for t in _flat_state(h)], xt.grad.numpy(), grads)
+
+
+# The numpy reference (rnncore.reference):
+#     output, h_n, cache = forward(config, params, x, hx=None, lengths=None)
+#     dx, dhx, grads     = backward(config, params, cache, d_output, d_h_n=None)
+
+def _reference_forward(config, params, x):
+    output, h_n, _ = _import_reference().forward(config, params, x, None, None)
+    return output, h_n
+
+
+def _reference_backward(config, params, x, d_out):
+    """(output, h_n, dx, grads) of the reference: its forward, then its backward."""
+    ref = _import_reference()
+    output, h_n, cache = ref.forward(config, params, x, None, None)
+    dx, _, grads = ref.backward(config, params, cache, d_out, None)
+    return output, h_n, dx, grads
+
+
+# ---------------------------------------------------------------------------------------------------
+# One cell at one shape
+
+def check_layer(layer, cell, module, x, d_out, dtype, steps):
+    """Compare the rnncore layer with torch (or the numpy reference) on the first `steps` timesteps."""
+    xs = np.ascontiguousarray(x[:, :steps])
+    ds = np.ascontiguousarray(d_out[:, :steps])
+    if module is not None:
+        oracle = "torch"
+        want_out, want_h, want_dx, want_grads = _torch_run(module, xs, ds)
+    elif _import_reference() is not None:
+        oracle = "reference"
+        want_out, want_h, want_dx, want_grads = _reference_backward(layer.config, layer.state_dict(), xs, ds)
+        want_h = _flat_state(want_h)
+    else:
+        return {p: {"status": "unchecked", "oracle": None} for p in PASSES}
+    tol = TOLERANCE[dtype]
+    checks = {}
+    fwd = _Comparison(dtype)
+    out, h = layer(xs)
+    fwd.add("output", out, want_out)
+    fwd.add_state(h, want_h)
+    checks["fwd"] = fwd.result(tol, oracle)
+
+    train = _Comparison(dtype)
+    layer.zero_grad()
+    out, h, backprop = layer.forward_train(xs)
+    dx, _ = backprop(ds, None)
+    train.add("output", out, want_out)
+    train.add_state(h, want_h)
+    train.add("dx", dx, want_dx)
+    for name, want in (want_grads or {}).items():
+        train.add("grads[%s]" % name, layer.grads.get(name), want)
+    layer.zero_grad()
+    checks["train"] = train.result(tol, oracle)
+    return checks
+
+
+def _error_text(exc):
+    return "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+
+
+def bench_cell(cell, shape_name, shape, opts, seed):
+    """Rows (one per pass) for one cell at one shape."""
+    B, T, I, H = shape
+    dtype = opts.dtype
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    d_out = rng.standard_normal((B, T, H)).astype(dtype)
+    torch = None if opts.no_torch else _import_torch()
+    module = _torch_module(cell, shape, dtype, seed) if torch is not None else None
+    rows = {p: {"cell": cell, "shape": shape_name, "B": B, "T": T, "I": I, "H": H, "pass": p,
+                "dtype": dtype, "threads": opts.current_threads, "flops": flops(cell, shape, p),
+                "rnncore": None, "torch": None, "reference": None, "ratio": None,
+                "check": {"status": "ERROR", "oracle": None}} for p in PASSES}
+
+    # The rnncore layer, on torch's weights when torch is there.
+    layer = None
+    try:
+        if module is not None:
+            state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+            layer = _rnncore_layer(cell, shape, dtype, state)
+        else:
+            rnncore = _import_rnncore()
+            layer = getattr(rnncore, cell)(I, H, batch_first=True, dtype=np.dtype(dtype), seed=seed)
+        checks = check_layer(layer, cell, module, x, d_out, dtype, min(T, opts.check_steps))
+        for p in PASSES:
+            rows[p]["check"] = checks[p]
+    except Exception as exc:
+        for p in PASSES:
+            rows[p]["check"] = {"status": "ERROR", "oracle": None, "error": _error_text(exc)}
+        layer = None
+
+    for p in PASSES:
+        row = rows[p]
+        fns, last = {}, {}
+        if layer is not None and row["check"]["status"] in ("ok", "unchecked"):
+            fns["rnncore"] = _rnncore_fn(layer, x, d_out, p, last)
+        if module is not None:
+            fns["torch"] = _torch_fn(module, x, d_out, p, last)
+        if fns:
+            try:
+                times = time_interleaved(fns, opts.repeats, opts.warmup, opts.min_time)
+            except Exception as exc:
+                times = {}
+                row["check"] = dict(row["check"], status="ERROR", error=_error_text(exc))
+            for name, t in times.items():
+                t["gflops"] = row["flops"] / (t["median_ms"] * 1e6)
+                row[name] = t
+        if "rnncore" in last and "torch" in last:
+            _check_full(row, last, dtype)
+        if row["check"]["status"] not in ("ok", "unchecked"):
+            row["rnncore"] = None
+        if row["rnncore"] and row["torch"]:
+            row["ratio"] = row["torch"]["median_ms"] / row["rnncore"]["median_ms"]
+        if row["rnncore"]:
+            row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / opts.peak
+        if opts.reference and shape_name in opts.reference_shapes:
+            row["reference"] = _time_reference(layer, module, cell, shape, x, d_out, p, opts)
+    return [rows[p] for p in PASSES]
+
+
+def _rnncore_fn(layer, x, d_out, pass_, last):
+    if pass_ == "fwd":
+        def run():
+            last["rnncore"] = layer(x)[0]
+    else:
+        def run():
+            out, h, backprop = layer.forward_train(x)
+            dx, _ = backprop(d_out, None)
+            last["rnncore"] = (out, dx)
+    return run
+
+
+def _torch_fn(module, x, d_out, pass_, last):
+    torch = _import_torch()
+    if pass_ == "fwd":
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.inference_mode():
+                last["torch"] = module(xt)[0]
+    else:
+        xt = torch.from_numpy(x.copy()).requires_grad_()
+        dt = torch.from_numpy(d_out)
+
+        def run():
+            xt.grad = None
+            out, h = module(xt)
+            out.backward(dt)
+            last["torch"] = (out, xt.grad)
+    return run
+
+
+def _check_full(row, last, dtype):
+    """Compare the full-shape results of the last timed calls (output; training also dx)."""
+    got, want = last["rnncore"], last["torch"]
+    comparison = _Comparison(dtype)
+    if row["pass"] == "fwd":
+        comparison.add("output", got, want.numpy())
+    else:
+        comparison.add("output", got[0], want[0].detach().numpy())
+        comparison.add("dx", got[1], want[1].numpy())
+    full = comparison.result(FULL_TOLERANCE[dtype], "torch")
+    row["check"]["full_shape_err"] = full["max_err"]
+    if full["status"] != "ok" and row["check"]["status"] in ("ok", "unchecked"):
+        row["check"] = dict(row["check"], status="FAIL",
+                            problems=row["check"].get("problems", []) + ["full shape: %s err %.3g%s" % (
+                                full["worst"], full["max_err"],
+                                "; " + "; ".join(full["problems"]) if full["problems"] else "")])
+
+
+def _time_reference(layer, module, cell, shape, x, d_out, pass_, opts):
+    """A few untimed-warm-up-free repeats of the numpy reference (it is slow by design)."""
+    ref = _import_reference()
+    if ref is None:
+        return {"error": "rnncore.reference is not importable"}
+    B, T, I, H = shape
+    try:
+        if layer is not None:
+            config, params = layer.config, layer.state_dict()
+        else:
+            config = {"mode": "RNN_TANH" if cell == "RNN" else cell, "input_size": I, "hidden_size": H,
+                      "num_layers": 1, "bias": True, "batch_first": True, "bidirectional": False,
+                      "proj_size": 0, "peephole": False, "reset_after": True, "nonlinearity": "tanh"}
+            params = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+        if pass_ == "fwd":
+            def run():
+                _reference_forward(config, params, x)
+        else:
+            def run():
+                _reference_backward(config, params, x, d_out)
+        samples = [_time_calls(run, 1) for _ in range(max(1, min(opts.repeats, opts.reference_repeats)))]
+    except Exception as exc:
+        return {"error": _error_text(exc)}
+    median = statistics.median(samples)
+    return {"median_ms": 1e3 * median, "samples_ms": [1e3 * s for s in samples],
+            "gflops": flops(cell, shape, pass_) / (median * 1e9)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Peak memory of one training step (a fresh process per measurement)
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError("no %s in /proc/self/status" % field)
+
+
+def _memory_child(spec):
+    """In a fresh process: peak RSS growth (VmHWM after a /proc/self/clear_refs reset) of one step."""
+    impl, cell, B, T, I, H, dtype, threads = spec.split(",")
+    B, T, I, H, threads = int(B), int(T), int(I), int(H), int(threads)
+    shape = (B, T, I, H)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    d_out = rng.standard_normal((B, T, H)).astype(dtype)
+    xs = np.ascontiguousarray(x[:, :2])
+    ds = np.ascontiguousarray(d_out[:, :2])
+    with _threads(threads):
+        if impl == "rnncore":
+            rnncore = _import_rnncore()
+            layer = getattr(rnncore, cell)(I, H, batch_first=True, dtype=np.dtype(dtype), seed=0)
+
+            def step(xa, da):
+                out, h, backprop = layer.forward_train(xa)
+                backprop(da, None)
+        else:
+            torch = _import_torch()
+            module = _torch_module(cell, shape, dtype, 0)
+
+            def step(xa, da):
+                xt = torch.from_numpy(xa.copy()).requires_grad_()
+                out, h = module(xt)
+                out.backward(torch.from_numpy(da))
+        step(xs, ds)            # load code paths and start thread pools on a 2-step input
+        gc.collect()
+        base = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")        # resets VmHWM to the current RSS
+        step(x, d_out)
+        peak = _status_kb("VmHWM")
+        after = _status_kb("VmRSS")
+    print(json.dumps({"peak_mb": (peak - base) / 1024.0, "retained_mb": (after - base) / 1024.0}))
+
+
+def measure_memory(impl, cell, shape, dtype, threads):
+    spec = ",".join(map(str, (impl, cell) + tuple(shape) + (dtype, threads)))
+    proc = subprocess.run([sys.executable, "-m", "rnncore.benchmark", "--memory-child", spec],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+
+def _ms(v):
+    if v is None:
+        return "–"
+    if v < 1:
+        return "%.3f" % v
+    if v < 10:
+        return "%.2f" % v
+    if v < 100:
+        return "%.1f" % v
+    return "%.0f" % v
+
+
+def _shape_label(row):
+    return "%s (%d,%d,%d,%d)" % (row["shape"], row["B"], row["T"], row["I"], row["H"])
+
+
+def _check_label(check):
+    status = check.get("status")
+    if status == "ok":
+        text = "ok %.0e" % check["max_err"] if check.get("max_err") else "ok"
+        return text + (" (ref)" if check.get("oracle") == "reference" else "")
+    if status == "FAIL":
+        return "**FAIL** %.1e (%s)" % (check.get("max_err", float("nan")), check.get("worst"))
+    if status == "ERROR":
+        return "**ERROR**"
+    return status or "?"
+
+
+def render_table(rows):
+    lines = ["| cell | shape (B,T,I,H) | pass | check | rnncore ms | torch ms | ratio | rnncore GFLOP/s "
+             "| % peak | numpy ref ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        r, t, ref = row["rnncore"], row["torch"], row["reference"]
+        status = row["check"]["status"]
+        rn = _ms(r["median_ms"]) if r else ("FAIL" if status == "FAIL" else
+                                            "ERROR" if status == "ERROR" else "–")
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            row["cell"], _shape_label(row), row["pass"], _check_label(row["check"]), rn,
+            _ms(t["median_ms"]) if t else "–",
+            "%.2f" % row["ratio"] if row["ratio"] else "–",
+            "%.1f" % r["gflops"] if r else "–",
+            "%.0f%%" % r["pct_peak"] if r else "–",
+            _ms(ref["median_ms"]) if ref and "median_ms" in ref else ("error" if ref else "–")))
+    return "\n".join(lines)
+
+
+def render_header(result):
+    env, settings = result["environment"], result["settings"]
+    v = env["versions"]
+    cpu = env["cpu"]
+    lines = [
+        "- versions: rnncore %s, numpy %s, scipy %s, torch %s, Python %s" % (
+            v.get("rnncore"), v.get("numpy"), v.get("scipy"), v.get("torch"), env["python"]),
+        "- CPU: %s (%s), %s usable CPUs, SIMD: %s" % (
+            cpu.get("model"), cpu.get("family_model", "?"), cpu.get("usable_cpus"),
+            " ".join(cpu.get("simd", [])) or "?"),
+        "- threads: %s (torch.set_num_threads and rnncore.set_num_threads; numpy BLAS limited alike)" % (
+            ", ".join(map(str, settings["threads"]))),
+        "- OPENBLAS_CORETYPE: %s" % (env["openblas_coretype"] if env["openblas_coretype"] is not None
+                                     else "unset"),
+        "- dtype %s, batch_first=True; %d repeats (medians), %d warm-up calls, >= %g ms per sample; "
+        "check on the first %d timesteps; FP32 peak %g GFLOP/s" % (
+            settings["dtype"], settings["repeats"], settings["warmup"], 1e3 * settings["min_time"],
+            settings["check_steps"], settings["peak"]),
+    ]
+    before, during = env.get("other_load_before"), env.get("other_load_during")
+    if before or during:
+        lines.append("- CPU used by other processes: %s cores just before, %s on average during the run "
+                     "(steal %s)" % ("%.2f" % before["others"] if before else "?",
+                                     "%.2f" % during["others"] if during else "?",
+                                     "%.2f" % during["steal"] if during else "?"))
+    tb = env.get("torch_build")
+    if tb:
+        lines.append("- torch CPU capability %s; %s" % (tb.get("cpu_capability"), "; ".join(tb["libraries"])))
+    if env.get("env_threads"):
+        lines.append("- thread variables: %s" % ", ".join("%s=%s" % kv for kv in env["env_threads"].items()))
+    for note in result.get("notes", []):
+        lines.append("- note: %s" % note)
+    pools = env.get("threadpools")
+    if pools:
+        lines += ["", "| library | internal_api | architecture | num_threads | version | filepath |",
+                  "|---|---|---|---:|---|---|"]
+        for p in pools:
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                p.get("user_api"), p.get("internal_api"), p.get("architecture", "–"), p.get("num_threads"),
+                p.get("version"), p.get("filepath")))
+    elif pools is None:
+        lines.append("- BLAS libraries: threadpoolctl is not installed")
+    return "\n".join(lines)
+
+
+def render_memory(memory):
+    lines = ["| cell | shape | rnncore peak MB | rnncore retained MB | torch peak MB | torch retained MB |",
+             "|---|---|---:|---:|---:|---:|"]
+
+    def cell_text(m, key):
+        if m is None:
+            return "–"
+        return "error" if "error" in m else "%.1f" % m[key]
+    for m in memory:
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            m["cell"], m["shape"], cell_text(m.get("rnncore"), "peak_mb"),
+            cell_text(m.get("rnncore"), "retained_mb"), cell_text(m.get("torch"), "peak_mb"),
+            cell_text(m.get("torch"), "retained_mb")))
+    return "\n".join(lines)
+
+
+def render(result, title="rnncore benchmark"):
+    parts = ["## %s" % title, "", render_header(result), ""]
+    by_threads = {}
+    for row in result["rows"]:
+        by_threads.setdefault(row["threads"], []).append(row)
+    for n, rows in by_threads.items():
+        if len(by_threads) > 1:
+            parts += ["### %d thread%s" % (n, "" if n == 1 else "s"), ""]
+        parts += [render_table(rows), ""]
+    failed = [r for r in result["rows"] if r["check"]["status"] in ("FAIL", "ERROR")]
+    for r in failed:
+        c = r["check"]
+        parts.append("- %s %s %s %s: %s" % (c["status"], r["cell"], r["shape"], r["pass"],
+                                           c.get("error") or "; ".join(c.get("problems") or [])
+                                           or "max err %.3g in %s (tol %g)" % (c["max_err"], c["worst"],
+                                                                               c["tol"])))
+    if failed:
+        parts.append("")
+    if result.get("memory"):
+        parts += ["Peak memory of one training step (forward_train + backprop; torch forward + backward), "
+                  "above the resident size before the step:", "", render_memory(result["memory"]), ""]
+    return "\n".join(parts)
+
+
+def render_coretype_comparison(with_var, without_var):
+    value = with_var["environment"]["openblas_coretype"]
+    lines = ["| cell | shape | pass | rnncore ms (%s=%s) | rnncore ms (unset) | torch ms (%s) | torch ms (unset) |"
+             % (CORETYPE, value, value), "|---|---|---|---:|---:|---:|---:|"]
+    index = {(r["cell"], r["shape"], r["pass"], r["threads"]): r for r in without_var["rows"]}
+    for a in with_var["rows"]:
+        b = index.get((a["cell"], a["shape"], a["pass"], a["threads"]))
+        if b is None:
+            continue
+
+        def ms(row, impl):
+            return _ms(row[impl]["median_ms"]) if row[impl] else "–"
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            a["cell"], a["shape"], a["pass"], ms(a, "rnncore"), ms(b, "rnncore"), ms(a, "torch"), ms(b, "torch")))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+def _parse_list(text, allowed, what):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    lookup = {a.upper(): a for a in allowed}
+    out = []
+    for s in items:
+        if s.upper() not in lookup:
+            raise argparse.ArgumentTypeError("unknown %s %r: expected some of %s" % (what, s, ", ".join(allowed)))
+        out.append(lookup[s.upper()])
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one %s" % what)
+    return out
+
+
+def _default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="rnncore bench",
+        description="Time rnncore's RNN/GRU/LSTM layers against PyTorch and the numpy reference, after "
+                    "checking them against PyTorch on the same weights. Exit status 1 if a check fails.")
+    p.add_argument("--cells", type=lambda s: _parse_list(s, list(GATES), "cell"), default=list(GATES),
+                   help="comma-separated cells (default: RNN,GRU,LSTM)")
+    p.add_argument("--shapes", type=lambda s: _parse_list(s, list(SHAPES), "shape"), default=list(SHAPES),
+                   help="comma-separated shapes: " + ", ".join(
+                       "%s=(B=%d,T=%d,I=%d,H=%d)" % ((k,) + v) for k, v in SHAPES.items()) + " (default: all)")
+    p.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="thread count(s), comma-separated (default: the usable CPUs, %d)" % _default_threads())
+    p.add_argument("--repeats", type=int, default=None, help="timed samples per implementation (default 11, "
+                                                             "--quick 3); the median is reported")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2, --quick 1)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds per sample; short calls are repeated inside a sample (default 0.05, --quick 0.01)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and shorter samples")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--peak", type=float, default=DEFAULT_PEAK,
+                   help="FP32 peak GFLOP/s for the percent-of-peak column (default %g: 2 cores, AVX-512)"
+                        % DEFAULT_PEAK)
+    p.add_argument("--check-steps", type=int, default=CHECK_STEPS,
+                   help="timesteps of the correctness check (default %d)" % CHECK_STEPS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write every number (samples, errors, environment) here")
+    p.add_argument("--no-torch", action="store_true",
+                   help="do not time PyTorch (the check then uses the numpy reference)")
+    p.add_argument("--no-reference", action="store_true", help="do not time the numpy reference")
+    p.add_argument("--reference-shapes", type=lambda s: _parse_list(s, list(SHAPES), "shape"), default=None,
+                   help="time the numpy reference only at these shapes (e.g. S,B1 to skip the large ones)")
+    p.add_argument("--reference-repeats", type=int, default=3, help="repeats of the numpy reference (default 3)")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure the peak memory of one training step (a fresh process per number)")
+    p.add_argument("--coretype-unset", action="store_true",
+                   help="then run the same benchmark again in a subprocess without %s and report both" % CORETYPE)
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="before each cell and shape, wait up to SECONDS for other processes to leave the CPUs "
+                        "idle (shared machines)")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    return p
+
+
+def _bench_cell_quietly(cell, shape_name, opts, seed):
+    """bench_cell, with each row's `other_load`; with --wait-idle, started on idle CPUs and timed
+    again (up to RETRIES times) when other processes took more than BUSY cores meanwhile."""
+    best = None
+    for attempt in range(1 + (RETRIES if opts.wait_idle > 0 else 0)):
+        if opts.wait_idle > 0:
+            wait_for_idle(opts.wait_idle)
+        load = CpuLoad()
+        rows = bench_cell(cell, shape_name, SHAPES[shape_name], opts, seed)
+        others = load.stop()
+        for row in rows:
+            row["other_load"] = others
+            row["attempts"] = attempt + 1
+        busy = others["others"] if others else 0.0
+        if best is None or busy < best[0]:
+            best = (busy, rows)
+        if busy <= BUSY:
+            break
+        if attempt < RETRIES and opts.wait_idle > 0:
+            print("  other processes took %.2f cores meanwhile: timing again" % busy, file=sys.stderr, flush=True)
+    return best[1]
+
+
+def run(opts):
+    """Run the benchmark described by parsed options; return the result dictionary."""
+    _import_rnncore()           # before torch, so rnncore's shared libraries are resolved first
+    env = environment()
+    env["other_load_before"] = idle_check()
+    run_load = CpuLoad()
+    rows = []
+    total = len(opts.threads) * len(opts.shapes) * len(opts.cells)
+    done = 0
+    for n in opts.threads:
+        opts.current_threads = n
+        with _threads(n):
+            for shape_name in opts.shapes:
+                for cell in opts.cells:
+                    done += 1
+                    print("[%d/%d] %s %s, %d thread%s ..." % (done, total, cell, shape_name, n,
+                                                              "" if n == 1 else "s"),
+                          file=sys.stderr, flush=True)
+                    seed = opts.seed + 1000 * list(SHAPES).index(shape_name) + list(GATES).index(cell)
+                    rows += _bench_cell_quietly(cell, shape_name, opts, seed)
+    env["other_load_during"] = run_load.stop()
+    memory = []
+    if opts.memory:
+        for shape_name in opts.shapes:
+            for cell in opts.cells:
+                entry = {"cell": cell, "shape": shape_name, "threads": opts.threads[0]}
+                for impl in ("rnncore", "torch"):
+                    if impl == "torch" and (opts.no_torch or _import_torch() is None):
+                        continue
+                    entry[impl] = measure_memory(impl, cell, SHAPES[shape_name], opts.dtype, opts.threads[0])
+                memory.append(entry)
+    settings = {k: getattr(opts, k) for k in ("cells", "shapes", "threads", "repeats", "warmup", "min_time",
+                                               "dtype", "peak", "check_steps", "seed", "quick")}
+    settings.update(torch=not opts.no_torch and _import_torch() is not None, reference=opts.reference,
+                    reference_shapes=opts.reference_shapes, reference_repeats=opts.reference_repeats,
+                    tolerance=TOLERANCE[opts.dtype], full_tolerance=FULL_TOLERANCE[opts.dtype],
+                    flops="forward 2*T*B*G*H*(I+H), training 3x forward; G = 1 RNN, 3 GRU, 4 LSTM")
+    result = {"schema": SCHEMA, "environment": env, "settings": settings, "rows": rows, "memory": memory,
+              "notes": _warnings(env, opts.peak, opts.dtype)}
+    if opts.no_torch or _import_torch() is None:
+        result["notes"].append("PyTorch not timed" + ("" if opts.no_torch else " (not importable)"))
+    if opts.reference and _import_reference() is None:
+        result["notes"].append("rnncore.reference is not importable: numpy reference not timed")
+    busy = [r for r in rows if (r.get("other_load") or {}).get("others", 0) > BUSY]
+    if busy:
+        result["notes"].append("other processes used more than %.2g cores while timing %s: those times are "
+                               "not reliable" % (BUSY, ", ".join(sorted({"%s %s" % (r["cell"], r["shape"])
+                                                                       for r in busy}))))
+    result["all_checks_passed"] = all(r["check"]["status"] == "ok" for r in rows)
+    return result
+
+
+def _run_without_coretype(argv):
+    """The same benchmark in a subprocess with OPENBLAS_CORETYPE removed from the environment."""
+    child_argv, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--coretype-unset", "--memory"):
+            continue
+        if a == "--json":
+            skip = True
+            continue
+        if a.startswith("--json="):
+            continue
+        child_argv.append(a)
+    env = {k: v for k, v in os.environ.items() if k != CORETYPE}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "unset.json")
+        proc = subprocess.run([sys.executable, "-m", "rnncore.benchmark"] + child_argv + ["--json", path],
+                              env=env, stdout=subprocess.DEVNULL)
+        if not os.path.exists(path):
+            return {"error": "the subprocess exited with status %d and wrote no results" % proc.returncode}
+        with open(path) as f:
+            return json.load(f)
+
+
+def main(argv=None):
+    """Entry point of `rnncore bench` / benchmarks/bench.py. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = build_parser().parse_args(argv)
+    if opts.memory_child:
+        _memory_child(opts.memory_child)
+        return 0
+    opts.repeats = opts.repeats or (3 if opts.quick else 11)
+    opts.warmup = opts.warmup or (1 if opts.quick else 2)
+    opts.min_time = opts.min_time if opts.min_time is not None else (0.01 if opts.quick else 0.05)
+    opts.threads = opts.threads or [_default_threads()]
+    opts.reference = not opts.no_reference
+    opts.reference_shapes = opts.reference_shapes or list(opts.shapes)
+    if opts.repeats < 1 or opts.warmup < 1 or min(opts.threads) < 1 or opts.check_steps < 1:
+        raise SystemExit("--repeats, --warmup, --threads and --check-steps must be >= 1")
+
+    result = run(opts)
+    print(render(result))
+    status = 0 if all(r["check"]["status"] in ("ok", "unchecked") for r in result["rows"]) else 1
+
+    if opts.coretype_unset:
+        if os.environ.get(CORETYPE) is None:
+            result["coretype_unset"] = {"skipped": "%s is not set in this environment: the run above is "
+                                                   "already the unset case" % CORETYPE}
+            print("%s is not set: no second run needed.\n" % CORETYPE)
+        else:
+            print("Running again with %s unset ...\n" % CORETYPE, file=sys.stderr, flush=True)
+            other = _run_without_coretype(argv)
+            result["coretype_unset"] = other
+            if "rows" in other:
+                print(render(other, "Same benchmark with %s unset" % CORETYPE))
+                print(render_coretype_comparison(result, other))
+                print()
+                if not all(r["check"]["status"] in ("ok", "unchecked") for r in other["rows"]):
+                    status = 1
+            else:
+                print("The run without %s failed: %s\n" % (CORETYPE, other["error"]))
+                status = 1
+
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(_finite(result), f, indent=1, default=_json_default)
+            f.write("\n")
+    return status
+
+
+def _finite(obj):
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError("not JSON serialisable: %r" % type(obj))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
