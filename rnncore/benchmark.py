@@ -167,8 +167,8 @@ def _warnings(env, peak, dtype):
     notes = []
     simd = env["cpu"].get("simd")
     if simd is not None and "avx512f" not in simd and peak == DEFAULT_PEAK:
-        notes.append("this CPU has no AVX-512: its FP32 peak is about half the default %g GFLOP/s "
-                     "(pass --peak)" % DEFAULT_PEAK)
+        notes.append("this CPU has no AVX-512, which the default peak of %g GFLOP/s assumes: its FP32 peak "
+                     "is a half to a third of that (pass --peak)" % DEFAULT_PEAK)
     if dtype == "float64" and peak == DEFAULT_PEAK:
         notes.append("--peak is the FP32 figure; the FP64 peak is half of it")
     pools = env.get("threadpools") or []

@@ -23,7 +23,7 @@ from rnncore.data import (CharVocab, DataError, TextStreams, read_text, split_te
 __all__ = ["main"]
 
 # Defaults of `rnncore train`, tuned to finish in about a minute on 2 cores (see README).
-DEFAULTS = dict(cell="gru", hidden_size=256, num_layers=1, embedding_dim=64, steps=800, lr=6e-3,
+DEFAULTS = dict(cell="gru", hidden_size=256, num_layers=1, embedding_dim=64, steps=1000, lr=6e-3,
                 tbptt=64, batch_size=32, seed=0, out="rnncore-char.npz", clip=1.0, optimizer="adam",
                 schedule="cosine", max_chars=2_000_000, val_chars=60_000, sample_length=300,
                 temperature=0.8)
