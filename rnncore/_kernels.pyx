@@ -78,28 +78,46 @@ cdef inline Py_ssize_t _nchunks(Py_ssize_t B, int num_threads) noexcept nogil:
 # Large GEMMs, split across the OpenMP team (each thread calls single-threaded BLAS on a block).
 # --------------------------------------------------------------------------------------------------
 
+# The split of a large GEMM is a fixed grid of blocks that depends on the shape only, never on the
+# thread count: BLAS may round an element differently depending on the size of the block it falls
+# in (OpenBLAS does, in float32), so one thread runs the very same block calls as a team would, and
+# results are bit-identical whatever the number of threads. GRID_BLOCKS divides evenly by 1, 2, 3,
+# 4 and 6 threads; blocks are at least GRID_MIN rows (or columns).
+cdef enum:
+    GRID_BLOCKS = 12
+    GRID_MIN = 32
+
+
+cdef inline Py_ssize_t _grid_parts(Py_ssize_t dim) noexcept nogil:
+    cdef Py_ssize_t parts = dim // GRID_MIN
+    if parts < 1:
+        return 1
+    return GRID_BLOCKS if parts > GRID_BLOCKS else parts
+
+
 cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,
                     const floating* a, int lda, const floating* b, int ldb,
                     floating beta, floating* c, int ldc, int num_threads) noexcept nogil:
-    """C := alpha * op(A) @ op(B) + beta * C, with the rows (or columns) of C split across threads.
+    """C := alpha * op(A) @ op(B) + beta * C, as a fixed grid of row (or column) blocks of C, one
+    single-threaded BLAS call each, spread over the OpenMP team.
 
-    Each element of C is computed by one thread with BLAS's own summation order over k, so the result
-    does not depend on the thread count as long as BLAS's k-blocking does not (it depends on k only).
-    """
+    The grid depends on (m, n, k) only, so the bits do not depend on the thread count."""
     cdef Py_ssize_t p, parts, s0, s1
     cdef double work = <double> m * n * k
-    if num_threads <= 1 or work < 262144.0:
+    if work < 262144.0:
         gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
+    if num_threads < 1:
+        num_threads = 1
     if m >= n:
-        parts = num_threads if m >= num_threads else m
+        parts = _grid_parts(m)
         for p in prange(parts, num_threads=num_threads, schedule="static"):
             s0 = m * p // parts
             s1 = m * (p + 1) // parts
             gemm(ta, tb, <int> (s1 - s0), n, k, alpha,
                  a + (s0 if ta else s0 * lda), lda, b, ldb, beta, c + s0 * ldc, ldc)
     else:
-        parts = num_threads if n >= num_threads else n
+        parts = _grid_parts(n)
         for p in prange(parts, num_threads=num_threads, schedule="static"):
             s0 = n * p // parts
             s1 = n * (p + 1) // parts

@@ -46,15 +46,22 @@ def _check_num_threads(n):
     return n
 
 
+# `with threads(n):` overrides the process-wide number for the calling Python thread only, so
+# blocks in different Python threads never undo each other's setting.
+_local = threading.local()
+
+
 def set_num_threads(n):
-    """Set the number of threads rnncore's kernels use (OpenMP team; BLAS stays on one thread
-    inside them). The default honours OMP_NUM_THREADS, else the CPUs this process may run on."""
+    """Set the process-wide number of threads rnncore's kernels use (OpenMP team; BLAS stays on one
+    thread inside them). The default honours OMP_NUM_THREADS, else the CPUs this process may run on.
+    A ``with rnncore.threads(n):`` block of the calling thread takes precedence while it runs."""
     _state["num_threads"] = _check_num_threads(n)
 
 
 def get_num_threads():
-    """The number of threads rnncore's kernels use."""
-    return _state["num_threads"]
+    """The number of threads rnncore's kernels use when called from this Python thread."""
+    n = getattr(_local, "num_threads", None)
+    return _state["num_threads"] if n is None else n
 
 
 # Below this many floating-point operations a layer call runs on one thread: splitting it would
@@ -65,19 +72,20 @@ SMALL_WORK_FLOPS = 2e6
 
 def threads_for(flops):
     """The thread count for a call of about `flops` operations."""
-    return 1 if flops < SMALL_WORK_FLOPS else _state["num_threads"]
+    return 1 if flops < SMALL_WORK_FLOPS else get_num_threads()
 
 
 @contextlib.contextmanager
 def threads(n):
-    """``with rnncore.threads(n):`` runs rnncore's kernels on n threads inside the block."""
+    """``with rnncore.threads(n):`` runs rnncore's kernels on n threads inside the block, for calls
+    made from this Python thread (other threads keep their own setting). Blocks nest."""
     n = _check_num_threads(n)
-    old = _state["num_threads"]
-    _state["num_threads"] = n
+    old = getattr(_local, "num_threads", None)
+    _local.num_threads = n
     try:
         yield n
     finally:
-        _state["num_threads"] = old
+        _local.num_threads = old
 
 
 # The BLAS controllers are found once (scanning the loaded libraries costs ~1 ms); scipy's BLAS is
@@ -95,6 +103,15 @@ def _get_blas_libs():
     return _blas_libs
 
 
+def _set_blas_threads(lib, n):
+    # threadpoolctl (>= 3.6) lets only the first Python thread that set a limit change OpenBLAS's
+    # process-wide count and silently ignores the others; rnncore's limit must hold whichever Python
+    # thread calls it (its own reference count and lock serialise the changes), so it calls the
+    # library's setter directly when threadpoolctl exposes it.
+    real = getattr(lib, "_real_set_num_threads", None)
+    (real or lib.set_num_threads)(n)
+
+
 @contextlib.contextmanager
 def blas_single_thread():
     """Keep every BLAS library on one thread while rnncore computes; restore it afterwards.
@@ -107,7 +124,7 @@ def blas_single_thread():
             for lib in _get_blas_libs():
                 n = lib.get_num_threads()
                 if n != 1:
-                    lib.set_num_threads(1)
+                    _set_blas_threads(lib, 1)
                     saved.append((lib, n))
             _active[1] = saved
         _active[0] += 1
@@ -118,5 +135,5 @@ def blas_single_thread():
             _active[0] -= 1
             if _active[0] == 0:
                 for lib, n in _active[1]:
-                    lib.set_num_threads(n)
+                    _set_blas_threads(lib, n)
                 _active[1] = []

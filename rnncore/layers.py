@@ -10,6 +10,7 @@ dropout between layers (training only), variable lengths (pack_padded_sequence s
 The forward pass returns a `backprop` closure over what it kept (as thinc does): a layer holds no
 hidden "last input", so two forward_train calls in flight never interfere.
 """
+import contextlib
 import threading
 
 import numpy as np
@@ -279,9 +280,10 @@ class _RecurrentStack:
             local.scratch = _Scratch()
         return local.scratch
 
-    def __getstate__(self):  # picklable: the per-thread scratch is not state
+    def __getstate__(self):  # picklable: the per-thread scratch and the grads guard are not state
         state = dict(self.__dict__)
         state.pop("_local", None)
+        state.pop("_grads_lock", None)
         return state
 
 
@@ -347,7 +349,14 @@ class _Backprop:
             dc_all = None
         nt = _threads.threads_for(2 * lay._flops(T, B))
         dlayer = dout.reshape(T * B, D * P)
-        with _threads.blas_single_thread():
+        # Backward passes add into the layer's one set of grads outside the GIL: two at once would
+        # lose updates, so a second one, from another thread, is refused rather than left to race.
+        guard = lay.__dict__.setdefault("_grads_lock", threading.Lock())
+        if not guard.acquire(blocking=False):
+            raise RuntimeError(f"{type(lay).__name__}: another thread is running a backward pass of this "
+                               f"layer (both would add into layer.grads); run backward passes of one layer "
+                               f"one after the other, or train a separate layer per thread")
+        with _threads.blas_single_thread(), _released(guard):
             for layer in reversed(range(lay.num_layers)):
                 in_size = lay.input_size if layer == 0 else lay.output_size
                 dx = np.zeros((T * B, in_size), lay.dtype)
@@ -370,6 +379,15 @@ class _Backprop:
         elif lay.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, ((dh_all, dc_all) if has_c else dh_all)
+
+
+@contextlib.contextmanager
+def _released(lock):
+    """Release an already-acquired lock on leaving the block."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _orthogonal(rng, rows, cols):

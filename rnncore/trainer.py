@@ -20,8 +20,26 @@ the data (the trainer's generator). A checkpoint holds the parameters, the optim
 step, the position in the epoch (batch, chunk, carried state), the generator's state at the start of
 the epoch, and the early-stopping state, so a resumed run computes the same losses as an
 uninterrupted one.
+
+Other models (rnncore.architectures, rnncore.seq2seq, your own) train through a small protocol:
+
+    model.params, model.grads            dicts name -> array (grads accumulate with +=)
+    model.zero_grad()
+    loss, count, backward = model.batch_loss(batch, reduction="mean", is_train=True)
+                                         # forward + loss on one batch; backward() adds the gradients
+    model.config, Model.from_config(c)   (checkpoints) and state_dict() / load_state_dict(d)
+
+Such a model takes one optimizer step per batch (tbptt does not apply) and is evaluated with
+batch_loss(batch, reduction="sum", is_train=False).
+
+Crash safety. A step whose loss or gradient is not finite raises NonFiniteError naming the step
+(on_nonfinite="raise", the default) or is skipped without touching the parameters
+(on_nonfinite="skip"; the count is in trainer.skipped_steps). A checkpoint is only written
+between steps and only when every parameter is finite, so a good checkpoint is never replaced by a
+bad one; Ctrl-C (KeyboardInterrupt) leaves the last checkpoint as it was and re-raises.
 """
 import contextlib
+import importlib
 import math
 import time
 
@@ -32,9 +50,17 @@ from rnncore.losses import length_mask, mse, softmax_cross_entropy
 from rnncore.models import SequenceModel, select_state
 from rnncore.optim import make_optimizer
 
-__all__ = ["Trainer", "load_model", "LOSSES"]
+__all__ = ["Trainer", "NonFiniteError", "load_model", "LOSSES"]
 
 LOSSES = {"cross_entropy": softmax_cross_entropy, "mse": mse}
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step produced a loss or gradient that is NaN or infinite."""
+
+
+def _is_protocol_model(model):
+    return hasattr(model, "batch_loss")
 
 
 class Trainer:
@@ -54,12 +80,22 @@ class Trainer:
     eval_chunk: steps per forward pass when evaluating (memory bound; results do not depend on it).
     blas_threads: numpy's BLAS threads during fit and evaluate (None: leave as is). The head's and
         the optimizer's small products run fastest on one thread; rnncore's kernels have their own.
+    on_nonfinite: "raise" (NonFiniteError naming the step) or "skip" (drop that step's update).
     """
 
     def __init__(self, model, optimizer, loss="cross_entropy", reduction="mean", tbptt=None, seed=0,
                  eval_every=None, patience=None, min_delta=0.0, checkpoint_path=None,
                  checkpoint_every=None, metadata=None, progress=False, loss_in_bits=False,
-                 on_eval=None, eval_chunk=256, blas_threads=1):
+                 on_eval=None, eval_chunk=256, blas_threads=1, on_nonfinite="raise"):
+        for name in ("params", "grads", "zero_grad"):
+            if not hasattr(model, name):
+                raise TypeError(f"model: expected a SequenceModel or an object with params, grads, zero_grad() "
+                                f"and batch_loss(); got {type(model).__name__} without {name!r}")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+        if _is_protocol_model(model) and tbptt is not None:
+            raise ValueError(f"tbptt: {type(model).__name__} trains on whole batches (batch_loss); "
+                             f"expected tbptt=None, got {tbptt!r}")
         if isinstance(loss, str):
             if loss not in LOSSES:
                 raise ValueError(f"loss: expected one of {sorted(LOSSES)} or a callable, got {loss!r}")
@@ -82,6 +118,8 @@ class Trainer:
         self.progress, self.loss_in_bits, self.on_eval = progress, loss_in_bits, on_eval
         self.eval_chunk = eval_chunk
         self.blas_threads = blas_threads
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
 
         self.rng = np.random.default_rng(seed)
         self.step = 0                 # optimizer steps done
@@ -95,6 +133,7 @@ class Trainer:
         self.stopped = False          # by early stopping
         self.history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
         self._bar = None
+        self._interrupted = False
 
     # ------------------------------------------------------------------------------ training
     def fit(self, train, val=None, epochs=None, max_steps=None):
@@ -136,6 +175,17 @@ class Trainer:
                 for bi, batch in enumerate(train.batches(self.rng)):
                     if bi < self.batch_index:
                         continue
+                    if _is_protocol_model(self.model):
+                        if max_steps is not None and self.step >= max_steps:
+                            return self.history
+                        loss, n = self._train_batch(batch)
+                        self.batch_index = bi + 1
+                        if loss is not None:
+                            tokens += n
+                            self._after_step(loss, tokens / max(time.perf_counter() - t0, 1e-9), val)
+                            if self.stopped:
+                                return self.history
+                        continue
                     T = batch.X.shape[0]
                     k = self.tbptt or T
                     while self.chunk_start < T:
@@ -156,9 +206,14 @@ class Trainer:
                 if val is not None and self.eval_every is None:
                     self._evaluate_and_stop(val)
             return self.history
+        except KeyboardInterrupt:
+            # the last checkpoint stays as it was: the interrupted step may have half-updated the model
+            self._interrupted = True
+            raise
         finally:
-            if self.checkpoint_path is not None and self.step > 0:
-                self.save_checkpoint(self.checkpoint_path)
+            if self.checkpoint_path is not None and self.step > 0 and not self._interrupted:
+                self._save_if_finite(self.checkpoint_path)
+            self._interrupted = False
             self._bar.close()
             self._bar = None
 
@@ -192,10 +247,46 @@ class Trainer:
         loss, dY = self.loss_fn(Yhat, Yc, lengths=lens if per_step else None, mask=mask,
                                 reduction=self.reduction)
         bp(dY)
+        self.carry = (cols, bp.h_n)
+        if not self._finite_step(loss):
+            return None, 0
         self.optimizer.step()
         self.step += 1
-        self.carry = (cols, bp.h_n)
         return loss, n
+
+    def _train_batch(self, batch):
+        """One optimizer step on a whole batch of a protocol model (batch_loss)."""
+        self.model.zero_grad()
+        loss, n, backward = self.model.batch_loss(batch, reduction=self.reduction, is_train=True)
+        if n == 0:
+            return None, 0
+        backward()
+        if not self._finite_step(loss):
+            return None, 0
+        self.optimizer.step()
+        self.step += 1
+        return float(loss), n
+
+    def _finite_step(self, loss):
+        """True when the loss and every gradient are finite; otherwise raise or count a skipped step."""
+        bad = None
+        if not math.isfinite(loss):
+            bad = f"loss is {loss}"
+        else:
+            for name, g in self.model.grads.items():
+                if not np.isfinite(g).all():
+                    bad = f"gradient of {name} is not finite"
+                    break
+        if bad is None:
+            return True
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(f"step {self.step + 1} (epoch {self.epoch}, batch {self.batch_index}): {bad}; "
+                                 f"parameters left as after step {self.step}. Lower the learning rate, clip "
+                                 f"gradients (clip_norm), or pass on_nonfinite='skip'")
+        self.skipped_steps += 1
+        self.model.zero_grad()
+        self.write(f"step {self.step + 1}: {bad}; skipped ({self.skipped_steps} skipped so far)")
+        return False
 
     def _carried_state(self, cols):
         if self.carry is None or self.chunk_start == 0:
@@ -215,7 +306,7 @@ class Trainer:
             self._evaluate_and_stop(val)
         if self.checkpoint_path is not None and self.checkpoint_every is not None \
                 and self.step % self.checkpoint_every == 0:
-            self.save_checkpoint(self.checkpoint_path)
+            self._save_if_finite(self.checkpoint_path)
 
     def _evaluate_and_stop(self, val):
         v = self.evaluate(val)
@@ -251,6 +342,11 @@ class Trainer:
         same numbers as one pass over the whole sequence."""
         data = _as_source(data)
         total, count = 0.0, 0
+        if _is_protocol_model(self.model):
+            for batch in data.batches(None):
+                loss, n, _ = self.model.batch_loss(batch, reduction="sum", is_train=False)
+                total, count = total + float(loss), count + n
+            return total if self.reduction == "sum" else total / max(count, 1)
         per_step = self.model.head_kind != "many_to_one"
         for X, Y, lengths in data.batches(None):
             T, B = X.shape[:2]
@@ -300,10 +396,11 @@ class Trainer:
             else:
                 arrays["carry/h"] = h
                 carry_kind = "h"
-        layer_rng = getattr(self.model.rnn, "_rng", None)  # dropout masks are drawn from it
+        layer_rng = _layer_rng(self.model)  # dropout masks are drawn from it
         meta = {
             **self.metadata,
             "model": self.model.config,
+            "model_class": _class_path(self.model),
             "optimizer": self.optimizer.config(),
             "trainer": {
                 "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
@@ -321,6 +418,14 @@ class Trainer:
     def save_checkpoint(self, path):
         arrays, meta = self.state()
         return ckpt.save(path, arrays, meta)
+
+    def _save_if_finite(self, path):
+        bad = [k for k, p in self.model.params.items() if not np.isfinite(p).all()]
+        if bad:
+            self.write(f"not saving a checkpoint at step {self.step}: parameters {bad} are not finite "
+                       f"(the previous checkpoint at {path} is kept)")
+            return None
+        return self.save_checkpoint(path)
 
     def load_checkpoint(self, path):
         """Restore the training state saved by save_checkpoint into this trainer, model and optimizer.
@@ -347,7 +452,7 @@ class Trainer:
             self.carry = (arrays["carry/cols"], arrays["carry/h"])
         self.epoch_rng_state = tr["epoch_rng_state"]
         self.rng.bit_generator.state = tr["rng_state"]
-        layer_rng = getattr(self.model.rnn, "_rng", None)
+        layer_rng = _layer_rng(self.model)
         if layer_rng is not None and tr.get("layer_rng_state"):
             layer_rng.bit_generator.state = tr["layer_rng_state"]
         self.best_val = math.inf if tr["best_val"] is None else tr["best_val"]
@@ -392,13 +497,41 @@ def load_model(path):
     return model, meta
 
 
+def _layer_rng(model):
+    return getattr(getattr(model, "rnn", None), "_rng", None)
+
+
+def _class_path(model):
+    cls = type(model)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def _model_from_meta(path, meta):
     if not isinstance(meta.get("model"), dict):
         raise ckpt.CheckpointError(f"{path}: no model configuration in this checkpoint")
+    cls = _model_class(path, meta.get("model_class"))
     try:
-        return SequenceModel.from_config(meta["model"])
+        return cls.from_config(meta["model"])
     except (TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{path}: bad model configuration ({e})") from None
+
+
+def _model_class(path, name):
+    """The model class a checkpoint names: only classes defined in rnncore's own modules are loaded,
+    so a checkpoint cannot make this import arbitrary code."""
+    if name is None:
+        return SequenceModel
+    module, _, qualname = str(name).partition(":")
+    if not (module == "rnncore" or module.startswith("rnncore.")) or not qualname.isidentifier():
+        raise ckpt.CheckpointError(f"{path}: model class {name!r} is not an rnncore model; "
+                                   f"expected 'rnncore.<module>:<Class>'")
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        raise ckpt.CheckpointError(f"{path}: unknown model class {name!r}") from None
+    if not hasattr(cls, "from_config"):
+        raise ckpt.CheckpointError(f"{path}: model class {name!r} cannot be rebuilt (no from_config)")
+    return cls
 
 
 def _check_same_model(path, saved, current):
