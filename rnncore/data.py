@@ -149,6 +149,8 @@ class CharVocab:
 def pad_sequences(seqs, pad_value=0, dtype=None):
     """Stack sequences of shape (L_i, ...) into a time-major (T, B, ...) array; returns (array, lengths)."""
     seqs = [np.asarray(s) if dtype is None else np.asarray(s, dtype=dtype) for s in seqs]
+    if not seqs:
+        raise ValueError("pad_sequences: expected at least one sequence, got 0")
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     if (lengths < 1).any():
         raise ValueError("every sequence needs at least one step")

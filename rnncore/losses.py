@@ -111,7 +111,8 @@ def softmax_cross_entropy(logits, targets, lengths=None, mask=None, reduction="s
 def mse(pred, target, lengths=None, mask=None, reduction="mean"):
     """Mean squared error (as torch.nn.MSELoss, no 1/2) and its gradient with respect to pred.
 
-    pred, target: same shape, (T, B, O) per step or (B, O) per sequence (any shape).
+    pred, target: same shape, (T, B, O) per step or (B, O) per sequence (any shape); targets must be
+        finite where they count (padding may hold anything, e.g. NaN).
     lengths: (B,) for time-major (T, B, ...) predictions; padding adds nothing.
     mask:    optional boolean array of pred.shape[:-1].
     reduction: "sum" (Σ (pred - target)²) or "mean" (divided by the number of valid elements).
@@ -127,7 +128,11 @@ def mse(pred, target, lengths=None, mask=None, reduction="mean"):
     if pred.ndim < 2:
         raise ValueError(f"pred: expected (..., O) with at least 2 dims, got shape {pred.shape}")
     valid = _valid_mask(pred.shape[:-1], lengths, mask)[..., None]
-    diff = (pred - target) * valid
+    finite = np.isfinite(target)
+    if not finite.all() and (~finite & valid).any():
+        bad = target[~finite & valid][0]
+        raise ValueError(f"target: expected finite values, got {bad} at {np.argwhere(~finite & valid)[0].tolist()}")
+    diff = np.where(valid, pred - target, 0).astype(pred.dtype, copy=False)
     # L = Σ (pred - target)²,  ∂L/∂pred = 2 (pred - target)
     loss = float(np.sum(np.square(diff, dtype=np.float64)))
     d_pred = 2 * diff

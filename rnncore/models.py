@@ -103,6 +103,8 @@ class Linear:
     def forward(self, X, is_train=True):
         # X (..., in) -> Y (..., out)
         W, b = self.params["weight"], self.params["bias"]
+        if X.ndim < 1 or X.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input (..., {self.in_features}), got shape {X.shape}")
         X2 = X.reshape(-1, self.in_features)
         # Y = X W^T + b
         Y = X2 @ W.T

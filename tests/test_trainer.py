@@ -247,3 +247,53 @@ def test_sequence_dataset_pads_and_gives_lengths(rng):
     assert Y.shape == (3,)
     with pytest.raises(ValueError, match="expected shape"):
         SequenceDataset(seqs, [np.array([1, 2]), np.array([1]), np.array([1, 2])], batch_size=2)
+
+
+class _LinearRegression:
+    """The smallest model of the Trainer's protocol (batch_loss): y = X w, squared error."""
+
+    def __init__(self, n=3):
+        self.params = {"w": np.zeros(n)}
+        self.grads = {"w": np.zeros(n)}
+        self.config = {"n": n}
+
+    def zero_grad(self):
+        self.grads["w"].fill(0)
+
+    def state_dict(self):
+        return {"w": self.params["w"].copy()}
+
+    def load_state_dict(self, d):
+        self.params["w"][...] = d["w"]
+
+    def batch_loss(self, batch, reduction="mean", is_train=True):
+        X, y = batch
+        r = X @ self.params["w"] - y
+        scale = 1.0 / len(y) if reduction == "mean" else 1.0
+        loss = float(scale * (r @ r))
+
+        def backward():
+            self.grads["w"] += 2 * scale * (X.T @ r)
+        return loss, len(y), (backward if is_train else None)
+
+
+def test_protocol_models_train_evaluate_and_checkpoint(tmp_path, rng):
+    w_true = np.array([1.0, -2.0, 0.5])
+    batches = []
+    for _ in range(8):
+        X = rng.standard_normal((16, 3))
+        batches.append((X, X @ w_true))
+    model = _LinearRegression()
+    path = tmp_path / "lin.npz"
+    trainer = Trainer(model, SGD(model.params, model.grads, lr=0.05), checkpoint_path=path)
+    hist = trainer.fit(batches, epochs=30)
+    assert len(hist["loss"]) == 240 and hist["loss"][-1] < 1e-6 * hist["loss"][0]
+    np.testing.assert_allclose(model.params["w"], w_true, atol=1e-4)
+    # evaluate = mean over every target of every batch
+    expect = sum(float(((X @ model.params["w"] - y) ** 2).sum()) for X, y in batches) / (16 * 8)
+    assert trainer.evaluate(batches) == pytest.approx(expect, rel=1e-12)
+    with pytest.raises(ValueError, match="tbptt=None"):
+        Trainer(model, SGD(model.params, model.grads, lr=0.1), tbptt=5)
+    # the checkpoint names the class; one outside rnncore is never imported from a file
+    with pytest.raises(CheckpointError, match="not an rnncore model"):
+        load_model(path)
