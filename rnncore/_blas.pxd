@@ -29,37 +29,36 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
 
 
 cdef extern from "_rc_gemm.h" nogil:
-    void rc_sgemm_nn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
-                     const float* B, Py_ssize_t ldb, int accumulate, float* C, Py_ssize_t ldc)
-    void rc_dgemm_nn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
-                     const double* B, Py_ssize_t ldb, int accumulate, double* C, Py_ssize_t ldc)
+    const Py_ssize_t RC_NR_F
+    const Py_ssize_t RC_NR_D
+    void rc_sgemm_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                         const float* Bp, Py_ssize_t pstride, int accumulate, float* C, Py_ssize_t ldc)
+    void rc_dgemm_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
+                         const double* Bp, Py_ssize_t pstride, int accumulate, double* C, Py_ssize_t ldc)
 
 
-cdef inline void mm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
-                       const floating* w, Py_ssize_t ldw, const floating* w_t, Py_ssize_t ldw_t,
-                       bint accumulate, floating* c, Py_ssize_t ldc) noexcept nogil:
-    """C (+)= A @ W^T for the per-step recurrent product; W is (n, k) with leading dimension ldw.
+cdef inline Py_ssize_t panel_width(const floating* x) noexcept nogil:
+    """Columns per panel of a packed matrix (rnncore/_rc_gemm.h) of this dtype; x only picks it."""
+    if floating is float:
+        return RC_NR_F
+    return RC_NR_D
 
-    With w_t (W^T laid out (k, n), leading dimension ldw_t) rnncore's own small GEMM runs
-    (_rc_gemm.h); with w_t == NULL, BLAS does (the reference path)."""
-    if w_t == NULL:
-        gemm(False, True, <int> m, <int> n, <int> k, 1, a, <int> lda, w, <int> ldw,
+
+cdef inline void mm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
+                           bint trans_w, const floating* w, Py_ssize_t ldw,
+                           const floating* wp, Py_ssize_t kp, Py_ssize_t k0,
+                           bint accumulate, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """C (+)= A @ B for the per-step recurrent products, B = W^T (trans_w, W is (n, k)) or W (W is
+    (k, n)), W row-major with leading dimension ldw.
+
+    With wp (B packed into panels of kp rows, rnncore/_rc_gemm.h; this product uses rows
+    [k0, k0 + k) of it) rnncore's own small GEMM runs; with wp == NULL, BLAS does on W (the
+    reference path; the caller has already offset w to the rows or columns it wants)."""
+    cdef Py_ssize_t nr = panel_width(a)
+    if wp == NULL:
+        gemm(False, trans_w, <int> m, <int> n, <int> k, 1, a, <int> lda, w, <int> ldw,
              1 if accumulate else 0, c, <int> ldc)
     elif floating is float:
-        rc_sgemm_nn(m, n, k, a, lda, w_t, ldw_t, accumulate, c, ldc)
+        rc_sgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, accumulate, c, ldc)
     else:
-        rc_dgemm_nn(m, n, k, a, lda, w_t, ldw_t, accumulate, c, ldc)
-
-
-cdef inline void mm_nn(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
-                       const floating* w, Py_ssize_t ldw, bint own,
-                       bint accumulate, floating* c, Py_ssize_t ldc) noexcept nogil:
-    """C (+)= A @ W for the per-step backward product; W is (k, n) with leading dimension ldw.
-    own: rnncore's small GEMM, else BLAS."""
-    if not own:
-        gemm(False, False, <int> m, <int> n, <int> k, 1, a, <int> lda, w, <int> ldw,
-             1 if accumulate else 0, c, <int> ldc)
-    elif floating is float:
-        rc_sgemm_nn(m, n, k, a, lda, w, ldw, accumulate, c, ldc)
-    else:
-        rc_dgemm_nn(m, n, k, a, lda, w, ldw, accumulate, c, ldc)
+        rc_dgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, accumulate, c, ldc)

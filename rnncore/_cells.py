@@ -41,8 +41,8 @@ class RNNCell:
         G, hprev, x = cache["G"], cache["hprev"], cache["x"]
         T, B, H = G.shape
         dG = np.empty_like(G)
-        K.rnn_backward(dG, dh, dout, G, p["w_hh"], cache["lengths"], col0, self.relu,
-                       cache["reverse"], own_step_gemm(), nt)
+        K.rnn_backward(dG, dh, dout, G, p["w_hh"], cache["lengths"], _packed(p["w_hh"]), col0,
+                       self.relu, cache["reverse"], nt)
         dG = dG.reshape(T * B, H)
         # dW_hh += dG^T @ hprev
         K.matmul(g["w_hh"], dG, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
@@ -81,8 +81,8 @@ class LSTMCell:
         dmbuf = np.empty((B, H), G.dtype) if proj else None
         tcbuf = np.empty((B, H), G.dtype)
         K.lstm_backward(dG, dh, dc, dH, dmbuf, tcbuf, dout, G, cprev, cnew, p["w_hh"], p.get("w_hr"),
-                        p.get("w_ci"), p.get("w_cf"), p.get("w_co"), cache["lengths"], col0,
-                        cache["reverse"], own_step_gemm(), nt)
+                        p.get("w_ci"), p.get("w_cf"), p.get("w_co"), _packed(p["w_hh"]),
+                        _packed(p.get("w_hr")), cache["lengths"], col0, cache["reverse"], nt)
         if "w_ci" in p:
             # peepholes: dw_c* = sum over t, b of dL/da_gate ⊙ (the cell state that gate saw)
             g["w_ci"] += np.einsum("tbj,tbj->j", dG[:, :, :H], cprev)
@@ -126,7 +126,8 @@ class GRUCell:
         hprev = ws("hprev", (T, B, H), dt)
         HN = ws("HN", (T, B, H), dt)
         gh = ws("gh", (B, 3 * H), dt)
-        K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), b_hn,
+        W_t = K.pack_gru_t(p["w_hh"], self.reset_after) if own_step_gemm() else None
+        K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], W_t, b_hn,
                       lengths, col0, self.reset_after, reverse, nt)
         return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse}
 
@@ -138,7 +139,7 @@ class GRUCell:
         if self.reset_after:
             dGh = np.empty_like(G)
             K.gru_backward(dGx, dGh, dh, None, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           col0, True, cache["reverse"], own_step_gemm(), nt)
+                           _packed(p["w_hh"]), col0, True, cache["reverse"], nt)
             dGh = dGh.reshape(T * B, H3)
             # dW_hh += dGh^T @ hprev ; db_hh += sum(dGh)
             K.matmul(g["w_hh"], dGh, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
@@ -148,7 +149,7 @@ class GRUCell:
         else:
             drh = np.empty((B, H), G.dtype)
             K.gru_backward(dGx, None, dh, drh, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           col0, False, cache["reverse"], own_step_gemm(), nt)
+                           _packed(p["w_hh"]), col0, False, cache["reverse"], nt)
             dGx = dGx.reshape(T * B, H3)
             # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dG_n^T @ (r ⊙ hprev) ; db_hh += sum(dG)
             K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(T * B, H), trans_a=True,
@@ -162,10 +163,17 @@ class GRUCell:
 
 
 def _packed_t(w):
-    """W^T laid out for rnncore's own step GEMM (rnncore/_rc_gemm.h), or None to use BLAS."""
+    """W^T packed for rnncore's own step GEMM (h @ W^T, rnncore/_rc_gemm.h), or None to use BLAS."""
     if w is None or not own_step_gemm():
         return None
-    return np.ascontiguousarray(w.T)
+    return K.pack_t(w)
+
+
+def _packed(w):
+    """W packed for rnncore's own step GEMM (dG @ W, the backward products), or None to use BLAS."""
+    if w is None or not own_step_gemm():
+        return None
+    return K.pack_n(w)
 
 
 def _input_projection(p, x, T, B, GH, bias, nt, ws):

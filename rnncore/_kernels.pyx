@@ -35,9 +35,10 @@ is needed inside the loop. The caller limits BLAS to one thread around every ker
 """
 
 from cython.parallel cimport prange
+import numpy as np
 from libc.string cimport memcpy, memset
 
-from rnncore._blas cimport floating, gemm, mm_nn, mm_nt
+from rnncore._blas cimport floating, gemm, mm_packed, panel_width
 
 cdef extern from "_rc_math.h" nogil:
     void rc_sigmoidf_span(float* x, Py_ssize_t n)
@@ -72,6 +73,57 @@ cdef inline Py_ssize_t _nchunks(Py_ssize_t B, int num_threads) noexcept nogil:
     if num_threads < 1:
         return 1
     return B if B < num_threads else num_threads
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights packed for rnncore's own step GEMM (rnncore/_rc_gemm.h): once per call, outside the loop.
+# --------------------------------------------------------------------------------------------------
+
+cdef extern from "_rc_gemm.h" nogil:
+    void rc_sgemm_packed_pack_t(Py_ssize_t N, Py_ssize_t K, const float* W, Py_ssize_t ldw, float* Bp)
+    void rc_dgemm_packed_pack_t(Py_ssize_t N, Py_ssize_t K, const double* W, Py_ssize_t ldw, double* Bp)
+    void rc_sgemm_packed_pack_n(Py_ssize_t K, Py_ssize_t N, const float* W, Py_ssize_t ldw, float* Bp)
+    void rc_dgemm_packed_pack_n(Py_ssize_t K, Py_ssize_t N, const double* W, Py_ssize_t ldw, double* Bp)
+
+
+cdef inline Py_ssize_t _npanels(Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
+    return (n + nr - 1) // nr
+
+
+def pack_t(const floating[:, ::1] W):
+    """W (N, K) -> B = W^T packed into panels (rnncore/_rc_gemm.h), for C (+)= A @ W^T per step.
+    Returns an array (panels * K, panel width) of W's dtype."""
+    cdef Py_ssize_t N = W.shape[0], K = W.shape[1], nr = panel_width(&W[0, 0])
+    out = np.empty((_npanels(N, nr) * K, nr), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] o = out
+    with nogil:
+        if floating is float:
+            rc_sgemm_packed_pack_t(N, K, &W[0, 0], K, &o[0, 0])
+        else:
+            rc_dgemm_packed_pack_t(N, K, &W[0, 0], K, &o[0, 0])
+    return out
+
+
+def pack_n(const floating[:, ::1] W):
+    """W (K, N) -> B = W packed into panels, for C (+)= A @ W per step (the backward products)."""
+    cdef Py_ssize_t K = W.shape[0], N = W.shape[1], nr = panel_width(&W[0, 0])
+    out = np.empty((_npanels(N, nr) * K, nr), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] o = out
+    with nogil:
+        if floating is float:
+            rc_sgemm_packed_pack_n(K, N, &W[0, 0], N, &o[0, 0])
+        else:
+            rc_dgemm_packed_pack_n(K, N, &W[0, 0], N, &o[0, 0])
+    return out
+
+
+def pack_gru_t(W_hh, bint reset_after):
+    """The GRU's forward step weights: pack_t(W_hh) when the whole 3H-column product runs at once
+    (reset_after), else W_h{r,z}^T and W_hn^T packed one after the other (two separate products)."""
+    if reset_after:
+        return pack_t(W_hh)
+    H = W_hh.shape[1]
+    return np.concatenate([pack_t(W_hh[:2 * H]), pack_t(W_hh[2 * H:])])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +230,7 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # G (T,B,H), hprev (T,B,H), out (T*B, ldo) at its column offset, h_n (B,H), h0 (B,H), W_hh (H,H)
-    # W_t = W_hh^T (H,H) for rnncore's own step GEMM, or NULL for BLAS
+    # W_t = W_hh^T packed (pack_t) for rnncore's own step GEMM, or NULL for BLAS
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j
     cdef floating* g
     cdef floating* hp
@@ -190,7 +242,7 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
         g = G + (t * B + b0) * H
         hp = hprev + (t * B + b0) * H
         # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T
-        mm_nt(nb, H, H, hp, H, W_hh, H, W_t, H, True, g, H)
+        mm_packed(nb, H, H, hp, H, True, W_hh, H, W_t, H, 0, True, g, H)
         # where h_t goes: the next step's hprev, or h_n after the last step
         if s == T - 1:
             dst = h_n + b0 * H
@@ -216,8 +268,10 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
 cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, const floating* G,
                              const floating* W_hh, const int* lengths,
                              Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
-                             bint relu, bint reverse, bint own, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+                             const floating* W_p,
+                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # dG (T,B,H) out; dh (B,H) in dL/dh_n, out dL/dh0; dout (T*B, ldo); G (T,B,H) = h_t
+    # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j
     cdef floating* dg
     cdef const floating* g
@@ -242,7 +296,7 @@ cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, c
             else:
                 memset(dg + b * H, 0, H * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh              # dh += dg @ W_hh
-        mm_nn(nb, H, H, dg, H, W_hh, H, own, True, dh + b0 * H, H)
+        mm_packed(nb, H, H, dg, H, False, W_hh, H, W_p, H, 0, True, dh + b0 * H, H)
 
 
 def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::1] out,
@@ -250,7 +304,7 @@ def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::
                 const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
                 const int[::1] lengths, Py_ssize_t col0, bint relu, bint reverse, int num_threads):
     """Vanilla RNN layer, one direction. G (T,B,H) holds x W_ih^T + b_ih + b_hh on entry.
-    W_t = W_hh^T selects rnncore's own step GEMM; None selects BLAS."""
+    W_t = pack_t(W_hh) selects rnncore's own step GEMM; None selects BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = out.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
@@ -264,15 +318,17 @@ def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::
 def rnn_backward(floating[:, :, ::1] dG, floating[:, ::1] dh,
                  const floating[:, ::1] dout, const floating[:, :, ::1] G,
                  const floating[:, ::1] W_hh, const int[::1] lengths,
-                 Py_ssize_t col0, bint relu, bint reverse, bint own, int num_threads):
+                 const floating[:, ::1] W_p,
+                 Py_ssize_t col0, bint relu, bint reverse, int num_threads):
     """BPTT through `rnn_forward`: writes dG = dL/da (T,B,H); dh goes from dL/dh_n to dL/dh0.
-    own: rnncore's step GEMM, else BLAS."""
+    W_p = pack_n(W_hh) selects rnncore's step GEMM; None selects BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = dout.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
+    cdef const floating* pW_p = &W_p[0, 0] if W_p is not None else NULL
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _rnn_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dout[0, col0], &G[0, 0, 0], &W_hh[0, 0],
-                               &lengths[0], T, B, H, ldo, relu, reverse, own,
+                               &lengths[0], T, B, H, ldo, pW_p, relu, reverse,
                                ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -316,7 +372,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
         cp = cprev + (t * B + b0) * H
         cw = cnew + (t * B + b0) * H
         # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T
-        mm_nt(nb, H4, P, hp, P, W_hh, P, W_t, H4, True, g, H4)
+        mm_packed(nb, H4, P, hp, P, True, W_hh, P, W_t, P, 0, True, g, H4)
         if s == T - 1:
             hdst = h_n + b0 * P
             cdst = c_n + b0 * H
@@ -360,7 +416,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                     memset(M + (t * B + b0 + b) * H, 0, H * sizeof(floating))
         if proj:
             # (3) h_t = m_t W_hr^T                    # hbuf = M[t] @ W_hr.T
-            mm_nt(nb, P, H, M + (t * B + b0) * H, H, W_hr, H, W_hr_t, P, False, hbuf + b0 * P, P)
+            mm_packed(nb, P, H, M + (t * B + b0) * H, H, True, W_hr, H, W_hr_t, H, 0, False, hbuf + b0 * P, P)
             for b in range(nb):
                 if t < lengths[b0 + b]:
                     memcpy(hdst + b * P, hbuf + (b0 + b) * P, P * sizeof(floating))
@@ -374,7 +430,9 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
                               const floating* w_ci, const floating* w_cf, const floating* w_co,
                               const int* lengths,
                               Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, Py_ssize_t ldo,
-                              bint reverse, bint own, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+                              const floating* W_p, const floating* W_hr_p,
+                              bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # W_p = W_hh packed, W_hr_p = W_hr packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
     # dG (T,B,4H) out; dh (B,P), dc (B,H) carried; dH (T,B,P) out (total dL/dh_t, projection only)
     # dmbuf (B,H) work (projection only); tcbuf (B,H) work; dout (T*B, ldo); G (T,B,4H) gate activations
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j, k, H4 = 4 * H
@@ -404,7 +462,7 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
                 memset(dH + (t * B + b0 + b) * P, 0, P * sizeof(floating))
         if proj:
             # dL/dm_t = dL/dh_t W_hr                     # dmbuf = dH[t] @ W_hr
-            mm_nn(nb, H, P, dH + (t * B + b0) * P, P, W_hr, H, own, False, dmbuf + b0 * H, H)
+            mm_packed(nb, H, P, dH + (t * B + b0) * P, P, False, W_hr, H, W_hr_p, P, 0, False, dmbuf + b0 * H, H)
         # (2) through m_t = o ⊙ tanh(c_t), c_t = f ⊙ c_{t-1} + i ⊙ g, and the gates
         for b in range(nb):
             if t < lengths[b0 + b]:
@@ -440,7 +498,7 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
             else:
                 memset(dg + b * H4, 0, H4 * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh                # dh += dg @ W_hh
-        mm_nn(nb, P, H4, dg, H4, W_hh, P, own, True, dh + b0 * P, P)
+        mm_packed(nb, P, H4, dg, H4, False, W_hh, P, W_p, H4, 0, True, dh + b0 * P, P)
 
 
 def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] cprev,
@@ -452,7 +510,7 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
                  const floating[::1] w_co, const int[::1] lengths,
                  Py_ssize_t col0, bint reverse, int num_threads):
     """LSTM layer, one direction. M, hbuf, W_hr are None without projection; w_c* None without
-    peepholes. G (T,B,4H) holds x W_ih^T + b_ih + b_hh on entry. W_t = W_hh^T and W_hr_t = W_hr^T
+    peepholes. G (T,B,4H) holds x W_ih^T + b_ih + b_hh on entry. W_t = pack_t(W_hh) and W_hr_t = pack_t(W_hr)
     select rnncore's own step GEMM; None selects BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = hprev.shape[2]
     cdef Py_ssize_t ldo = out.shape[1], nc = _nchunks(B, num_threads), ci
@@ -478,7 +536,8 @@ def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] 
                   const floating[:, :, ::1] cprev, const floating[:, :, ::1] cnew,
                   const floating[:, ::1] W_hh, const floating[:, ::1] W_hr,
                   const floating[::1] w_ci, const floating[::1] w_cf, const floating[::1] w_co,
-                  const int[::1] lengths, Py_ssize_t col0, bint reverse, bint own, int num_threads):
+                  const floating[:, ::1] W_p, const floating[:, ::1] W_hr_p,
+                  const int[::1] lengths, Py_ssize_t col0, bint reverse, int num_threads):
     """BPTT through `lstm_forward`: writes dG = dL/da (T,B,4H) (and dH = dL/dh_t with projection);
     dh, dc go from dL/dh_n, dL/dc_n to dL/dh0, dL/dc0."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = dh.shape[1]
@@ -494,7 +553,9 @@ def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] 
             _lstm_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dc[0, 0], pdH, pdm, &tcbuf[0, 0],
                                 &dout[0, col0],
                                 &G[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], &W_hh[0, 0], pW_hr,
-                                pci, pcf, pco, &lengths[0], T, B, H, P, ldo, reverse, own,
+                                pci, pcf, pco, &lengths[0], T, B, H, P, ldo,
+                                &W_p[0, 0] if W_p is not None else NULL,
+                                &W_hr_p[0, 0] if W_hr_p is not None else NULL, reverse,
                                 ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -534,7 +595,7 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
         else:
             dst = hprev + ((t - 1 if reverse else t + 1) * B + b0) * H
         # (1) q_rz = h_{t-1} W_h{r,z}^T (and q_n = h_{t-1} W_hn^T when reset_after)
-        mm_nt(nb, H3 if reset_after else 2 * H, H, hp, H, W_hh, H, W_t, H3, False, q, H3)
+        mm_packed(nb, H3 if reset_after else 2 * H, H, hp, H, True, W_hh, H, W_t, H, 0, False, q, H3)
         # (2) r = σ(a_r), z = σ(a_z)
         for b in range(nb):
             for j in range(2 * H):
@@ -552,8 +613,11 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
             for b in range(nb):
                 for j in range(H):
                     hn[b * H + j] = g[b * H3 + j] * hp[b * H + j]
-            mm_nt(nb, H, H, hn, H, W_hh + 2 * H * H, H, (W_t + 2 * H) if W_t != NULL else NULL, H3,
-                  False, q + 2 * H, H3)
+            # W_t packs W_hr,z^T and W_hn^T separately (pack_gru_t): the n-part starts after the
+            # r,z-part's panels
+            mm_packed(nb, H, H, hn, H, True, W_hh + 2 * H * H, H,
+                      (W_t + _npanels(2 * H, panel_width(W_t)) * H * panel_width(W_t)) if W_t != NULL else NULL,
+                      H, 0, False, q + 2 * H, H3)
             for b in range(nb):
                 for j in range(H):
                     g[b * H3 + 2 * H + j] = (g[b * H3 + 2 * H + j] + q[b * H3 + 2 * H + j]
@@ -580,8 +644,9 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                              const floating* dout, const floating* G, const floating* hprev,
                              const floating* HN, const floating* W_hh, const int* lengths,
                              Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
-                             bint reset_after, bint reverse, bint own,
+                             const floating* W_p, bint reset_after, bint reverse,
                              Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
     # dGx (T,B,3H) out: dL/d(input-side pre-activations); dGh (T,B,3H) out (reset_after only):
     # dL/d(h W_hh^T + b_hh); dh (B,H) carried; drh (B,H) work (reset before only)
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H
@@ -627,10 +692,10 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                     memset(dq + b * H3, 0, H3 * sizeof(floating))
         if reset_after:
             # (1) dL/dh_{t-1} += dL/dq W_hh               # dh += dq @ W_hh
-            mm_nn(nb, H, H3, dq, H3, W_hh, H, own, True, dh + b0 * H, H)
+            mm_packed(nb, H, H3, dq, H3, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
         else:
             # (2') dL/d(r ⊙ h_{t-1}) = dL/da_n W_hn        # drh = dx[:, 2H:] @ W_hh[2H:]
-            mm_nn(nb, H, H, dx + 2 * H, H3, W_hh + 2 * H * H, H, own, False, drh + b0 * H, H)
+            mm_packed(nb, H, H, dx + 2 * H, H3, False, W_hh + 2 * H * H, H, W_p, H3, 2 * H, False, drh + b0 * H, H)
             for b in range(nb):
                 if t < lengths[b0 + b]:
                     for j in range(H):
@@ -638,7 +703,7 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                         dx[b * H3 + j] = drh[(b0 + b) * H + j] * hp[b * H + j] * r * (1 - r)
                         dh[(b0 + b) * H + j] += drh[(b0 + b) * H + j] * r
             # (1) dL/dh_{t-1} += dL/da_{r,z} W_h{r,z}      # dh += dx[:, :2H] @ W_hh[:2H]
-            mm_nn(nb, H, 2 * H, dx, H3, W_hh, H, own, True, dh + b0 * H, H)
+            mm_packed(nb, H, 2 * H, dx, H3, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
 
 
 def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] HN,
@@ -647,7 +712,8 @@ def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :,
                 const floating[::1] b_hn, const int[::1] lengths, Py_ssize_t col0, bint reset_after,
                 bint reverse, int num_threads):
     """GRU layer, one direction. G (T,B,3H) holds x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry;
-    b_hn is None without bias. W_t = W_hh^T selects rnncore's own step GEMM; None selects BLAS."""
+    b_hn is None without bias. W_t = pack_gru_t(W_hh, reset_after) selects rnncore's own step GEMM;
+    None selects BLAS."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = out.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pb = &b_hn[0] if b_hn is not None else NULL
@@ -663,7 +729,8 @@ def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, :
                  floating[:, ::1] drh, const floating[:, ::1] dout, const floating[:, :, ::1] G,
                  const floating[:, :, ::1] hprev, const floating[:, :, ::1] HN,
                  const floating[:, ::1] W_hh, const int[::1] lengths,
-                 Py_ssize_t col0, bint reset_after, bint reverse, bint own, int num_threads):
+                 const floating[:, ::1] W_p,
+                 Py_ssize_t col0, bint reset_after, bint reverse, int num_threads):
     """BPTT through `gru_forward`. dGh is used (and required) only with reset_after; drh only without."""
     cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = dout.shape[1]
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
@@ -673,4 +740,5 @@ def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, :
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _gru_backward_rows(&dGx[0, 0, 0], pdGh, &dh[0, 0], pdrh, &dout[0, col0], &G[0, 0, 0],
                                &hprev[0, 0, 0], &HN[0, 0, 0], &W_hh[0, 0], &lengths[0],
-                               T, B, H, ldo, reset_after, reverse, own, ci * B // nc, (ci + 1) * B // nc)
+                               T, B, H, ldo, &W_p[0, 0] if W_p is not None else NULL,
+                               reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
