@@ -81,12 +81,39 @@ static inline void NAME##_panel(ptrdiff_t M, ptrdiff_t K, const T *A, ptrdiff_t 
     for (; i + 2 <= M; i += 2) NAME##_tile2(K, A + i * lda, lda, bp, c + i * ldc, ldc, accumulate); \
     for (; i < M; i++) NAME##_tile1(K, A + i * lda, lda, bp, c + i * ldc, ldc, accumulate);      \
 }                                                                                                \
+/* one row against 4 consecutive panels: 8 independent accumulators for the matrix-vector case   \
+   (a single row against one panel would leave the FMA units waiting on 2 dependency chains) */   \
+static inline void NAME##_row4(ptrdiff_t K, const T *a, const T *bp, ptrdiff_t pstride,          \
+                               T *c, int accumulate)                                             \
+{                                                                                                \
+    const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T));                                      \
+    V acc[8];                                                                                    \
+    ptrdiff_t k;                                                                                 \
+    _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                          \
+        acc[q] = accumulate ? NAME##_load(c + q * W) : (V){0};                                   \
+    for (k = 0; k < K; k++) {                                                                    \
+        const T av = a[k];                                                                       \
+        _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                      \
+            acc[q] += av * NAME##_load(bp + (q / 2) * pstride + k * 2 * W + (q % 2) * W);        \
+    }                                                                                            \
+    _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) NAME##_store(c + q * W, acc[q]);         \
+}                                                                                                \
 static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,               \
                  const T *Bp, ptrdiff_t pstride, int accumulate, T *C, ptrdiff_t ldc)            \
 {                                                                                                \
     ptrdiff_t j0, i, r, w;                                                                       \
+    /* an odd last row goes 4 panels at a time (same summation order per element) */             \
+    const ptrdiff_t Mp = M % 2 ? M - 1 : M;                                                      \
     for (j0 = 0; j0 + NR <= N; j0 += NR)                                                         \
-        NAME##_panel(M, K, A, lda, Bp + (j0 / NR) * pstride, C + j0, ldc, accumulate);           \
+        NAME##_panel(Mp, K, A, lda, Bp + (j0 / NR) * pstride, C + j0, ldc, accumulate);          \
+    if (Mp < M) {                                                                                \
+        const T *a = A + Mp * lda;                                                               \
+        T *c = C + Mp * ldc;                                                                     \
+        for (j0 = 0; j0 + 4 * NR <= N; j0 += 4 * NR)                                             \
+            NAME##_row4(K, a, Bp + (j0 / NR) * pstride, pstride, c + j0, accumulate);            \
+        for (; j0 + NR <= N; j0 += NR)                                                           \
+            NAME##_tile1(K, a, lda, Bp + (j0 / NR) * pstride, c + j0, ldc, accumulate);          \
+    }                                                                                            \
     if (j0 < N) { /* the last, partial panel: through a small buffer, 6 rows at a time */         \
         T buf[6 * NR];                                                                           \
         w = N - j0;                                                                              \

@@ -3,7 +3,13 @@ like the equations (../shared/seeds) rather than to run fast. It is the first or
 kernels are tested against; PyTorch on the same weights and float64 central differences check it.
 
     output, h_n, cache = forward(config, params, x, hx=None, lengths=None, masks=None)
-    dx, dhx, grads     = backward(config, params, cache, d_output, d_h_n=None)
+    dx, dhx, grads     = backward(config, params, cache, d_output, d_h_n=None, record=None)
+
+``record`` (optional, for rnncore.diagnostics): a dict that backward fills with the per-step gradients,
+``record[(layer, direction)] = {"dh": (T, B, P), "dc": (T, B, H) or None}``: dh[t] is the total
+gradient of the loss with respect to h_t (from the output at t and through every later step), dc[t]
+the gradient reaching c_t from step t+1 (LSTM). Both are 0 at padded steps. ``step_gates`` names
+the gate activations kept in a step's cache. Neither changes any result.
 
 ``config`` is a layer's ``config`` dict (see API_CONTRACT.md), ``params`` maps PyTorch names to arrays
 and ``grads`` has the same keys. For LSTM, ``hx``/``h_n``/``d_h_n``/``dhx`` are ``(h, c)`` pairs
@@ -38,7 +44,7 @@ carrying ``dh_next`` (and ``dc_next``); each gradient is named d<name> and accum
 """
 import numpy as np
 
-__all__ = ["forward", "backward", "param_names", "gate_count"]
+__all__ = ["forward", "backward", "param_names", "gate_count", "step_gates"]
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
@@ -243,6 +249,22 @@ def gru_step_backward(p, dp, cache, dh, dc, reset_after):
     return dax @ p["W_ih"], dh_prev, None
 
 
+def step_gates(mode, cache):
+    """The activations kept in one step's cache (what the step's forward returned), by name.
+
+    RNN_TANH / RNN_RELU: h;  LSTM: i, f, g, o, c, tanh_c, m (m = o * tanh(c), h before a projection);
+    GRU: r, z, n, h. Each (B, H) (GRU/RNN h: (B, P))."""
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        return {"h": cache[2]}
+    if mode == "LSTM":
+        _, _, _, i, f, g, o, c, tanh_c, m = cache
+        return {"i": i, "f": f, "g": g, "o": o, "c": c, "tanh_c": tanh_c, "m": m}
+    if mode == "GRU":
+        _, h_prev, r, z, n, _ = cache
+        return {"r": r, "z": z, "n": n, "h": (1 - z) * n + z * h_prev}
+    raise ValueError(f"mode: expected one of {sorted(GATES)}, got {mode!r}")
+
+
 def _step_fns(config):
     """(forward, backward) step functions of the config's cell, with a uniform signature."""
     mode = config["mode"]
@@ -282,17 +304,27 @@ def layer_forward(config, p, X, h0, c0, valid, reverse):
     return Y, h, c, (steps, caches)
 
 
-def layer_backward(config, p, dp, cache, dY, dh_n, dc_n, valid):
-    """dY (T, B, P), dh_n (B, P), dc_n (B, H) or None -> dX (T, B, I), dh0, dc0; dp accumulated."""
+def layer_backward(config, p, dp, cache, dY, dh_n, dc_n, valid, record=None):
+    """dY (T, B, P), dh_n (B, P), dc_n (B, H) or None -> dX (T, B, I), dh0, dc0; dp accumulated.
+
+    record: None, or a dict that gets "dh" (T, B, P) and "dc" (T, B, H) or None: the gradients
+    flowing into each step (see the module docstring)."""
     _, step_backward = _step_fns(config)
     steps, caches = cache
     dh_next, dc_next = dh_n, dc_n
     dX = None
+    if record is not None:
+        record["dh"] = np.zeros(dY.shape[:2] + dh_n.shape[1:], dtype=np.result_type(dY, dh_n))
+        record["dc"] = None if dc_n is None else np.zeros(dY.shape[:2] + dc_n.shape[1:], dtype=dc_n.dtype)
     for t in reversed(steps):
         m = valid[t]
         # a valid step gets the output's gradient and the state's; an invalid one passes dh_next on
         dh = m * (dY[t] + dh_next)
         dc = None if dc_next is None else m * dc_next
+        if record is not None:
+            record["dh"][t] = dh
+            if dc is not None:
+                record["dc"][t] = dc
         dx, dh_prev, dc_prev = step_backward(p, dp, caches[t], dh, dc)
         if dX is None:
             dX = np.zeros((len(caches),) + dx.shape, dtype=dx.dtype)
@@ -363,8 +395,10 @@ def forward(config, params, x, hx=None, lengths=None, masks=None):
     return output, state, cache
 
 
-def backward(config, params, cache, d_output, d_h_n=None):
-    """BPTT through the whole stack. Returns (dx, dhx, grads); grads has the keys of params."""
+def backward(config, params, cache, d_output, d_h_n=None, record=None):
+    """BPTT through the whole stack. Returns (dx, dhx, grads); grads has the keys of params.
+
+    record: None, or a dict filled with the per-step gradients of each (layer, direction)."""
     H, P, D = _sizes(config)
     L = config.get("num_layers", 1)
     is_lstm = config["mode"] == "LSTM"
@@ -393,8 +427,11 @@ def backward(config, params, cache, d_output, d_h_n=None):
             p, names = _cell_params(config, params, k, d)
             dp = {short: grads[name] for short, name in names.items()}   # views: += lands in grads
             j = k * D + d
+            rec = None
+            if record is not None:
+                rec = record[(k, d)] = {}
             dX, dh, dc = layer_backward(config, p, dp, dir_caches[d], dY[:, :, d * P:(d + 1) * P],
-                                        dh_n[j], dc_n[j] if is_lstm else None, valid)
+                                        dh_n[j], dc_n[j] if is_lstm else None, valid, rec)
             dinp += dX
             dh0[j] = dh
             if is_lstm:
