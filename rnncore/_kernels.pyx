@@ -38,7 +38,7 @@ from cython.parallel cimport prange
 import numpy as np
 from libc.string cimport memcpy, memset
 
-from rnncore._blas cimport floating, gemm, mm_packed, panel_width
+from rnncore._blas cimport RC_NR_F, floating, gemm, mm_packed, panel_width
 
 cdef extern from "_rc_math.h" nogil:
     void rc_sigmoidf_span(float* x, Py_ssize_t n)
@@ -84,6 +84,32 @@ cdef extern from "_rc_gemm.h" nogil:
     void rc_dgemm_packed_pack_t(Py_ssize_t N, Py_ssize_t K, const double* W, Py_ssize_t ldw, double* Bp)
     void rc_sgemm_packed_pack_n(Py_ssize_t K, Py_ssize_t N, const float* W, Py_ssize_t ldw, float* Bp)
     void rc_dgemm_packed_pack_n(Py_ssize_t K, Py_ssize_t N, const double* W, Py_ssize_t ldw, double* Bp)
+
+
+cdef extern from "_rc_gemm.h" nogil:
+    double rc_fma_peak_f32(long iters)
+
+
+def fma_peak_gflops(int num_threads=1, double seconds=0.2):
+    """The machine's FP32 peak as this build sees it: GFLOP/s of independent vector FMAs (the GEMM's
+    vector type) on num_threads OpenMP threads, best of 5 runs of about seconds / 5 each."""
+    import time
+    cdef long iters = 1000000
+    cdef int p
+    cdef double flops = 0, best = 0, t
+    t = time.perf_counter()
+    with nogil:
+        rc_fma_peak_f32(iters)
+    t = time.perf_counter() - t
+    iters = max(1000, <long> (iters * seconds / 5 / max(t, 1e-6)))
+    for _ in range(5):
+        t = time.perf_counter()
+        with nogil:
+            for p in prange(num_threads, num_threads=num_threads, schedule="static"):
+                rc_fma_peak_f32(iters)
+        t = time.perf_counter() - t
+        best = max(best, 2.0 * 12.0 * (RC_NR_F // 2) * iters * num_threads / t / 1e9)
+    return best
 
 
 cdef inline Py_ssize_t _npanels(Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
