@@ -156,21 +156,38 @@ def pack_gru_t(W_hh, bint reset_after):
 # Large GEMMs, split across the OpenMP team (each thread calls single-threaded BLAS on a block).
 # --------------------------------------------------------------------------------------------------
 
-# The split of a large GEMM is a fixed grid of blocks that depends on the shape only, never on the
-# thread count: BLAS may round an element differently depending on the size of the block it falls
-# in (OpenBLAS does, in float32), so one thread runs the very same block calls as a team would, and
-# results are bit-identical whatever the number of threads. GRID_BLOCKS divides evenly by 1, 2, 3,
-# 4 and 6 threads; blocks are at least GRID_MIN rows (or columns).
+# The split of a large GEMM is a fixed grid of blocks that does not depend on the thread count:
+# BLAS may round an element differently depending on the size of the block it falls in (OpenBLAS
+# does, in float32), so one thread runs the very same block calls as a team would, and results are
+# bit-identical whatever rnncore's thread setting. The grid has one block per CPU this process may
+# use (read once, at import), so a team of that size is balanced and no BLAS call is cut smaller
+# than it needs to be (each block re-reads the shared operand); blocks are at least GRID_MIN rows
+# (or columns).
 cdef enum:
-    GRID_BLOCKS = 12
     GRID_MIN = 32
+
+
+def _usable_cpus():
+    import os
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+cdef Py_ssize_t _grid_blocks = _usable_cpus()
+
+
+def gemm_grid_blocks():
+    """Blocks a large GEMM is cut into (at most): the CPUs this process could use at import."""
+    return _grid_blocks
 
 
 cdef inline Py_ssize_t _grid_parts(Py_ssize_t dim) noexcept nogil:
     cdef Py_ssize_t parts = dim // GRID_MIN
     if parts < 1:
         return 1
-    return GRID_BLOCKS if parts > GRID_BLOCKS else parts
+    return _grid_blocks if parts > _grid_blocks else parts
 
 
 cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,

@@ -4,11 +4,13 @@ and in a fresh one.
 
 What it rests on (rnncore/_kernels.pyx): the batch is cut into contiguous blocks of rows, one per
 thread, and rnncore's own step GEMM sums every element over k in one fixed order whatever rows a
-thread has; the large GEMMs (rnncore._kernels.matmul) give each thread a block of rows or columns of
-C, each block one BLAS call, so the bits also depend on BLAS computing an element the same way
-whatever block it falls in; test_matmul_bit_identical_whatever_the_thread_count checks that part
-alone. A difference of one ulp fails, and the message names the step and the first quantity that
-differs.
+thread has; the large GEMMs (rnncore._kernels.matmul) are cut into a fixed grid of row or column
+blocks of C (one per usable CPU, whatever the thread count), each block one BLAS call, so one
+thread makes the very same BLAS calls as a team; test_matmul_bit_identical_whatever_the_thread_count
+checks that part alone. The BLAS step path (RNNCORE_STEP_GEMM=blas, the reference) splits each step
+by the thread's rows, and BLAS rounds by block size: it is checked run to run and to rounding across
+thread counts. A difference of one ulp fails, and the message names the step and the first quantity
+that differs.
 
 The problem is sized so that rnncore really uses the requested threads (a guard checks that
 rnncore._threads.threads_for gives the thread count asked for, rather than falling back to one thread
@@ -199,7 +201,7 @@ def test_bit_identical_whatever_the_thread_count_and_run(cell, dtype, step_gemm)
             # step, and BLAS may round a row differently depending on the block's size (OpenBLAS
             # does in float32): bit-identity across thread counts is promised for the default path
             # only; the BLAS path must agree to rounding and be identical run to run (above).
-            tol = 1e-4 if dtype == "f32" else 1e-11
+            tol = 1e-3 if dtype == "f32" else 1e-10
             for (name, a), (_, b) in zip(runs[n], runs[1]):
                 scale = max(1.0, float(np.abs(b).max()))
                 assert np.abs(a - b).max() <= tol * scale, f"{n} threads vs 1: {name}"
