@@ -1,7 +1,9 @@
 """Time rnncore's layers against PyTorch and the numpy reference, after checking that they agree.
 
-    python -m rnncore.benchmark [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--threads 2] [--quick]
-                                [--dtype float32|float64] [--json PATH] [--memory] [--coretype-unset]
+    python -m rnncore.benchmark [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--threads 1,2] [--quick]
+                                [--dtype float32,float64] [--peak measure|GFLOPS] [--json PATH]
+                                [--plot PATH.png] [--sweep [--sweep-plot PATH.png]] [--memory]
+                                [--coretype-unset]
 
 For each cell and shape the benchmark
 
@@ -15,6 +17,12 @@ For each cell and shape the benchmark
    threads, with warm-up calls and interleaved repeats (rnncore, torch, torch, rnncore, ...), and
    reports medians; the full-shape outputs of the timed calls are compared once more;
 3. times the pure-numpy reference (``rnncore.reference``) with a few repeats.
+
+Before timing it measures the FP32 peak at each thread count (``rnncore._kernels.fma_peak_gflops``) for
+the percent-of-peak column. With several thread counts it adds a table of the speed-up over the fewest
+threads, with float32 and float64 a table of float64 time / float32 time, and a summary of the targets of
+issue 6. ``--plot`` draws the torch/rnncore ratios; ``--sweep`` times the cells while T, B or H varies
+around the M shape (table, growth exponents, ``--sweep-plot``).
 
 ``main`` returns 0 when every check passed and 1 otherwise, so a wrong kernel fails a script or CI job.
 FLOPs counted: forward ``2*T*B*G*H*(I+H)`` (the two matrix products per gate), training ``3 *`` that
@@ -43,15 +51,24 @@ SHAPES = {
 }
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 PASSES = ("fwd", "train")
-DEFAULT_PEAK = 512.0        # GFLOP/s: FP32, 2 cores, AVX-512 FMA (see PERFORMANCE.md)
+PEAK_SECONDS = 0.2          # length of the FMA peak measurement (rnncore._kernels.fma_peak_gflops)
 CHECK_STEPS = 8             # timesteps used by the correctness check
 # A check fails when max|rnncore - oracle| / max(1, max|oracle|) exceeds this, for any compared array.
 TOLERANCE = {"float32": 5e-5, "float64": 1e-9}
 FULL_TOLERANCE = {"float32": 2e-4, "float64": 1e-8}   # full-shape outputs after timing (longer sums)
-SCHEMA = "rnncore-benchmark/1"
+SCHEMA = "rnncore-benchmark/2"
 BUSY = 0.2                  # cores used by other processes above which a time is flagged unreliable
 RETRIES = 3                 # with --wait-idle, times a cell is timed again after others interfered
 CORETYPE = "OPENBLAS_CORETYPE"
+# The scaling sweep (--sweep): one variable at a time varies around SWEEP_BASE (B, T, I, H); the base
+# value of each variable is among its points, and the base shape is timed once for all three.
+SWEEP_BASE = SHAPES["M"]
+SWEEP = {"T": (25, 50, 100, 200), "B": (1, 8, 32, 64, 128), "H": (64, 128, 256, 512)}
+SHAPE_INDEX = {"B": 0, "T": 1, "I": 2, "H": 3}
+# Targets of issue 6, summarised after the tables.
+TARGET_PCT_PEAK = 70.0      # forward at M and L, % of the measured FP32 peak
+TARGET_THREAD_SPEEDUP = 1.7  # 2 threads over 1 thread at M and L
+TARGET_F64_RATIO = 2.5      # float64 time / float32 time
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,14 +180,56 @@ def environment():
     return env
 
 
-def _warnings(env, peak, dtype):
+def measure_peak(threads, seconds=PEAK_SECONDS):
+    """FP32 GFLOP/s of independent vector FMAs on `threads` OpenMP threads (rnncore._kernels)."""
+    from rnncore import _kernels
+    return float(_kernels.fma_peak_gflops(threads, seconds=seconds))
+
+
+def _peaks(opts):
+    """{'source', 'fp32_gflops': {threads: GFLOP/s}, ...}: --peak N for every thread count, or measured
+    at each thread count of the run (after --wait-idle, before any timing)."""
+    if opts.peak != "measure":
+        return {"source": "given", "fp32_gflops": {str(n): opts.peak for n in opts.threads}}
+    out = {"source": "measured", "seconds": PEAK_SECONDS, "fp32_gflops": {},
+           "method": "rnncore._kernels.fma_peak_gflops: independent vector FMAs, best of 5"}
+    for n in opts.threads:
+        if opts.wait_idle > 0:
+            wait_for_idle(opts.wait_idle)
+        try:
+            out["fp32_gflops"][str(n)] = measure_peak(n)
+        except Exception as exc:
+            out["error"] = _error_text(exc)
+            out["fp32_gflops"][str(n)] = None
+    return out
+
+
+def _row_peak(peaks, threads, dtype):
+    """The peak a row's % is taken of: the FP32 peak at its thread count, halved for float64."""
+    fp32 = peaks["fp32_gflops"].get(str(threads))
+    if not fp32:
+        return None
+    return fp32 / 2.0 if dtype == "float64" else fp32
+
+
+def _peak_text(peaks):
+    by_threads = peaks["fp32_gflops"]
+    if peaks.get("error"):
+        return "FP32 peak not measured (%s)" % peaks["error"]
+    text = ", ".join("%.0f GFLOP/s on %s thread%s" % (v, n, "" if str(n) == "1" else "s")
+                     for n, v in by_threads.items() if v)
+    return "FP32 peak %s (%s; FP64 is half)" % (
+        text, "measured: independent vector FMAs" if peaks["source"] == "measured" else "--peak")
+
+
+def _warnings(env, peaks, dtypes):
     notes = []
-    simd = env["cpu"].get("simd")
-    if simd is not None and "avx512f" not in simd and peak == DEFAULT_PEAK:
-        notes.append("this CPU has no AVX-512, which the default peak of %g GFLOP/s assumes: its FP32 peak "
-                     "is a half to a third of that (pass --peak)" % DEFAULT_PEAK)
-    if dtype == "float64" and peak == DEFAULT_PEAK:
-        notes.append("--peak is the FP32 figure; the FP64 peak is half of it")
+    if peaks.get("error"):
+        notes.append("the FMA peak could not be measured (%s): %% peak is not reported; pass --peak"
+                     % peaks["error"])
+    if "float64" in dtypes:
+        notes.append("%% peak of float64 rows is against the FP64 peak, half the FP32 one (%s)"
+                     % ("measured" if peaks["source"] == "measured" else "--peak"))
     pools = env.get("threadpools") or []
     openmp = {p.get("filepath") for p in pools if p.get("user_api") == "openmp"}
     blas = {p.get("filepath") for p in pools if p.get("user_api") == "blas"}
@@ -506,7 +565,8 @@ def _error_text(exc):
 def bench_cell(cell, shape_name, shape, opts, seed):
     """Rows (one per pass) for one cell at one shape."""
     B, T, I, H = shape
-    dtype = opts.dtype
+    dtype = opts.current_dtype
+    peak = _row_peak(opts.peaks, opts.current_threads, dtype)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, T, I)).astype(dtype)
     d_out = rng.standard_normal((B, T, H)).astype(dtype)
@@ -514,6 +574,7 @@ def bench_cell(cell, shape_name, shape, opts, seed):
     module = _torch_module(cell, shape, dtype, seed) if torch is not None else None
     rows = {p: {"cell": cell, "shape": shape_name, "B": B, "T": T, "I": I, "H": H, "pass": p,
                 "dtype": dtype, "threads": opts.current_threads, "flops": flops(cell, shape, p),
+                "peak_gflops": peak,
                 "rnncore": None, "torch": None, "reference": None, "ratio": None,
                 "check": {"status": "ERROR", "oracle": None}} for p in PASSES}
 
@@ -557,7 +618,7 @@ def bench_cell(cell, shape_name, shape, opts, seed):
         if row["rnncore"] and row["torch"]:
             row["ratio"] = row["torch"]["median_ms"] / row["rnncore"]["median_ms"]
         if row["rnncore"]:
-            row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / opts.peak
+            row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / peak if peak else None
         if opts.reference and shape_name in opts.reference_shapes:
             row["reference"] = _time_reference(layer, module, cell, shape, x, d_out, p, opts)
     return [rows[p] for p in PASSES]
@@ -743,7 +804,7 @@ def render_table(rows):
             _ms(t["median_ms"]) if t else "–",
             "%.2f" % row["ratio"] if row["ratio"] else "–",
             "%.1f" % r["gflops"] if r else "–",
-            "%.0f%%" % r["pct_peak"] if r else "–",
+            "%.0f%%" % r["pct_peak"] if r and r.get("pct_peak") is not None else "–",
             _ms(ref["median_ms"]) if ref and "median_ms" in ref else ("error" if ref else "–")))
     return "\n".join(lines)
 
@@ -763,9 +824,10 @@ def render_header(result):
         "- OPENBLAS_CORETYPE: %s" % (env["openblas_coretype"] if env["openblas_coretype"] is not None
                                      else "unset"),
         "- dtype %s, batch_first=True; %d repeats (medians), %d warm-up calls, >= %g ms per sample; "
-        "check on the first %d timesteps; FP32 peak %g GFLOP/s" % (
-            settings["dtype"], settings["repeats"], settings["warmup"], 1e3 * settings["min_time"],
-            settings["check_steps"], settings["peak"]),
+        "check on the first %d timesteps" % (
+            ", ".join(settings["dtypes"]), settings["repeats"], settings["warmup"], 1e3 * settings["min_time"],
+            settings["check_steps"]),
+        "- %s" % _peak_text(result["peak"]),
     ]
     before, during = env.get("other_load_before"), env.get("other_load_during")
     if before or during:
@@ -809,16 +871,129 @@ def render_memory(memory):
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Comparisons between runs of the same cell, shape and pass: thread counts, dtypes; the targets
+
+ROW_KEY = ("cell", "shape", "pass", "threads", "dtype")
+
+
+def compare_rows(rows, attr, base):
+    """Pair each row whose `attr` ('threads' or 'dtype') is not `base` with the row that has `base` and
+    is otherwise the same (cell, shape, pass, threads, dtype). For rnncore and torch: the median times
+    and time_ratio = time / base time (None when either was not timed)."""
+    def key(r):
+        return tuple(r[k] for k in ROW_KEY if k != attr)
+    index = {key(r): r for r in rows if r[attr] == base}
+    out = []
+    for r in rows:
+        b = index.get(key(r)) if r[attr] != base else None
+        if b is None:
+            continue
+        entry = {k: r[k] for k in ROW_KEY}
+        entry["base"] = base
+        for impl in ("rnncore", "torch"):
+            t0, t1 = b[impl], r[impl]
+            entry[impl] = None if not (t0 and t1) else {
+                "base_ms": t0["median_ms"], "ms": t1["median_ms"], "time_ratio": t1["median_ms"] / t0["median_ms"]}
+        out.append(entry)
+    return out
+
+
+def thread_scaling(rows):
+    """Speed-up of each thread count over the smallest one (median time there / median time here)."""
+    counts = sorted({r["threads"] for r in rows})
+    if len(counts) < 2:
+        return []
+    out = compare_rows(rows, "threads", counts[0])
+    for e in out:
+        for impl in ("rnncore", "torch"):
+            if e[impl]:
+                e[impl]["speedup"] = 1.0 / e[impl]["time_ratio"]
+    return out
+
+
+def dtype_ratio(rows):
+    """float64 median time / float32 median time, per cell, shape, pass and thread count."""
+    dtypes = {r["dtype"] for r in rows}
+    return compare_rows(rows, "dtype", "float32") if {"float32", "float64"} <= dtypes else []
+
+
+def render_comparison(entries, label, value_key, title):
+    """A table of compare_rows entries: the two times and `value_key` for rnncore and torch."""
+    lines = ["| cell | shape | pass | %s | rnncore ms | rnncore %s | torch ms | torch %s |" % (label, title, title),
+             "|---|---|---|---|---:|---:|---:|---:|"]
+
+    def cells(t):
+        if not t:
+            return "–", "–"
+        return "%s → %s" % (_ms(t["base_ms"]), _ms(t["ms"])), "%.2f" % t[value_key]
+    for e in entries:
+        compared = ("%s vs %s, %s" % (e["threads"], e["base"], e["dtype"]) if label == "threads" else
+                    "%s vs %s, %s thr" % (e["dtype"], e["base"], e["threads"]))
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            (e["cell"], e["shape"], e["pass"], compared) + cells(e["rnncore"]) + cells(e["torch"])))
+    return "\n".join(lines)
+
+
+def _target(name, values, ok, worst_of):
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return None
+    worst = worst_of(values.values())
+    return {"target": name, "values": values, "worst": worst, "met": ok(worst)}
+
+
+def targets(rows, scaling, f64):
+    """The targets of issue 6, from what this run measured (None where it did not measure them)."""
+    large = ("M", "L")
+    out = [
+        _target("forward at M and L >= %g%% of the measured FP32 peak (float32)" % TARGET_PCT_PEAK,
+                {"%s %s %s thr" % (r["cell"], r["shape"], r["threads"]): r["rnncore"].get("pct_peak")
+                 for r in rows if r["rnncore"] and r["pass"] == "fwd" and r["shape"] in large
+                 and r["dtype"] == "float32"}, lambda w: w >= TARGET_PCT_PEAK, min),
+        _target("2 threads >= %gx faster than 1 thread at M and L (rnncore)" % TARGET_THREAD_SPEEDUP,
+                {"%s %s %s %s" % (e["cell"], e["shape"], e["pass"], e["dtype"]): e["rnncore"]["speedup"]
+                 for e in scaling if e["rnncore"] and e["shape"] in large and e["base"] == 1 and e["threads"] == 2},
+                lambda w: w >= TARGET_THREAD_SPEEDUP, min),
+        _target("float64 time <= %gx float32 time (rnncore)" % TARGET_F64_RATIO,
+                {"%s %s %s %s thr" % (e["cell"], e["shape"], e["pass"], e["threads"]): e["rnncore"]["time_ratio"]
+                 for e in f64 if e["rnncore"]}, lambda w: w <= TARGET_F64_RATIO, max),
+    ]
+    return [t for t in out if t]
+
+
+def render_targets(items):
+    lines = ["| target | rows | worst | met |", "|---|---:|---|---|"]
+    for t in items:
+        key = [k for k, v in t["values"].items() if v == t["worst"]][0]
+        lines.append("| %s | %d | %.2f (%s) | %s |" % (t["target"], len(t["values"]), t["worst"], key,
+                                                        "yes" if t["met"] else "**no**"))
+    return "\n".join(lines)
+
+
 def render(result, title="rnncore benchmark"):
     parts = ["## %s" % title, "", render_header(result), ""]
-    by_threads = {}
+    groups = {}
     for row in result["rows"]:
-        by_threads.setdefault(row["threads"], []).append(row)
-    for n, rows in by_threads.items():
-        if len(by_threads) > 1:
-            parts += ["### %d thread%s" % (n, "" if n == 1 else "s"), ""]
+        groups.setdefault((row["dtype"], row["threads"]), []).append(row)
+    for (dtype, n), rows in groups.items():
+        if len(groups) > 1:
+            parts += ["### %s, %d thread%s" % (dtype, n, "" if n == 1 else "s"), ""]
         parts += [render_table(rows), ""]
-    failed = [r for r in result["rows"] if r["check"]["status"] in ("FAIL", "ERROR")]
+    if result.get("thread_scaling"):
+        base = result["thread_scaling"][0]["base"]
+        parts += ["Speed-up of N threads over %d thread%s (median time on %d / median time on N):"
+                  % (base, "" if base == 1 else "s", base), "",
+                  render_comparison(result["thread_scaling"], "threads", "speedup", "speed-up"), ""]
+    if result.get("dtype_ratio"):
+        parts += ["float64 time / float32 time (medians):", "",
+                  render_comparison(result["dtype_ratio"], "dtypes", "time_ratio", "f64/f32"), ""]
+    if result.get("targets"):
+        parts += ["Targets (issue 6):", "", render_targets(result["targets"]), ""]
+    if result.get("sweep"):
+        parts += [render_sweep(result["sweep"]), ""]
+    failed = [r for r in result["rows"] + (result.get("sweep") or {}).get("rows", [])
+              if r["check"]["status"] in ("FAIL", "ERROR")]
     for r in failed:
         c = r["check"]
         parts.append("- %s %s %s %s: %s" % (c["status"], r["cell"], r["shape"], r["pass"],
@@ -837,9 +1012,9 @@ def render_coretype_comparison(with_var, without_var):
     value = with_var["environment"]["openblas_coretype"]
     lines = ["| cell | shape | pass | rnncore ms (%s=%s) | rnncore ms (unset) | torch ms (%s) | torch ms (unset) |"
              % (CORETYPE, value, value), "|---|---|---|---:|---:|---:|---:|"]
-    index = {(r["cell"], r["shape"], r["pass"], r["threads"]): r for r in without_var["rows"]}
+    index = {tuple(r.get(k) for k in ROW_KEY): r for r in without_var["rows"]}
     for a in with_var["rows"]:
-        b = index.get((a["cell"], a["shape"], a["pass"], a["threads"]))
+        b = index.get(tuple(a.get(k) for k in ROW_KEY))
         if b is None:
             continue
 
@@ -848,6 +1023,186 @@ def render_coretype_comparison(with_var, without_var):
         lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
             a["cell"], a["shape"], a["pass"], ms(a, "rnncore"), ms(b, "rnncore"), ms(a, "torch"), ms(b, "torch")))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scaling sweep: one of T, B, H varies around SWEEP_BASE
+
+def sweep_shapes(base=None, sweep=None):
+    """[(name, (B, T, I, H), [variables whose series it is in])], the base shape once, named 'base'."""
+    base = tuple(base or SWEEP_BASE)
+    sweep = sweep or SWEEP
+    shapes = {}
+    for var, values in sweep.items():
+        for v in values:
+            shape = list(base)
+            shape[SHAPE_INDEX[var]] = int(v)
+            shapes.setdefault(tuple(shape), []).append(var)
+    return [("base" if shape == base else "%s=%d" % (vary[0], shape[SHAPE_INDEX[vary[0]]]), shape, vary)
+            for shape, vary in shapes.items()]
+
+
+def sweep_series(sweep_rows, cell, var, pass_):
+    """The rows of one series, ordered by the variable."""
+    rows = [r for r in sweep_rows if r["cell"] == cell and var in r["vary"] and r["pass"] == pass_]
+    return sorted(rows, key=lambda r: r[var])
+
+
+def _exponent(rows, var, impl):
+    """k in time ~ var**k: least squares over all points, and between the last two (None if < 2 points)."""
+    pts = [(r[var], r[impl]["median_ms"]) for r in rows if r.get(impl)]
+    if len(pts) < 2:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return {"fit": float(np.polyfit(x, y, 1)[0]), "last_two": float((y[-1] - y[-2]) / (x[-1] - x[-2]))}
+
+
+def sweep_exponents(sweep):
+    out = []
+    for cell in sweep["cells"]:
+        for pass_ in PASSES:
+            for impl in ("rnncore", "torch"):
+                entry = {"cell": cell, "pass": pass_, "impl": impl}
+                for var in sweep["values"]:
+                    entry[var] = _exponent(sweep_series(sweep["rows"], cell, var, pass_), var, impl)
+                out.append(entry)
+    return out
+
+
+def render_sweep(sweep):
+    B, T, I, H = sweep["base"]
+    lines = ["Scaling sweep around (B,T,I,H) = (%d,%d,%d,%d), %s, %d thread%s; one variable varies at a time:"
+             % (B, T, I, H, sweep["dtype"], sweep["threads"], "" if sweep["threads"] == 1 else "s"), "",
+             "| cell | vary | B | T | I | H | pass | rnncore ms | torch ms | ratio | rnncore GFLOP/s | torch GFLOP/s |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+
+    def col(t, key, fmt):
+        return fmt(t[key]) if t else "–"
+    for cell in sweep["cells"]:
+        for var in sweep["values"]:
+            for pass_ in PASSES:
+                for r in sweep_series(sweep["rows"], cell, var, pass_):
+                    r_, t_ = r["rnncore"], r["torch"]
+                    lines.append("| %s | %s | %d | %d | %d | %d | %s | %s | %s | %s | %s | %s |" % (
+                        cell, var, r["B"], r["T"], r["I"], r["H"], pass_,
+                        col(r_, "median_ms", _ms) if r_ else r["check"]["status"], col(t_, "median_ms", _ms),
+                        "%.2f" % r["ratio"] if r["ratio"] else "–", col(r_, "gflops", "%.1f".__mod__),
+                        col(t_, "gflops", "%.1f".__mod__)))
+    lines += ["", "Growth exponent k in time ~ x^k (least squares over the points; between the two largest "
+                  "points in brackets):", "",
+              "| cell | pass | impl | %s |" % " | ".join(sweep["values"]),
+              "|---|---|---|%s" % ("---|" * len(sweep["values"]))]
+    for e in sweep["exponents"]:
+        lines.append("| %s | %s | %s | %s |" % (e["cell"], e["pass"], e["impl"], " | ".join(
+            "%.2f (%.2f)" % (e[v]["fit"], e[v]["last_two"]) if e[v] else "–" for v in sweep["values"])))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots (matplotlib, imported only when a plot is asked for)
+
+PLOT_DPI = 100
+CELL_COLORS = {"RNN": "tab:blue", "GRU": "tab:orange", "LSTM": "tab:green"}
+
+
+def _figure(width, height):
+    """A matplotlib Figure drawn by the Agg backend (pyplot and the global backend are left alone)."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError as exc:
+        raise SystemExit("--plot and --sweep-plot need matplotlib (pip install matplotlib): %s" % exc)
+    fig = Figure(figsize=(width, height), dpi=PLOT_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=PLOT_DPI)
+    width, height = fig.get_size_inches() * PLOT_DPI
+    return {"path": os.path.abspath(path), "width_px": int(round(width)), "height_px": int(round(height))}
+
+
+def _machine(result):
+    cpu = result["environment"]["cpu"]
+    return "%s, %s CPUs" % (cpu.get("model"), cpu.get("usable_cpus"))
+
+
+def plot_ratios(result, path):
+    """Bars of torch time / rnncore time, forward and training, per cell x shape, from 1.0 up (rnncore
+    faster) or down (slower) on a log scale; a panel per dtype and thread count.
+    Returns {'path', 'width_px', 'height_px'}."""
+    from matplotlib import ticker
+    groups = {}
+    for row in result["rows"]:
+        groups.setdefault((row["dtype"], row["threads"]), []).append(row)
+    if not groups:
+        raise ValueError("no rows to plot")
+    labels = list(dict.fromkeys((r["cell"], r["shape"]) for r in result["rows"]))
+    fig = _figure(max(6.0, 0.7 * len(labels) + 2), 0.4 + 3.2 * len(groups))
+    x = np.arange(len(labels))
+    for i, ((dtype, threads), rows) in enumerate(groups.items()):
+        ax = fig.add_subplot(len(groups), 1, i + 1)
+        index = {(r["cell"], r["shape"], r["pass"]): r["ratio"] for r in rows}
+        for pass_, dx, color in (("fwd", -0.2, "tab:blue"), ("train", 0.2, "tab:orange")):
+            ratios = [index.get(label + (pass_,)) for label in labels]
+            bars = ax.bar(x + dx, [v - 1.0 if v else 0.0 for v in ratios], 0.4, bottom=1.0, color=color,
+                          label="forward" if pass_ == "fwd" else "training (forward + backward)")
+            ax.bar_label(bars, labels=["%.2f" % v if v else "–" for v in ratios], fontsize=7)
+        values = [v for v in index.values() if v] or [1.0]
+        ax.set_yscale("log", base=2)
+        ax.set_ylim(min(0.5, min(values) / 1.4), max(2.0, max(values) * 2.0))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
+        ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
+        ax.set_xticks(x)
+        ax.set_xticklabels(["%s %s" % label for label in labels], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("torch time / rnncore time\n(> 1: rnncore faster)")
+        ax.set_title("rnncore vs PyTorch: %s, %d thread%s" % (dtype, threads, "" if threads == 1 else "s"),
+                     fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", ncol=2)
+    fig.suptitle(_machine(result), fontsize=9)
+    return _save(fig, path)
+
+
+def _log_log(ax, xticks):
+    """Log axes labelled in plain numbers: x at the sweep's points, y at 1, 2, 5 x 10^k."""
+    from matplotlib import ticker
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(list(xticks))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def plot_sweep(result, path):
+    """Time against T, B and H (log-log, a panel each; forward and training in two rows): rnncore solid,
+    torch dashed, a colour per cell. Returns {'path', 'width_px', 'height_px'}."""
+    sweep = result["sweep"]
+    variables = list(sweep["values"])
+    fig = _figure(4.0 * len(variables), 7.0)
+    for row_i, pass_ in enumerate(PASSES):
+        for col_i, var in enumerate(variables):
+            ax = fig.add_subplot(len(PASSES), len(variables), row_i * len(variables) + col_i + 1)
+            for cell in sweep["cells"]:
+                series = sweep_series(sweep["rows"], cell, var, pass_)
+                for impl, style in (("rnncore", "-o"), ("torch", "--x")):
+                    pts = [(r[var], r[impl]["median_ms"]) for r in series if r.get(impl)]
+                    if pts:
+                        ax.plot(*zip(*pts), style, color=CELL_COLORS.get(cell), label="%s %s" % (cell, impl))
+            _log_log(ax, sweep["values"][var])
+            ax.set_xlabel(var)
+            ax.set_ylabel("%s ms" % ("forward" if pass_ == "fwd" else "training"))
+            ax.grid(True, which="both", alpha=0.3)
+            if row_i == 0 and col_i == 0:
+                ax.legend(fontsize=7)
+    B, T, I, H = sweep["base"]
+    fig.suptitle("Scaling around B=%d, T=%d, I=%d, H=%d; %s, %d thread%s; %s" % (
+        B, T, I, H, sweep["dtype"], sweep["threads"], "" if sweep["threads"] == 1 else "s", _machine(result)),
+        fontsize=9)
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -880,9 +1235,10 @@ def build_parser():
                     "checking them against PyTorch on the same weights. Exit status 1 if a check fails.")
     p.add_argument("--cells", type=lambda s: _parse_list(s, list(GATES), "cell"), default=list(GATES),
                    help="comma-separated cells (default: RNN,GRU,LSTM)")
-    p.add_argument("--shapes", type=lambda s: _parse_list(s, list(SHAPES), "shape"), default=list(SHAPES),
+    p.add_argument("--shapes", type=lambda s: _parse_list(s, list(SHAPES), "shape"), default=None,
                    help="comma-separated shapes: " + ", ".join(
-                       "%s=(B=%d,T=%d,I=%d,H=%d)" % ((k,) + v) for k, v in SHAPES.items()) + " (default: all)")
+                       "%s=(B=%d,T=%d,I=%d,H=%d)" % ((k,) + v) for k, v in SHAPES.items()) +
+                        " (default: all; none with --sweep)")
     p.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="thread count(s), comma-separated (default: the usable CPUs, %d)" % _default_threads())
     p.add_argument("--repeats", type=int, default=None, help="timed samples per implementation (default 11, "
@@ -891,10 +1247,13 @@ def build_parser():
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds per sample; short calls are repeated inside a sample (default 0.05, --quick 0.01)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and shorter samples")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--peak", type=float, default=DEFAULT_PEAK,
-                   help="FP32 peak GFLOP/s for the percent-of-peak column (default %g: 2 cores, AVX-512)"
-                        % DEFAULT_PEAK)
+    p.add_argument("--dtype", "--dtypes", dest="dtypes", default=["float32"], metavar="float32[,float64]",
+                   type=lambda s: _parse_list(s, ["float32", "float64"], "dtype"),
+                   help="float32, float64 or float32,float64 (then also a float64/float32 time table)")
+    p.add_argument("--peak", type=_peak_arg, default="measure",
+                   help="FP32 peak GFLOP/s for the percent-of-peak column, or 'measure' (default): independent vector "
+                        "FMAs on each thread count of the run, %g s each, before timing; FP64 is taken as half"
+                        % PEAK_SECONDS)
     p.add_argument("--check-steps", type=int, default=CHECK_STEPS,
                    help="timesteps of the correctness check (default %d)" % CHECK_STEPS)
     p.add_argument("--seed", type=int, default=0)
@@ -912,11 +1271,34 @@ def build_parser():
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                    help="before each cell and shape, wait up to SECONDS for other processes to leave the CPUs "
                         "idle (shared machines)")
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="bar chart of torch time / rnncore time per cell and shape, forward and training "
+                        "(needs matplotlib)")
+    p.add_argument("--sweep", action="store_true",
+                   help="time the cells (forward and training, rnncore and torch) while one of T %s, B %s, H %s "
+                        "varies around B=%d,T=%d,I=%d,H=%d (the M shape), at the first dtype and the most "
+                        "threads; the --shapes table runs too only when --shapes is given" % (
+                            (",".join(map(str, SWEEP["T"])), ",".join(map(str, SWEEP["B"])),
+                             ",".join(map(str, SWEEP["H"]))) + tuple(SWEEP_BASE)))
+    p.add_argument("--sweep-plot", metavar="PATH.png",
+                   help="with --sweep: time against T, B and H, log-log (needs matplotlib)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     return p
 
 
-def _bench_cell_quietly(cell, shape_name, opts, seed):
+def _peak_arg(text):
+    if text.strip().lower() == "measure":
+        return "measure"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected 'measure' or GFLOP/s, got %r" % text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("the peak must be positive")
+    return value
+
+
+def _bench_cell_quietly(cell, shape_name, shape, opts, seed):
     """bench_cell, with each row's `other_load`; with --wait-idle, started on idle CPUs and timed
     again (up to RETRIES times) when other processes took more than BUSY cores meanwhile."""
     best = None
@@ -924,7 +1306,7 @@ def _bench_cell_quietly(cell, shape_name, opts, seed):
         if opts.wait_idle > 0:
             wait_for_idle(opts.wait_idle)
         load = CpuLoad()
-        rows = bench_cell(cell, shape_name, SHAPES[shape_name], opts, seed)
+        rows = bench_cell(cell, shape_name, shape, opts, seed)
         others = load.stop()
         for row in rows:
             row["other_load"] = others
@@ -939,55 +1321,87 @@ def _bench_cell_quietly(cell, shape_name, opts, seed):
     return best[1]
 
 
+def _time_grid(opts, combos, jobs):
+    """Rows of every job (shape name, shape, cell, seed) at every (dtype, threads) in combos."""
+    rows = []
+    total, done = len(combos) * len(jobs), 0
+    for dtype, n in combos:
+        opts.current_dtype, opts.current_threads = dtype, n
+        with _threads(n):
+            for shape_name, shape, cell, seed in jobs:
+                done += 1
+                print("[%d/%d] %s %s, %s, %d thread%s ..." % (done, total, cell, shape_name, dtype, n,
+                                                              "" if n == 1 else "s"),
+                      file=sys.stderr, flush=True)
+                rows += _bench_cell_quietly(cell, shape_name, shape, opts, seed)
+    return rows
+
+
+def _seed(opts, shape_index, cell):
+    return opts.seed + 1000 * shape_index + list(GATES).index(cell)
+
+
+def run_sweep(opts):
+    """The scaling sweep (--sweep) at the first dtype and the most threads: rows, exponents."""
+    shapes = sweep_shapes()
+    jobs = [(name, shape, cell, _seed(opts, 100 + i, cell))
+            for i, (name, shape, _) in enumerate(shapes) for cell in opts.cells]
+    combo = (opts.dtypes[0], max(opts.threads))
+    rows = _time_grid(opts, [combo], jobs)
+    vary = {name: v for name, _, v in shapes}
+    for row in rows:
+        row["vary"] = vary[row["shape"]]
+    sweep = {"base": list(SWEEP_BASE), "values": {k: list(v) for k, v in SWEEP.items()}, "cells": opts.cells,
+             "dtype": combo[0], "threads": combo[1], "rows": rows}
+    sweep["exponents"] = sweep_exponents(sweep)
+    return sweep
+
+
 def run(opts):
     """Run the benchmark described by parsed options; return the result dictionary."""
     _import_rnncore()           # before torch, so rnncore's shared libraries are resolved first
     env = environment()
     env["other_load_before"] = idle_check()
+    opts.peaks = _peaks(opts)
     run_load = CpuLoad()
-    rows = []
-    total = len(opts.threads) * len(opts.shapes) * len(opts.cells)
-    done = 0
-    for n in opts.threads:
-        opts.current_threads = n
-        with _threads(n):
-            for shape_name in opts.shapes:
-                for cell in opts.cells:
-                    done += 1
-                    print("[%d/%d] %s %s, %d thread%s ..." % (done, total, cell, shape_name, n,
-                                                              "" if n == 1 else "s"),
-                          file=sys.stderr, flush=True)
-                    seed = opts.seed + 1000 * list(SHAPES).index(shape_name) + list(GATES).index(cell)
-                    rows += _bench_cell_quietly(cell, shape_name, opts, seed)
+    jobs = [(name, SHAPES[name], cell, _seed(opts, list(SHAPES).index(name), cell))
+            for name in opts.shapes for cell in opts.cells]
+    rows = _time_grid(opts, [(d, n) for d in opts.dtypes for n in opts.threads], jobs)
+    sweep = run_sweep(opts) if opts.sweep else None
     env["other_load_during"] = run_load.stop()
     memory = []
     if opts.memory:
         for shape_name in opts.shapes:
             for cell in opts.cells:
-                entry = {"cell": cell, "shape": shape_name, "threads": opts.threads[0]}
+                entry = {"cell": cell, "shape": shape_name, "threads": opts.threads[0], "dtype": opts.dtypes[0]}
                 for impl in ("rnncore", "torch"):
                     if impl == "torch" and (opts.no_torch or _import_torch() is None):
                         continue
-                    entry[impl] = measure_memory(impl, cell, SHAPES[shape_name], opts.dtype, opts.threads[0])
+                    entry[impl] = measure_memory(impl, cell, SHAPES[shape_name], opts.dtypes[0], opts.threads[0])
                 memory.append(entry)
-    settings = {k: getattr(opts, k) for k in ("cells", "shapes", "threads", "repeats", "warmup", "min_time",
-                                               "dtype", "peak", "check_steps", "seed", "quick")}
-    settings.update(torch=not opts.no_torch and _import_torch() is not None, reference=opts.reference,
-                    reference_shapes=opts.reference_shapes, reference_repeats=opts.reference_repeats,
-                    tolerance=TOLERANCE[opts.dtype], full_tolerance=FULL_TOLERANCE[opts.dtype],
+    settings = {k: getattr(opts, k) for k in ("cells", "shapes", "threads", "dtypes", "repeats", "warmup",
+                                               "min_time", "peak", "check_steps", "seed", "quick", "sweep")}
+    settings.update(dtype=opts.dtypes[0], torch=not opts.no_torch and _import_torch() is not None,
+                    reference=opts.reference, reference_shapes=opts.reference_shapes,
+                    reference_repeats=opts.reference_repeats,
+                    tolerance={d: TOLERANCE[d] for d in opts.dtypes},
+                    full_tolerance={d: FULL_TOLERANCE[d] for d in opts.dtypes},
                     flops="forward 2*T*B*G*H*(I+H), training 3x forward; G = 1 RNN, 3 GRU, 4 LSTM")
-    result = {"schema": SCHEMA, "environment": env, "settings": settings, "rows": rows, "memory": memory,
-              "notes": _warnings(env, opts.peak, opts.dtype)}
+    scaling, f64 = thread_scaling(rows), dtype_ratio(rows)
+    result = {"schema": SCHEMA, "environment": env, "settings": settings, "peak": opts.peaks, "rows": rows,
+              "thread_scaling": scaling, "dtype_ratio": f64, "targets": targets(rows, scaling, f64),
+              "sweep": sweep, "memory": memory, "notes": _warnings(env, opts.peaks, opts.dtypes)}
     if opts.no_torch or _import_torch() is None:
         result["notes"].append("PyTorch not timed" + ("" if opts.no_torch else " (not importable)"))
     if opts.reference and _import_reference() is None:
         result["notes"].append("rnncore.reference is not importable: numpy reference not timed")
-    busy = [r for r in rows if (r.get("other_load") or {}).get("others", 0) > BUSY]
+    all_rows = rows + (sweep["rows"] if sweep else [])
+    busy = [r for r in all_rows if (r.get("other_load") or {}).get("others", 0) > BUSY]
     if busy:
         result["notes"].append("other processes used more than %.2g cores while timing %s: those times are "
                                "not reliable" % (BUSY, ", ".join(sorted({"%s %s" % (r["cell"], r["shape"])
                                                                        for r in busy}))))
-    result["all_checks_passed"] = all(r["check"]["status"] == "ok" for r in rows)
+    result["all_checks_passed"] = all(r["check"]["status"] == "ok" for r in all_rows)
     return result
 
 
@@ -1000,10 +1414,10 @@ def _run_without_coretype(argv):
             continue
         if a in ("--coretype-unset", "--memory"):
             continue
-        if a == "--json":
+        if a in ("--json", "--plot", "--sweep-plot"):
             skip = True
             continue
-        if a.startswith("--json="):
+        if a.startswith(("--json=", "--plot=", "--sweep-plot=")):
             continue
         child_argv.append(a)
     env = {k: v for k, v in os.environ.items() if k != CORETYPE}
@@ -1028,14 +1442,27 @@ def main(argv=None):
     opts.warmup = opts.warmup or (1 if opts.quick else 2)
     opts.min_time = opts.min_time if opts.min_time is not None else (0.01 if opts.quick else 0.05)
     opts.threads = opts.threads or [_default_threads()]
+    opts.shapes = opts.shapes if opts.shapes is not None else ([] if opts.sweep else list(SHAPES))
     opts.reference = not opts.no_reference
     opts.reference_shapes = opts.reference_shapes or list(opts.shapes)
     if opts.repeats < 1 or opts.warmup < 1 or min(opts.threads) < 1 or opts.check_steps < 1:
         raise SystemExit("--repeats, --warmup, --threads and --check-steps must be >= 1")
+    if opts.sweep_plot and not opts.sweep:
+        raise SystemExit("--sweep-plot needs --sweep")
+    if opts.plot and not opts.shapes:
+        raise SystemExit("--plot needs the shape table: pass --shapes with --sweep")
+    if opts.plot or opts.sweep_plot:
+        _figure(1, 1)           # fail now, not after the run, when matplotlib is missing
 
     result = run(opts)
     print(render(result))
-    status = 0 if all(r["check"]["status"] in ("ok", "unchecked") for r in result["rows"]) else 1
+    status = 0 if _checks_passed(result) else 1
+    result["plots"] = {}
+    for name, path, plot in (("ratio", opts.plot, plot_ratios), ("sweep", opts.sweep_plot, plot_sweep)):
+        if path:
+            result["plots"][name] = plot(result, path)
+            print("Wrote %s (%d x %d px)\n" % (path, result["plots"][name]["width_px"],
+                                               result["plots"][name]["height_px"]))
 
     if opts.coretype_unset:
         if os.environ.get(CORETYPE) is None:
@@ -1050,7 +1477,7 @@ def main(argv=None):
                 print(render(other, "Same benchmark with %s unset" % CORETYPE))
                 print(render_coretype_comparison(result, other))
                 print()
-                if not all(r["check"]["status"] in ("ok", "unchecked") for r in other["rows"]):
+                if not _checks_passed(other):
                     status = 1
             else:
                 print("The run without %s failed: %s\n" % (CORETYPE, other["error"]))
@@ -1061,6 +1488,12 @@ def main(argv=None):
             json.dump(_finite(result), f, indent=1, default=_json_default)
             f.write("\n")
     return status
+
+
+def _checks_passed(result):
+    """No row (of the table or the sweep) FAILed or raised an ERROR."""
+    rows = result["rows"] + ((result.get("sweep") or {}).get("rows") or [])
+    return all(r["check"]["status"] in ("ok", "unchecked") for r in rows)
 
 
 def _finite(obj):

@@ -4,6 +4,7 @@ Not a timing test: nothing here depends on how fast anything runs, only on the r
 every rnncore layer agreeing with torch.nn on the same weights before it is timed.
 """
 import json
+import math
 import os
 
 import pytest
@@ -43,6 +44,13 @@ def test_quick_run_has_every_row_and_every_check_passes(tmp_path):
     assert result["all_checks_passed"] is True
     assert status == 0
     assert result["environment"]["versions"]["rnncore"] == rnncore.__version__
+    # % peak is taken of the FP32 peak measured on the run's thread count
+    assert result["peak"]["source"] == "measured"
+    [(threads, peak)] = result["peak"]["fp32_gflops"].items()
+    assert peak > 0 and int(threads) == result["settings"]["threads"][0]
+    for r in rows:
+        assert r["peak_gflops"] == peak
+        assert r["rnncore"]["pct_peak"] == pytest.approx(100 * r["rnncore"]["gflops"] / peak)
 
 
 def test_a_wrong_kernel_is_marked_fail_and_not_timed(tmp_path, monkeypatch):
@@ -70,3 +78,174 @@ def test_memory_of_a_training_step_is_measured_in_a_subprocess():
     m = benchmark.measure_memory("rnncore", "LSTM", (4, 6, 8, 16), "float32", 1)
     assert "error" not in m, m
     assert m["peak_mb"] >= 0 and m["peak_mb"] >= m["retained_mb"] - 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measured peak, thread scaling, float64 / float32, targets, plots, the scaling sweep
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path, info):
+    """A PNG file whose size is the one the benchmark reports, as matplotlib reads it, not blank."""
+    import struct
+
+    mpimg = pytest.importorskip("matplotlib.image")
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, data[:8]
+    width, height = struct.unpack(">II", data[16:24])       # the IHDR chunk
+    assert info["path"] == str(path.resolve())
+    assert (width, height) == (info["width_px"], info["height_px"])
+    image = mpimg.imread(str(path))
+    assert image.shape[:2] == (height, width)
+    assert float(image[..., :3].std()) > 0.01, "blank image"
+
+
+def finite_positive(v):
+    return isinstance(v, float) and math.isfinite(v) and v > 0
+
+
+def test_threads_and_dtypes_give_speedup_and_f64_tables_and_a_ratio_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "ratios.png"
+    status, result = run_quick(tmp_path, "--cells", "LSTM", "--no-reference", "--threads", "1,2",
+                               "--dtypes", "float32,float64", "--plot", str(png))
+    out = capsys.readouterr().out
+    assert status == 0
+
+    # the measured peak: at each thread count, positive, in the header and behind every % peak
+    peak = result["peak"]
+    assert peak["source"] == "measured" and "error" not in peak, peak
+    fp32 = {int(n): v for n, v in peak["fp32_gflops"].items()}
+    assert sorted(fp32) == [1, 2] and all(finite_positive(v) for v in fp32.values()), fp32
+    assert "FP32 peak %.0f GFLOP/s on 1 thread" % fp32[1] in out
+    rows = result["rows"]
+    assert sorted({(r["dtype"], r["threads"]) for r in rows}) == [
+        ("float32", 1), ("float32", 2), ("float64", 1), ("float64", 2)]
+    for r in rows:
+        want_peak = fp32[r["threads"]] / (2 if r["dtype"] == "float64" else 1)
+        assert r["peak_gflops"] == pytest.approx(want_peak)
+        assert r["rnncore"]["pct_peak"] == pytest.approx(100 * r["rnncore"]["gflops"] / want_peak)
+
+    def row(dtype, threads, pass_):
+        [r] = [r for r in rows if (r["dtype"], r["threads"], r["pass"]) == (dtype, threads, pass_)]
+        return r
+
+    # speed-up of 2 threads over 1: one entry per dtype and pass, = median(1 thread) / median(2 threads)
+    scaling = result["thread_scaling"]
+    assert sorted((e["dtype"], e["pass"]) for e in scaling) == sorted(
+        (d, p) for d in ("float32", "float64") for p in ("fwd", "train"))
+    for e in scaling:
+        assert (e["threads"], e["base"]) == (2, 1)
+        for impl in ("rnncore", "torch"):
+            s = e[impl]["speedup"]
+            assert finite_positive(s) and 0.05 < s < 20, e
+            want = row(e["dtype"], 1, e["pass"])[impl]["median_ms"] / row(e["dtype"], 2, e["pass"])[impl]["median_ms"]
+            assert s == pytest.approx(want)
+    assert "Speed-up of N threads over 1 thread" in out
+    assert "| LSTM | S | fwd | 2 vs 1, float32 |" in out
+
+    # float64 time / float32 time: one entry per thread count and pass
+    ratios = result["dtype_ratio"]
+    assert sorted((e["threads"], e["pass"]) for e in ratios) == sorted(
+        (n, p) for n in (1, 2) for p in ("fwd", "train"))
+    for e in ratios:
+        assert (e["dtype"], e["base"]) == ("float64", "float32")
+        for impl in ("rnncore", "torch"):
+            r = e[impl]["time_ratio"]
+            assert finite_positive(r) and 0.1 < r < 50, e
+            want = row("float64", e["threads"], e["pass"])[impl]["median_ms"] / row(
+                "float32", e["threads"], e["pass"])[impl]["median_ms"]
+            assert r == pytest.approx(want)
+    assert "float64 time / float32 time" in out
+    assert "| LSTM | S | train | float64 vs float32, 2 thr |" in out
+
+    # only S was run: of the targets, just float64 <= 2.5x float32 can be judged
+    [target] = result["targets"]
+    assert target["target"].startswith("float64 time <=")
+    assert target["worst"] == pytest.approx(max(e["rnncore"]["time_ratio"] for e in ratios))
+    assert target["met"] == (target["worst"] <= benchmark.TARGET_F64_RATIO)
+
+    # the ratio plot: one panel per (dtype, threads), so taller than a one-panel plot
+    assert_png(png, result["plots"]["ratio"])
+    assert result["plots"]["ratio"]["height_px"] > 2 * result["plots"]["ratio"]["width_px"]
+
+
+def test_a_given_peak_is_used_for_percent_of_peak(tmp_path):
+    status, result = run_quick(tmp_path, "--cells", "RNN", "--no-reference", "--threads", "1",
+                               "--peak", "1000")
+    assert status == 0
+    assert result["peak"] == {"source": "given", "fp32_gflops": {"1": 1000.0}}
+    for r in result["rows"]:
+        assert r["rnncore"]["pct_peak"] == pytest.approx(r["rnncore"]["gflops"] / 10)
+    assert result["thread_scaling"] == [] and result["dtype_ratio"] == [] and result["targets"] == []
+    assert "plots" in result and result["plots"] == {}
+
+
+def test_sweep_times_each_variable_around_the_base_and_plots_it(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(benchmark, "SWEEP_BASE", (4, 6, 8, 16))
+    monkeypatch.setattr(benchmark, "SWEEP", {"T": (3, 6, 12), "B": (1, 4), "H": (8, 16, 32)})
+    png = tmp_path / "sweep.png"
+    path = tmp_path / "sweep.json"
+    status = benchmark.main(["--quick", "--repeats", "1", "--sweep", "--cells", "RNN,LSTM", "--threads", "1",
+                             "--sweep-plot", str(png), "--json", str(path)])
+    result = json.loads(path.read_text())
+    out = capsys.readouterr().out
+    assert status == 0 and result["all_checks_passed"] is True
+
+    assert result["rows"] == []         # --sweep without --shapes: no shape table
+    sweep = result["sweep"]
+    assert sweep["base"] == [4, 6, 8, 16] and sweep["threads"] == 1 and sweep["dtype"] == "float32"
+    # the base shape once (in every series), then the other points: 1 + 2 + 1 + 2 shapes
+    shapes = {(r["B"], r["T"], r["I"], r["H"]): r["vary"] for r in sweep["rows"]}
+    assert len(shapes) == 6 and shapes[(4, 6, 8, 16)] == ["T", "B", "H"]
+    assert len(sweep["rows"]) == 6 * 2 * 2               # shapes x cells x passes
+    for cell in ("RNN", "LSTM"):
+        for var, values in sweep["values"].items():
+            for p in ("fwd", "train"):
+                series = benchmark.sweep_series(sweep["rows"], cell, var, p)
+                assert [r[var] for r in series] == list(values)
+                for r in series:
+                    assert r["check"]["status"] == "ok"
+                    assert finite_positive(r["rnncore"]["median_ms"]) and finite_positive(r["torch"]["gflops"])
+                    assert r["ratio"] == pytest.approx(r["torch"]["median_ms"] / r["rnncore"]["median_ms"])
+    assert len(sweep["exponents"]) == 2 * 2 * 2           # cells x passes x implementations
+    for e in sweep["exponents"]:
+        for var in ("T", "B", "H"):
+            assert math.isfinite(e[var]["fit"]) and math.isfinite(e[var]["last_two"]), e
+    assert "Scaling sweep around (B,T,I,H) = (4,6,8,16)" in out
+    assert "| LSTM | H | 4 | 6 | 8 | 32 | train |" in out
+    assert "Growth exponent" in out
+    assert_png(png, result["plots"]["sweep"])
+
+
+def test_growth_exponent_thread_speedup_and_targets_from_known_times():
+    def row(cell, shape, pass_, threads, dtype, ms, pct=None):
+        return {"cell": cell, "shape": shape, "pass": pass_, "threads": threads, "dtype": dtype,
+                "rnncore": {"median_ms": ms, "pct_peak": pct}, "torch": {"median_ms": 2 * ms}}
+
+    rows = [row("GRU", "M", "fwd", 1, "float32", 10.0, pct=80.0), row("GRU", "M", "fwd", 2, "float32", 5.0, pct=75.0),
+            row("GRU", "M", "fwd", 1, "float64", 30.0), row("GRU", "M", "fwd", 2, "float64", 20.0)]
+    scaling = benchmark.thread_scaling(rows)
+    assert sorted((e["dtype"], e["rnncore"]["speedup"]) for e in scaling) == [("float32", 2.0), ("float64", 1.5)]
+    f64 = benchmark.dtype_ratio(rows)
+    assert sorted((e["threads"], e["rnncore"]["time_ratio"]) for e in f64) == [(1, 3.0), (2, 4.0)]
+    got = {t["target"].split()[0]: (t["worst"], t["met"]) for t in benchmark.targets(rows, scaling, f64)}
+    assert got == {"forward": (75.0, True), "2": (1.5, False), "float64": (4.0, False)}
+
+    # time ~ T^1 exactly: the exponent is 1
+    sweep_rows = [dict(cell="RNN", vary=["T"], T=t, rnncore={"median_ms": 0.5 * t}, torch=None, **{"pass": "fwd"})
+                  for t in (10, 20, 40)]
+    e = benchmark._exponent(benchmark.sweep_series(sweep_rows, "RNN", "T", "fwd"), "T", "rnncore")
+    assert e["fit"] == pytest.approx(1.0) and e["last_two"] == pytest.approx(1.0)
+    assert benchmark._exponent(sweep_rows, "T", "torch") is None
+
+
+def test_a_plot_without_matplotlib_fails_before_timing(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)     # import raises ImportError
+    monkeypatch.setattr(benchmark, "run", lambda opts: pytest.fail("timed before failing"))
+    with pytest.raises(SystemExit, match="need matplotlib"):
+        benchmark.main(["--quick", "--shapes", "S", "--plot", str(tmp_path / "r.png")])
