@@ -42,6 +42,10 @@ STAGES=("$@")
 SUITE=(tests/test_api.py tests/test_layers_oracles.py tests/test_fuzz.py tests/test_concurrency.py
        tests/test_determinism.py)
 SUITE_K="not release_the_gil"
+# RNNCORE_SANITIZE_SUITE="tests/a.py tests/b.py" and RNNCORE_SANITIZE_K=EXPR replace the suite and its
+# -k filter (tests/test_sanitize.py runs a smaller one inside the test suite, so in CI).
+if [ -n "${RNNCORE_SANITIZE_SUITE:-}" ]; then read -ra SUITE <<<"$RNNCORE_SANITIZE_SUITE"; fi
+SUITE_K=${RNNCORE_SANITIZE_K:-$SUITE_K}
 # Under valgrind (~50x slower) a smaller one, without torch (tests/conftest.py imports it): the API
 # tests, concurrent inference and training (1 and 2 kernel threads, every cell), and one
 # determinism test (3 threads, GEMMs split across threads, dropout, ragged lengths).
