@@ -10,10 +10,12 @@ Layers with torch.nn's arguments, parameter names, shapes and defaults, numpy in
 from rnncore import _kernels
 from rnncore._threads import get_num_threads, set_num_threads, threads
 from rnncore.layers import GRU, LSTM, RNN
+from rnncore.models import SequenceModel
+from rnncore.trainer import NonFiniteError, Trainer, load_model
 
 __version__ = "0.1.0"
 
 openmp_enabled = _kernels.openmp_enabled
 
-__all__ = ["RNN", "LSTM", "GRU", "set_num_threads", "get_num_threads", "threads", "openmp_enabled",
-           "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "SequenceModel", "Trainer", "NonFiniteError", "load_model",
+           "set_num_threads", "get_num_threads", "threads", "openmp_enabled", "__version__"]

@@ -124,7 +124,65 @@ class Linear:
             g.fill(0)
 
 
-class SequenceModel:
+class _ParamDicts:
+    """Parameter bookkeeping shared by SequenceModel and the protocol models
+    (rnncore.architectures.ProtocolModel): ``params``/``grads`` dicts by dotted name, zero_grad,
+    strict state dicts, configs.
+
+    ``self._init_params()`` starts the dicts; ``self._add(prefix, part)`` adds the live arrays of a
+    part owning ``params``/``grads`` dicts (an Embedding, a Linear, a compiled layer) as
+    "prefix.name" (``self._add_parts((prefix, part), ...)``: several, skipping parts that are None).
+    A subclass defines ``config`` (the keyword arguments of its constructor).
+    """
+
+    def _init_params(self):
+        self.params, self.grads = {}, {}
+
+    def _add(self, prefix, part):
+        for name in part.params:
+            self.params[f"{prefix}.{name}"] = part.params[name]
+            self.grads[f"{prefix}.{name}"] = part.grads[name]
+
+    def _add_parts(self, *named_parts):
+        """``_add(prefix, part)`` for each (prefix, part) pair, in order; a part None is skipped."""
+        for prefix, part in named_parts:
+            if part is not None:
+                self._add(prefix, part)
+
+    def _model_noun(self):
+        """How load_state_dict's errors name this model ("this model: ...")."""
+        return "model"
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @property
+    def num_params(self):
+        return sum(p.size for p in self.params.values())
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Strict: the same names and shapes as this model's parameters, or ValueError (nothing changed)."""
+        missing = sorted(set(self.params) - set(state))
+        extra = sorted(set(state) - set(self.params))
+        if missing or extra:
+            raise ValueError(f"parameters do not match this {self._model_noun()}: missing {missing}, "
+                             f"unexpected {extra}")
+        for k, p in self.params.items():
+            if np.shape(state[k]) != p.shape:
+                raise ValueError(f"parameter {k!r}: expected shape {p.shape}, got {np.shape(state[k])}")
+        for k, p in self.params.items():
+            p[...] = state[k]
+
+
+class SequenceModel(_ParamDicts):
     """Input (embedding, one-hot or dense) -> rnncore recurrent stack -> linear head.
 
     Token input: give vocab_size (ids (T, B)); embedding_dim=None uses one-hot vectors.
@@ -173,13 +231,8 @@ class SequenceModel:
                                seed=int(seeds[1].generate_state(1)[0]), **self.rnn_options)
         self.head = Linear(self.rnn.output_size, output_size, self.dtype, np.random.default_rng(seeds[2]))
 
-        self.params, self.grads = {}, {}
-        for prefix, part in (("embedding", self.embedding), ("rnn", self.rnn), ("head", self.head)):
-            if part is None:
-                continue
-            for name in part.params:
-                self.params[f"{prefix}.{name}"] = part.params[name]
-                self.grads[f"{prefix}.{name}"] = part.grads[name]
+        self._init_params()
+        self._add_parts(("embedding", self.embedding), ("rnn", self.rnn), ("head", self.head))
 
     # ------------------------------------------------------------------------------ config
     @property
@@ -191,14 +244,6 @@ class SequenceModel:
                 "dropout": self.dropout, "bidirectional": self.bidirectional, "dtype": self.dtype.name,
                 "seed": self.seed, "rnn_options": dict(self.rnn_options)}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    @property
-    def num_params(self):
-        return sum(p.size for p in self.params.values())
-
     def __repr__(self):
         inp = (f"vocab_size={self.vocab_size}, embedding_dim={self.embedding_dim}"
                if self.vocab_size is not None else f"input_size={self.input_size}")
@@ -206,24 +251,7 @@ class SequenceModel:
                 f"num_layers={self.num_layers}, head={self.head_kind!r}, output_size={self.output_size})")
 
     # ------------------------------------------------------------------------------ parameters
-    def zero_grad(self):
-        for g in self.grads.values():
-            g.fill(0)
-
-    def state_dict(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, state):
-        """Strict: the same names and shapes as this model's parameters, or ValueError (nothing changed)."""
-        missing = sorted(set(self.params) - set(state))
-        extra = sorted(set(state) - set(self.params))
-        if missing or extra:
-            raise ValueError(f"parameters do not match this model: missing {missing}, unexpected {extra}")
-        for k, p in self.params.items():
-            if np.shape(state[k]) != p.shape:
-                raise ValueError(f"parameter {k!r}: expected shape {p.shape}, got {np.shape(state[k])}")
-        for k, p in self.params.items():
-            p[...] = state[k]
+    # zero_grad, state_dict, load_state_dict (strict), from_config, num_params: from _ParamDicts
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, X, lengths=None, hx=None, is_train=True):

@@ -15,6 +15,8 @@ import torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 from rnncore import reference  # noqa: E402
+from rnncore.optim import Adam  # noqa: E402
+from rnncore.trainer import Trainer, load_model  # noqa: E402
 
 torch.manual_seed(0)
 
@@ -208,6 +210,40 @@ def central_diff(f, arrays, eps=1e-6):
             g[idx] = (fp - fm) / (2 * eps)
         out.append(g)
     return out
+
+
+def check_all_params(model, batch, rtol=1e-5, atol=1e-8):
+    """A protocol model's grads after one backward() of batch_loss(batch, reduction="sum") against
+    central differences of that loss, every entry of every parameter; each parameter's gradient
+    must be nonzero somewhere (analytic and numeric), i.e. the loss depends on it."""
+    model.zero_grad()
+    _, _, backward = model.batch_loss(batch, reduction="sum")
+    backward()
+    analytic = {k: g.copy() for k, g in model.grads.items()}
+    loss = lambda: model.batch_loss(batch, reduction="sum", is_train=False)[0]  # noqa: E731
+    for name, p in model.params.items():
+        numeric = central_diff(loss, [p])[0]
+        assert_close(analytic[name], numeric, rtol, atol, name)
+        assert np.any(analytic[name] != 0), f"{name}: gradient is all zero"
+        assert np.any(numeric != 0), f"{name}: the loss does not depend on it"
+
+
+def fit(model, batches, steps, lr, checkpoint_path=None):
+    """Train with the Trainer (Adam, seed 0) for `steps` steps. Returns (loss before, loss after, trainer)."""
+    trainer = Trainer(model, Adam(model.params, model.grads, lr=lr), seed=0, checkpoint_path=checkpoint_path)
+    before = trainer.evaluate(batches)
+    trainer.fit(batches, max_steps=steps)
+    return before, trainer.evaluate(batches), trainer
+
+
+def check_checkpoint(path, model, batches, loss):
+    """The checkpoint at path rebuilds model: the same class and config, and `loss` on batches.
+    Returns the rebuilt model."""
+    loaded, _ = load_model(str(path))
+    assert isinstance(loaded, type(model)) and loaded.config == model.config
+    twin = Trainer(loaded, Adam(loaded.params, loaded.grads, lr=0.1))
+    assert twin.evaluate(batches) == pytest.approx(loss)
+    return loaded
 
 
 def assert_close(actual, expected, rtol, atol, what):

@@ -1,0 +1,27 @@
+"""Setup shared by the example scripts: their common command-line options and thread limits.
+
+Not an example itself. Each example stays a one-command script (``python examples/forecast.py``):
+Python puts the running script's folder, examples/, first on sys.path, so ``import _common`` finds
+this file from any working directory. Import it after setting OMP_WAIT_POLICY (it imports rnncore).
+"""
+import os
+
+from threadpoolctl import threadpool_limits
+
+import rnncore
+
+EXAMPLES_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def add_common_arguments(ap):
+    """--seed, --threads and --out (the directory of the PNG; default: examples/)."""
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="rnncore and BLAS threads (for problems this small, 1 is fastest)")
+    ap.add_argument("--out", default=EXAMPLES_DIR, help="directory of the PNG")
+
+
+def run_with_threads(run, args):
+    """run(args) with rnncore's and the BLAS's threads limited to args.threads."""
+    with rnncore.threads(args.threads), threadpool_limits(args.threads, user_api="blas"):
+        return run(args)

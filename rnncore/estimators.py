@@ -1,0 +1,417 @@
+"""scikit-learn estimators over rnncore's recurrent stack: RNNClassifier and RNNRegressor.
+
+Both read each sample as a sequence and predict one label / value(s) per sequence:
+
+    x_1 .. x_L  ->  recurrent stack (rnncore.RNN / LSTM / GRU)  ->  h at the last valid step  ->  linear head
+    classifier:  logits o, p = softmax(o), trained with softmax cross-entropy (mean over the batch)
+    regressor:   o = ŷ (n_outputs values), trained with mean squared error
+
+Inputs X, in any of three forms (n = number of samples):
+
+    3-D array (n, T, n_features)      n sequences of T steps with n_features each
+    2-D array (n, T)                  a table: n univariate sequences of T steps (the columns are the steps;
+                                      as for any scikit-learn estimator, predict needs the same columns)
+    list of n sequences               each (T_i, n_features) or (T_i,): any lengths >= 1; they are padded
+                                      internally and the lengths passed to the layers, so padding never
+                                      reaches the model
+
+``n_features_in_`` is scikit-learn's count of input columns: T for a 2-D table, the features per step
+for 3-D arrays and lists. ``n_step_features_`` is always the features per step (the recurrent stack's
+input size). A model fitted on sequences accepts sequences of any lengths at predict time.
+
+Scaling: inputs are standardised per feature (mean and standard deviation over every valid step of
+the training data; ``scale_inputs``), and the regressor's targets are standardised too
+(``scale_targets``): the network is trained on (y - mean) / std and its predictions are mapped back.
+Both are what a user of an MLP-like model expects to not have to do by hand: tanh and sigmoid units
+saturate on unscaled data, and a loss on targets of size 1e4 needs another learning rate than one on
+targets of size 1.
+
+Training: rnncore.trainer.Trainer with full BPTT (or truncated, ``tbptt``), ``max_iter`` epochs over
+shuffled mini-batches of ``batch_size`` sequences, optimizer "adam" | "rmsprop" | "sgd" with
+learning rate ``lr``, global gradient-norm clipping at ``clip`` (None: no clipping) and
+``weight_decay``. Everything random (initialisation, data order, dropout) derives from random_state.
+"""
+import numbers
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+
+from rnncore.data import Batch
+from rnncore.models import CELLS, SequenceModel
+from rnncore.optim import OPTIMIZERS
+from rnncore.trainer import Trainer
+
+__all__ = ["RNNClassifier", "RNNRegressor"]
+
+_DTYPES = ("float32", "float64")
+_PREDICT_BATCH = 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# input conversion
+
+
+def _is_ragged_list(X):
+    """True for a list/tuple of sequences that do not all have the same shape (so no 2-D/3-D array)."""
+    if not isinstance(X, (list, tuple)) or len(X) == 0:
+        return False
+    shapes = set()
+    for s in X:
+        if sparse.issparse(s):
+            return False
+        shapes.add(np.shape(s))
+        if len(shapes) > 1:
+            return True
+    return False
+
+
+def _ragged_sequences(X, dtype):
+    """List of (T_i, F) arrays from a list of (T_i,) / (T_i, F) sequences, validated."""
+    seqs, ndim, n_feat = [], None, None
+    for i, s in enumerate(X):
+        a = np.asarray(s)
+        if a.ndim not in (1, 2):
+            raise ValueError(f"X[{i}]: expected a sequence of shape (T_i,) or (T_i, n_features), "
+                             f"got an array of shape {a.shape}")
+        if ndim is None:
+            ndim = a.ndim
+        elif a.ndim != ndim:
+            raise ValueError(f"X[{i}]: expected a {ndim}-D sequence like X[0], got shape {a.shape}")
+        a = a.reshape(-1, 1) if a.ndim == 1 else a
+        if a.shape[0] < 1:
+            raise ValueError(f"X[{i}]: expected a sequence with at least one step, got shape {a.shape}")
+        a = check_array(a, dtype=dtype, ensure_all_finite=True, input_name=f"X[{i}]")
+        if n_feat is None:
+            n_feat = a.shape[1]
+        elif a.shape[1] != n_feat:
+            raise ValueError(f"X[{i}]: expected {n_feat} features per step like X[0], got {a.shape[1]}")
+        seqs.append(a)
+    return seqs
+
+
+def _pad(seqs, dtype):
+    """Time-major (T, n, F) zero-padded array and lengths (n,) from a list of (T_i, F) arrays."""
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    out = np.zeros((int(lengths.max()), len(seqs), seqs[0].shape[1]), dtype=dtype)
+    for b, s in enumerate(seqs):
+        out[:len(s), b] = s
+    return out, lengths
+
+
+class _PaddedSource:
+    """Mini-batches of a padded time-major dataset: each epoch in an order drawn from the rng."""
+
+    def __init__(self, X, lengths, Y, batch_size):
+        self.X, self.lengths, self.Y, self.batch_size = X, lengths, Y, batch_size
+
+    def __len__(self):
+        return -(-self.X.shape[1] // self.batch_size)
+
+    def batches(self, rng=None):
+        n = self.X.shape[1]
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            lens = self.lengths[idx]
+            T = int(lens.max())
+            yield Batch(self.X[:T, idx], self.Y[idx], None if (lens == T).all() else lens)
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared base
+
+
+class _BaseRNN(BaseEstimator):
+    """Hyperparameters, input handling, training and the forward pass shared by both estimators."""
+
+    def __init__(self, cell="lstm", hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
+                 max_iter=50, batch_size=32, lr=0.01, optimizer="adam", clip=1.0, weight_decay=0.0,
+                 tbptt=None, scale_inputs=True, random_state=None, dtype="float32", rnn_options=None,
+                 verbose=False):
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.dropout = dropout
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.clip = clip
+        self.weight_decay = weight_decay
+        self.tbptt = tbptt
+        self.scale_inputs = scale_inputs
+        self.random_state = random_state
+        self.dtype = dtype
+        self.rnn_options = rnn_options
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
+
+    # -------------------------------------------------------------------------- validation
+    def _check_hyperparameters(self):
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+
+        if self.cell not in CELLS:
+            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
+        for name in ("hidden_size", "num_layers", "max_iter", "batch_size"):
+            positive_int(name)
+        if self.tbptt is not None:
+            positive_int("tbptt")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
+            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        if self.clip is not None and not (isinstance(self.clip, numbers.Real) and self.clip > 0):
+            raise ValueError(f"clip: expected a positive number or None, got {self.clip!r}")
+        if not (isinstance(self.dropout, numbers.Real) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if np.dtype(self.dtype).name not in _DTYPES:
+            raise ValueError(f"dtype: expected one of {_DTYPES}, got {self.dtype!r}")
+
+    def _sequences(self, X, fitting):
+        """X in any accepted form -> (time-major padded (T, n, F) array of the model dtype, lengths (n,)).
+
+        Sets n_features_in_, n_step_features_ and input_kind_ when fitting; checks them otherwise.
+        """
+        dtype = np.dtype(self.dtype) if fitting else self._dtype
+        if _is_ragged_list(X):
+            seqs = _ragged_sequences(X, dtype)
+            kind, n_step = "sequences", seqs[0].shape[1]
+            Xp, lengths = _pad(seqs, dtype)
+        else:
+            if isinstance(X, (list, tuple)) and len(X) == 0:
+                raise ValueError("X: expected at least one sequence, got an empty list")
+            if sparse.issparse(X):
+                raise TypeError(f"X: expected a dense array or a list of sequences, got a sparse "
+                                f"{type(X).__name__}; convert it with X.toarray()")
+            if not hasattr(X, "ndim"):   # lists of equal-shape sequences, other array-likes
+                X = np.asarray(X)
+            ndim = X.ndim
+            if ndim == 2:
+                kind = "table"
+                if fitting or self.input_kind_ == "table":
+                    A = validate_data(self, X, reset=fitting, dtype=dtype, ensure_all_finite=True)
+                else:
+                    A = check_array(X, dtype=dtype, ensure_all_finite=True)
+                Xp = np.ascontiguousarray(A.T[:, :, None])
+                n_step = 1
+            elif ndim == 3:
+                kind = "sequences"
+                A = check_array(X, dtype=dtype, allow_nd=True, ensure_all_finite=True)
+                if A.shape[1] < 1 or A.shape[2] < 1:
+                    raise ValueError(f"X: expected (n_samples, T, n_features) with T >= 1 and "
+                                     f"n_features >= 1, got shape {A.shape}")
+                Xp = np.ascontiguousarray(A.transpose(1, 0, 2))
+                n_step = A.shape[2]
+            else:
+                raise ValueError(
+                    f"X: expected a 2-D array (n_samples, T) of univariate sequences, a 3-D array "
+                    f"(n_samples, T, n_features) or a list of sequences, got a {ndim}-D input of shape "
+                    f"{tuple(X.shape)}. Reshape your data: X.reshape(1, -1) for a single univariate "
+                    f"sequence, X.reshape(-1, 1) for sequences of one step")
+            lengths = np.full(Xp.shape[1], Xp.shape[0], dtype=np.int64)
+        if fitting:
+            self.input_kind_, self.n_step_features_ = kind, n_step
+            if kind != "table":
+                self.n_features_in_ = n_step
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+        elif n_step != self.n_step_features_:
+            got = "a 2-D array (univariate sequences, 1 feature per step)" if kind == "table" \
+                else f"sequences with {n_step} features per step"
+            raise ValueError(f"X has {n_step} features per step, but {type(self).__name__} is expecting "
+                             f"{self.n_step_features_} features per step as input (got {got})")
+        return Xp, lengths
+
+    def _check_y_length(self, y, n):
+        if len(y) != n:
+            raise ValueError(f"y: expected {n} targets (one per sequence in X), got {len(y)}")
+
+    # -------------------------------------------------------------------------- training
+    def _fit(self, X, y, n_outputs, loss, Y):
+        """Build the model and train it on padded X with targets Y (already encoded / scaled)."""
+        Xp, lengths = X
+        self._dtype = np.dtype(self.dtype)
+        if self.scale_inputs:
+            valid = (np.arange(Xp.shape[0])[:, None] < lengths[None, :])
+            v = Xp[valid].astype(np.float64)
+            mean, std = v.mean(axis=0), v.std(axis=0)
+            std[std < 1e-12] = 1.0
+            self.input_mean_, self.input_scale_ = mean, std
+        else:
+            self.input_mean_ = np.zeros(self.n_step_features_)
+            self.input_scale_ = np.ones(self.n_step_features_)
+        Xp = self._scale(Xp, lengths)
+
+        rs = check_random_state(self.random_state)
+        model_seed, data_seed = (int(s) for s in rs.randint(0, 2**31 - 1, size=2))
+        self.model_ = SequenceModel(
+            cell=self.cell, hidden_size=self.hidden_size, num_layers=self.num_layers,
+            input_size=self.n_step_features_, output_size=n_outputs, head="many_to_one",
+            dropout=self.dropout, bidirectional=self.bidirectional, dtype=self._dtype, seed=model_seed,
+            rnn_options=self.rnn_options)
+        opt = OPTIMIZERS[self.optimizer](self.model_.params, self.model_.grads, lr=self.lr,
+                                         clip_norm=self.clip, weight_decay=self.weight_decay)
+        trainer = Trainer(self.model_, opt, loss=loss, reduction="mean", tbptt=self.tbptt,
+                          seed=data_seed, progress=bool(self.verbose))
+        source = _PaddedSource(Xp, lengths, Y, min(self.batch_size, Xp.shape[1]))
+        history = trainer.fit(source, epochs=self.max_iter)
+        # mean training loss of each epoch
+        per_epoch = len(source) * (1 if self.tbptt is None else -(-Xp.shape[0] // self.tbptt))
+        losses = np.asarray(history["loss"], dtype=np.float64)
+        self.loss_curve_ = [float(np.mean(losses[i:i + per_epoch])) for i in range(0, len(losses), per_epoch)]
+        self.n_iter_ = trainer.epoch
+        return self
+
+    def _scale(self, Xp, lengths):
+        """(X - mean) / scale at valid steps; padding stays 0."""
+        if not self.scale_inputs:
+            return Xp
+        valid = (np.arange(Xp.shape[0])[:, None] < lengths[None, :])[..., None]
+        out = (Xp - self.input_mean_) / self.input_scale_
+        return np.where(valid, out, 0).astype(self._dtype)
+
+    def _forward(self, X):
+        """Head outputs (n, n_outputs) as float64 for any accepted X (inference: no dropout)."""
+        check_is_fitted(self, "model_")
+        Xp, lengths = self._sequences(X, fitting=False)
+        Xp = self._scale(Xp, lengths)
+        out = []
+        for s in range(0, Xp.shape[1], _PREDICT_BATCH):
+            lens = lengths[s:s + _PREDICT_BATCH]
+            T = int(lens.max())
+            out.append(self.model_.predict(Xp[:T, s:s + _PREDICT_BATCH],
+                                           lengths=None if (lens == T).all() else lens))
+        return np.concatenate(out).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# estimators
+
+
+class RNNClassifier(ClassifierMixin, _BaseRNN):
+    """Sequence classifier: a recurrent stack reads each sequence, a softmax head on its last valid step.
+
+    Parameters
+    ----------
+    cell : "lstm", "gru" or "rnn" (Elman, tanh; rnn_options={"nonlinearity": "relu"} for ReLU).
+    hidden_size, num_layers, bidirectional, dropout : the recurrent stack (dropout between layers).
+    max_iter : number of epochs.
+    batch_size : sequences per mini-batch.
+    lr : learning rate; optimizer : "adam", "rmsprop" or "sgd".
+    clip : clip the global gradient norm to this value before each step (None: no clipping).
+    weight_decay : L2 penalty added to the gradients.
+    tbptt : truncated BPTT chunk length (None: full BPTT).
+    scale_inputs : standardise each input feature with the training data's mean and std.
+    random_state : None, an int or a RandomState; seeds initialisation, data order and dropout.
+    dtype : "float32" or "float64", the arithmetic of the recurrent stack.
+    rnn_options : further arguments of the layer (nonlinearity, proj_size, peephole, reset_after,
+        init, forget_bias).
+    verbose : show a progress bar while training.
+
+    Attributes
+    ----------
+    classes_, n_features_in_, n_step_features_, input_kind_ ("table" or "sequences"),
+    model_ (rnncore.models.SequenceModel), loss_curve_ (mean training loss per epoch),
+    n_iter_ (epochs run), input_mean_, input_scale_.
+    """
+
+    def fit(self, X, y):
+        """Train on sequences X and one class label per sequence y. Returns self."""
+        self._check_hyperparameters()
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        Xs = self._sequences(X, fitting=True)
+        y = column_or_1d(np.asarray(y) if not hasattr(y, "shape") else y, warn=True)
+        self._check_y_length(y, Xs[0].shape[1])
+        check_classification_targets(y)
+        enc = LabelEncoder()
+        ids = enc.fit_transform(y)
+        self.classes_ = enc.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(f"y: expected at least 2 classes, got 1 class ({self.classes_[0]!r})")
+        return self._fit(Xs, y, len(self.classes_), "cross_entropy", ids.astype(np.int64))
+
+    def predict_proba(self, X):
+        """Class probabilities (n_samples, n_classes), columns in the order of classes_."""
+        return _softmax(self._forward(X))
+
+    def predict(self, X):
+        """The most probable class of each sequence (n_samples,)."""
+        scores = self._forward(X)
+        return self.classes_[np.argmax(scores, axis=1)]
+
+
+class RNNRegressor(RegressorMixin, _BaseRNN):
+    """Sequence regressor: a recurrent stack reads each sequence, a linear head on its last valid step
+    predicts one value (y of shape (n,)) or n_outputs values (y of shape (n, n_outputs)), trained
+    with mean squared error.
+
+    Parameters: as RNNClassifier, plus
+    scale_targets : train on standardised targets (y - mean) / std (per output) and map the
+        predictions back; predictions are always in the units of y.
+
+    Attributes: as RNNClassifier (no classes_), plus n_outputs_, target_mean_, target_scale_.
+    """
+
+    def __init__(self, cell="lstm", hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
+                 max_iter=50, batch_size=32, lr=0.01, optimizer="adam", clip=1.0, weight_decay=0.0,
+                 tbptt=None, scale_inputs=True, scale_targets=True, random_state=None, dtype="float32",
+                 rnn_options=None, verbose=False):
+        super().__init__(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
+                         bidirectional=bidirectional, dropout=dropout, max_iter=max_iter,
+                         batch_size=batch_size, lr=lr, optimizer=optimizer, clip=clip,
+                         weight_decay=weight_decay, tbptt=tbptt, scale_inputs=scale_inputs,
+                         random_state=random_state, dtype=dtype, rnn_options=rnn_options, verbose=verbose)
+        self.scale_targets = scale_targets
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X, y):
+        """Train on sequences X and targets y, (n,) or (n, n_outputs). Returns self."""
+        self._check_hyperparameters()
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        Xs = self._sequences(X, fitting=True)
+        y = check_array(y, ensure_2d=False, allow_nd=True, dtype=np.float64, ensure_all_finite=True,
+                        input_name="y")
+        if y.ndim not in (1, 2):
+            raise ValueError(f"y: expected shape (n_samples,) or (n_samples, n_outputs), got {y.shape}")
+        self._check_y_length(y, Xs[0].shape[1])
+        self._y_ndim = y.ndim
+        Y = y.reshape(len(y), -1)
+        self.n_outputs_ = Y.shape[1]
+        if self.scale_targets:
+            mean, std = Y.mean(axis=0), Y.std(axis=0)
+            std[std < 1e-12] = 1.0
+        else:
+            mean, std = np.zeros(self.n_outputs_), np.ones(self.n_outputs_)
+        self.target_mean_, self.target_scale_ = mean, std
+        Yn = ((Y - mean) / std).astype(np.dtype(self.dtype))
+        return self._fit(Xs, y, self.n_outputs_, "mse", Yn)
+
+    def predict(self, X):
+        """Predicted targets: (n_samples,) if y was 1-D in fit, else (n_samples, n_outputs); float64."""
+        out = self._forward(X) * self.target_scale_ + self.target_mean_
+        return out[:, 0] if self._y_ndim == 1 else out
