@@ -7,12 +7,14 @@ GEMM each), side by side. The layer/stack driver (rnncore/layers.py) is the same
 Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidden, P = H or proj):
     p, g    this direction's parameters / gradients by short name: w_ih, w_hh, b_ih, b_hh,
             w_hr (LSTM projection), w_ci, w_cf, w_co (LSTM peepholes); g is accumulated into (+=)
-    x       (T*B, I)   the layer input, time-major rows
+    x       (T*B, I)   the layer input, rows in the layer's order: time-major, or batch-major when
+                       bf (batch_first; then every (T, B, .) array below is (B, T, .) instead)
     out     (T*B, D*P) the layer output; this direction writes columns [col0, col0 + P)
     dout    (T*B, D*P) dL/d(out)
     dx      (T*B, I)   dL/dx, accumulated into (both directions add to it)
-    ws      ws(name, shape, dtype) -> array: where forward puts what backward needs (fresh arrays
-            when training; reused scratch for inference, see layers._Scratch)
+    ws      ws(name, shape, dtype) -> array: forward's workspace (what backward needs; a pooled
+            training workspace per layer and direction, or reused scratch for inference, see
+            layers._Scratch), and backward's temporaries (dG, ...), from the same training workspace
 All large products go through rnncore._kernels.matmul (scipy's BLAS, split over rnncore's threads).
 """
 import numpy as np
@@ -29,23 +31,24 @@ class RNNCell:
     def __init__(self, relu=False):
         self.relu = relu
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf):
         H = p["w_hh"].shape[0]
-        G = _input_projection(p, x, T, B, H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
-        hprev = ws("hprev", (T, B, H), x.dtype)
+        rows = _rows(T, B, bf)
+        G = _input_projection(p, x, rows, H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
+        hprev = ws("hprev", rows + (H,), x.dtype)
         K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), lengths, col0,
-                      self.relu, reverse, nt)
-        return {"x": x, "G": G, "hprev": hprev, "lengths": lengths, "reverse": reverse}
+                      self.relu, reverse, bf, nt)
+        return {"x": x, "G": G, "hprev": hprev, "lengths": lengths, "reverse": reverse, "bf": bf}
 
-    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
+    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws):
         G, hprev, x = cache["G"], cache["hprev"], cache["x"]
-        T, B, H = G.shape
-        dG = np.empty_like(G)
+        H = G.shape[2]
+        dG = ws("dG", G.shape, G.dtype)
         K.rnn_backward(dG, dh, dout, G, p["w_hh"], cache["lengths"], _packed(p["w_hh"]), col0,
-                       self.relu, cache["reverse"], nt)
-        dG = dG.reshape(T * B, H)
+                       self.relu, cache["reverse"], cache["bf"], nt)
+        dG = dG.reshape(-1, H)
         # dW_hh += dG^T @ hprev
-        K.matmul(g["w_hh"], dG, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
+        K.matmul(g["w_hh"], dG, hprev.reshape(-1, H), trans_a=True, beta=1.0, num_threads=nt)
         _input_side_grads(p, g, dG, x, dx, nt, same_bias=True)
         return dh, None
 
@@ -55,46 +58,47 @@ class LSTMCell:
     gates = 4
     has_cell_state = True
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf):
         dt = x.dtype
         H, P = p["w_hh"].shape[0] // 4, p["w_hh"].shape[1]
         proj = "w_hr" in p
-        G = _input_projection(p, x, T, B, 4 * H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
-        hprev = ws("hprev", (T, B, P), dt)
-        cprev = ws("cprev", (T, B, H), dt)
-        cnew = ws("cnew", (T, B, H), dt)
-        M = ws("M", (T, B, H), dt) if proj else None
+        rows = _rows(T, B, bf)
+        G = _input_projection(p, x, rows, 4 * H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
+        hprev = ws("hprev", rows + (P,), dt)
+        cprev = ws("cprev", rows + (H,), dt)
+        cnew = ws("cnew", rows + (H,), dt)
+        M = ws("M", rows + (H,), dt) if proj else None
         hbuf = ws("hbuf", (B, P), dt) if proj else None
         K.lstm_forward(G, hprev, cprev, cnew, M, hbuf, out, h_n, c_n, h0, c0, p["w_hh"],
                        p.get("w_hr"), _packed_t(p["w_hh"]), _packed_t(p.get("w_hr")),
-                       p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths, col0, reverse, nt)
+                       p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths, col0, reverse, bf, nt)
         return {"x": x, "G": G, "hprev": hprev, "cprev": cprev, "cnew": cnew, "M": M,
-                "lengths": lengths, "reverse": reverse}
+                "lengths": lengths, "reverse": reverse, "bf": bf}
 
-    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
+    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws):
         G, hprev, cprev, cnew, M = (cache[k] for k in ("G", "hprev", "cprev", "cnew", "M"))
-        T, B, H4 = G.shape
-        H, P = H4 // 4, hprev.shape[2]
+        H4, P, B = G.shape[2], hprev.shape[2], dh.shape[0]
+        H = H4 // 4
         proj = M is not None
-        dG = np.empty_like(G)
-        dH = np.empty((T, B, P), G.dtype) if proj else None
-        dmbuf = np.empty((B, H), G.dtype) if proj else None
-        tcbuf = np.empty((B, H), G.dtype)
+        dG = ws("dG", G.shape, G.dtype)
+        dH = ws("dH", G.shape[:2] + (P,), G.dtype) if proj else None
+        dmbuf = ws("dmbuf", (B, H), G.dtype) if proj else None
+        tcbuf = ws("tcbuf", (B, H), G.dtype)
         K.lstm_backward(dG, dh, dc, dH, dmbuf, tcbuf, dout, G, cprev, cnew, p["w_hh"], p.get("w_hr"),
                         p.get("w_ci"), p.get("w_cf"), p.get("w_co"), _packed(p["w_hh"]),
-                        _packed(p.get("w_hr")), cache["lengths"], col0, cache["reverse"], nt)
+                        _packed(p.get("w_hr")), cache["lengths"], col0, cache["reverse"], cache["bf"], nt)
         if "w_ci" in p:
             # peepholes: dw_c* = sum over t, b of dL/da_gate ⊙ (the cell state that gate saw)
             g["w_ci"] += np.einsum("tbj,tbj->j", dG[:, :, :H], cprev)
             g["w_cf"] += np.einsum("tbj,tbj->j", dG[:, :, H:2 * H], cprev)
             g["w_co"] += np.einsum("tbj,tbj->j", dG[:, :, 3 * H:], cnew)
-        dG = dG.reshape(T * B, H4)
+        dG = dG.reshape(-1, H4)
         if proj:
             # dW_hr += dH^T @ M
-            K.matmul(g["w_hr"], dH.reshape(T * B, P), M.reshape(T * B, H), trans_a=True, beta=1.0,
+            K.matmul(g["w_hr"], dH.reshape(-1, P), M.reshape(-1, H), trans_a=True, beta=1.0,
                      num_threads=nt)
         # dW_hh += dG^T @ hprev
-        K.matmul(g["w_hh"], dG, hprev.reshape(T * B, P), trans_a=True, beta=1.0, num_threads=nt)
+        K.matmul(g["w_hh"], dG, hprev.reshape(-1, P), trans_a=True, beta=1.0, num_threads=nt)
         _input_side_grads(p, g, dG, cache["x"], dx, nt, same_bias=True)
         return dh, dc
 
@@ -112,7 +116,7 @@ class GRUCell:
     def __init__(self, reset_after=True):
         self.reset_after = reset_after
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf):
         dt = x.dtype
         H = p["w_hh"].shape[1]
         bias = None
@@ -122,39 +126,41 @@ class GRUCell:
             bias = p["b_ih"].copy()
             bias[:2 * H] += p["b_hh"][:2 * H]
             b_hn = np.ascontiguousarray(p["b_hh"][2 * H:])
-        G = _input_projection(p, x, T, B, 3 * H, bias, nt, ws)
-        hprev = ws("hprev", (T, B, H), dt)
-        HN = ws("HN", (T, B, H), dt)
+        rows = _rows(T, B, bf)
+        G = _input_projection(p, x, rows, 3 * H, bias, nt, ws)
+        hprev = ws("hprev", rows + (H,), dt)
+        HN = ws("HN", rows + (H,), dt)
         gh = ws("gh", (B, 3 * H), dt)
         W_t = K.pack_gru_t(p["w_hh"], self.reset_after) if own_step_gemm() else None
         K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], W_t, b_hn,
-                      lengths, col0, self.reset_after, reverse, nt)
-        return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse}
+                      lengths, col0, self.reset_after, reverse, bf, nt)
+        return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse,
+                "bf": bf}
 
-    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt):
+    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws):
         G, hprev, HN = cache["G"], cache["hprev"], cache["HN"]
-        T, B, H3 = G.shape
+        H3, B = G.shape[2], dh.shape[0]
         H = H3 // 3
-        dGx = np.empty_like(G)
+        dGx = ws("dGx", G.shape, G.dtype)
         if self.reset_after:
-            dGh = np.empty_like(G)
+            dGh = ws("dGh", G.shape, G.dtype)
             K.gru_backward(dGx, dGh, dh, None, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           _packed(p["w_hh"]), col0, True, cache["reverse"], nt)
-            dGh = dGh.reshape(T * B, H3)
+                           _packed(p["w_hh"]), col0, True, cache["reverse"], cache["bf"], nt)
+            dGh = dGh.reshape(-1, H3)
             # dW_hh += dGh^T @ hprev ; db_hh += sum(dGh)
-            K.matmul(g["w_hh"], dGh, hprev.reshape(T * B, H), trans_a=True, beta=1.0, num_threads=nt)
+            K.matmul(g["w_hh"], dGh, hprev.reshape(-1, H), trans_a=True, beta=1.0, num_threads=nt)
             if "b_hh" in g:
                 g["b_hh"] += dGh.sum(axis=0)
-            dGx = dGx.reshape(T * B, H3)
+            dGx = dGx.reshape(-1, H3)
         else:
-            drh = np.empty((B, H), G.dtype)
+            drh = ws("drh", (B, H), G.dtype)
             K.gru_backward(dGx, None, dh, drh, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           _packed(p["w_hh"]), col0, False, cache["reverse"], nt)
-            dGx = dGx.reshape(T * B, H3)
+                           _packed(p["w_hh"]), col0, False, cache["reverse"], cache["bf"], nt)
+            dGx = dGx.reshape(-1, H3)
             # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dG_n^T @ (r ⊙ hprev) ; db_hh += sum(dG)
-            K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(T * B, H), trans_a=True,
+            K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(-1, H), trans_a=True,
                      beta=1.0, num_threads=nt)
-            K.matmul(g["w_hh"][2 * H:], dGx[:, 2 * H:], HN.reshape(T * B, H), trans_a=True,
+            K.matmul(g["w_hh"][2 * H:], dGx[:, 2 * H:], HN.reshape(-1, H), trans_a=True,
                      beta=1.0, num_threads=nt)
             if "b_hh" in g:
                 g["b_hh"] += dGx.sum(axis=0)
@@ -176,10 +182,15 @@ def _packed(w):
     return K.pack_n(w)
 
 
-def _input_projection(p, x, T, B, GH, bias, nt, ws):
-    """G = x @ W_ih^T + bias for all T*B rows at once, as (T, B, GH)."""
-    G = ws("G", (T, B, GH), x.dtype)
-    G2 = G.reshape(T * B, GH)
+def _rows(T, B, bf):
+    """The leading shape of a layer's per-row arrays: (B, T) batch_first, else (T, B)."""
+    return (B, T) if bf else (T, B)
+
+
+def _input_projection(p, x, rows, GH, bias, nt, ws):
+    """G = x @ W_ih^T + bias for all T*B rows at once, as rows + (GH,)."""
+    G = ws("G", rows + (GH,), x.dtype)
+    G2 = G.reshape(-1, GH)
     if bias is None:
         K.matmul(G2, x, p["w_ih"], trans_b=True, beta=0.0, num_threads=nt)
     else:

@@ -11,7 +11,8 @@ and input gradients of all timesteps after it). The Python layer driver (rnncore
 them; it validates everything first, so nothing here checks shapes or touches a Python object while
 computing. All kernels release the GIL.
 
-Notation (one layer, one direction; arrays are row-major, time-major):
+Notation (one layer, one direction; arrays are row-major; shown time-major, but every (T, B, .) or
+(T*B, .) array may instead be batch-major, (B, T, .), when the layer is batch_first: see "Row layout"):
     T steps, B sequences, I input features, H hidden units, P = H (or proj_size for LSTM),
     G = number of gates (RNN 1, LSTM 4 in order i,f,g,o, GRU 3 in order r,z,n).
     x_t     (B, I)     input at step t
@@ -264,97 +265,122 @@ cdef void _scale_rows(floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ldc,
 
 
 # --------------------------------------------------------------------------------------------------
+# Row layout. Every (T*B)-row array of a layer (G, hprev, cprev, cnew, M, HN, dG, dH, out, dout) has
+# the layer's row order: row (t, b) is at t * ts + b * rs, with (ts, rs) = (B, 1) time-major or
+# (1, T) batch_first, so batch_first input and output need no transposing copies. Within one step,
+# a thread's rows are rs rows apart: the step GEMMs read and write them with that leading dimension.
+# Per-step buffers (h0, h_n, c_n, dh, dc, gh, hbuf, dmbuf, tcbuf) are (B, .) and contiguous.
+# --------------------------------------------------------------------------------------------------
+
+cdef inline void _row_strides(bint batch_first, Py_ssize_t T, Py_ssize_t B,
+                              Py_ssize_t* ts, Py_ssize_t* rs) noexcept nogil:
+    if batch_first:
+        ts[0] = 1
+        rs[0] = T
+    else:
+        ts[0] = B
+        rs[0] = 1
+
+
+# --------------------------------------------------------------------------------------------------
 # Vanilla (Elman) RNN:  h_t = f(a_t),  a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,  f = tanh | relu
 # --------------------------------------------------------------------------------------------------
 
 cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floating* h_n,
                             const floating* h0, const floating* W_hh, const floating* W_t,
                             const int* lengths,
-                            Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # G (T,B,H), hprev (T,B,H), out (T*B, ldo) at its column offset, h_n (B,H), h0 (B,H), W_hh (H,H)
+    # G, hprev: rows of H; out: rows of ldo at its column offset; h_n, h0 (B,H); W_hh (H,H)
     # W_t = W_hh^T packed (pack_t) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rs * H, sd
     cdef floating* g
+    cdef floating* gb
     cdef floating* hp
     cdef floating* dst
     cdef floating* o
-    memcpy(hprev + ((T - 1 if reverse else 0) * B + b0) * H, h0 + b0 * H, nb * H * sizeof(floating))
+    hp = hprev + ((T - 1 if reverse else 0) * ts + b0 * rs) * H
+    for b in range(nb):
+        memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        g = G + (t * B + b0) * H
-        hp = hprev + (t * B + b0) * H
+        g = G + (t * ts + b0 * rs) * H
+        hp = hprev + (t * ts + b0 * rs) * H
         # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T
-        mm_packed(nb, H, H, hp, H, True, W_hh, H, W_t, H, 0, True, g, H)
+        mm_packed(nb, H, H, hp, sH, True, W_hh, H, W_t, H, 0, True, g, sH)
         # where h_t goes: the next step's hprev, or h_n after the last step
         if s == T - 1:
-            dst = h_n + b0 * H
+            dst, sd = h_n + b0 * H, H
         else:
-            dst = hprev + ((t - 1 if reverse else t + 1) * B + b0) * H
-        # (2) h_t = f(a_t), kept in G[t] for backward
-        if relu:
-            for j in range(nb * H):
-                g[j] = g[j] if g[j] > 0 else 0
-        else:
-            _tanh_span(g, nb * H)
+            dst, sd = hprev + ((t - 1 if reverse else t + 1) * ts + b0 * rs) * H, sH
         for b in range(nb):
-            o = out + (t * B + b0 + b) * ldo
+            gb = g + b * sH
+            # (2) h_t = f(a_t), kept in G[t] for backward
+            if relu:
+                for j in range(H):
+                    gb[j] = gb[j] if gb[j] > 0 else 0
+            else:
+                _tanh_span(gb, H)
+            o = out + (t * ts + (b0 + b) * rs) * ldo
             if t < lengths[b0 + b]:
-                memcpy(dst + b * H, g + b * H, H * sizeof(floating))
-                memcpy(o, g + b * H, H * sizeof(floating))
+                memcpy(dst + b * sd, gb, H * sizeof(floating))
+                memcpy(o, gb, H * sizeof(floating))
             else:  # past the sequence's end: state carried, output 0
-                memset(g + b * H, 0, H * sizeof(floating))
-                memcpy(dst + b * H, hp + b * H, H * sizeof(floating))
+                memset(gb, 0, H * sizeof(floating))
+                memcpy(dst + b * sd, hp + b * sH, H * sizeof(floating))
                 memset(o, 0, H * sizeof(floating))
 
 
 cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, const floating* G,
                              const floating* W_hh, const int* lengths,
-                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
                              const floating* W_p,
                              bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # dG (T,B,H) out; dh (B,H) in dL/dh_n, out dL/dh0; dout (T*B, ldo); G (T,B,H) = h_t
+    # dG rows of H out; dh (B,H) in dL/dh_n, out dL/dh0; dout rows of ldo; G rows of H = h_t
     # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rs * H
     cdef floating* dg
     cdef const floating* g
     cdef const floating* do
     cdef floating d, h
     for s in range(T):
         t = s if reverse else T - 1 - s
-        dg = dG + (t * B + b0) * H
-        g = G + (t * B + b0) * H
+        dg = dG + (t * ts + b0 * rs) * H
+        g = G + (t * ts + b0 * rs) * H
         for b in range(nb):
             if t < lengths[b0 + b]:
-                do = dout + (t * B + b0 + b) * ldo
+                do = dout + (t * ts + (b0 + b) * rs) * ldo
                 for j in range(H):
                     # (2) dL/da_t = (dL/dh_t) * f'(a_t); the recurrent part of dh is added in (1)
                     d = dh[(b0 + b) * H + j] + do[j]
-                    h = g[b * H + j]
+                    h = g[b * sH + j]
                     if relu:
-                        dg[b * H + j] = d if h > 0 else 0
+                        dg[b * sH + j] = d if h > 0 else 0
                     else:
-                        dg[b * H + j] = d * (1 - h * h)
+                        dg[b * sH + j] = d * (1 - h * h)
                     dh[(b0 + b) * H + j] = 0
             else:
-                memset(dg + b * H, 0, H * sizeof(floating))
+                memset(dg + b * sH, 0, H * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh              # dh += dg @ W_hh
-        mm_packed(nb, H, H, dg, H, False, W_hh, H, W_p, H, 0, True, dh + b0 * H, H)
+        mm_packed(nb, H, H, dg, sH, False, W_hh, H, W_p, H, 0, True, dh + b0 * H, H)
 
 
 def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::1] out,
                 floating[:, ::1] h_n,
                 const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
-                const int[::1] lengths, Py_ssize_t col0, bint relu, bint reverse, int num_threads):
-    """Vanilla RNN layer, one direction. G (T,B,H) holds x W_ih^T + b_ih + b_hh on entry.
-    W_t = pack_t(W_hh) selects rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = out.shape[1]
+                const int[::1] lengths, Py_ssize_t col0, bint relu, bint reverse,
+                bint batch_first, int num_threads):
+    """Vanilla RNN layer, one direction. G (T,B,H) (batch_first: (B,T,H)) holds
+    x W_ih^T + b_ih + b_hh on entry. W_t = pack_t(W_hh) selects rnncore's own step GEMM; None BLAS."""
+    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t H = G.shape[2], ldo = out.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
+    _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _rnn_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &out[0, col0], &h_n[0, 0], &h0[0, 0],
-                              &W_hh[0, 0], pW_t, &lengths[0], T, B, H, ldo, relu, reverse,
+                              &W_hh[0, 0], pW_t, &lengths[0], T, ts, rs, H, ldo, relu, reverse,
                               ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -362,16 +388,18 @@ def rnn_backward(floating[:, :, ::1] dG, floating[:, ::1] dh,
                  const floating[:, ::1] dout, const floating[:, :, ::1] G,
                  const floating[:, ::1] W_hh, const int[::1] lengths,
                  const floating[:, ::1] W_p,
-                 Py_ssize_t col0, bint relu, bint reverse, int num_threads):
-    """BPTT through `rnn_forward`: writes dG = dL/da (T,B,H); dh goes from dL/dh_n to dL/dh0.
+                 Py_ssize_t col0, bint relu, bint reverse, bint batch_first, int num_threads):
+    """BPTT through `rnn_forward`: writes dG = dL/da (G's layout); dh goes from dL/dh_n to dL/dh0.
     W_p = pack_n(W_hh) selects rnncore's step GEMM; None selects BLAS."""
-    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = G.shape[2], ldo = dout.shape[1]
+    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t H = G.shape[2], ldo = dout.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pW_p = &W_p[0, 0] if W_p is not None else NULL
+    _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _rnn_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dout[0, col0], &G[0, 0, 0], &W_hh[0, 0],
-                               &lengths[0], T, B, H, ldo, pW_p, relu, reverse,
+                               &lengths[0], T, ts, rs, H, ldo, pW_p, relu, reverse,
                                ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -389,11 +417,12 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                              const floating* W_hr, const floating* W_t, const floating* W_hr_t,
                              const floating* w_ci, const floating* w_cf,
                              const floating* w_co, const int* lengths,
-                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, Py_ssize_t ldo,
-                             bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # G (T,B,4H); hprev (T,B,P); cprev, cnew, M (T,B,H) (M only with projection); hbuf (B,P) work
-    # out (T*B, ldo) at its column offset; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, tnext
+                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t P,
+                             Py_ssize_t ldo, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # rows of: G 4H; hprev P; cprev, cnew, M H (M only with projection); out ldo at its column offset
+    # hbuf (B,P) work; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, tnext, row
+    cdef Py_ssize_t sG = rs * H4, sH = rs * H, sP = rs * P, shd, scd
     cdef bint proj = W_hr != NULL
     cdef bint peep = w_ci != NULL
     cdef floating* g
@@ -405,65 +434,75 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
     cdef floating* o
     cdef floating* m
     cdef floating* gb
+    cdef floating* cpb
+    cdef floating* cwb
     tfirst = T - 1 if reverse else 0
-    memcpy(hprev + (tfirst * B + b0) * P, h0 + b0 * P, nb * P * sizeof(floating))
-    memcpy(cprev + (tfirst * B + b0) * H, c0 + b0 * H, nb * H * sizeof(floating))
+    for b in range(nb):
+        row = tfirst * ts + (b0 + b) * rs
+        memcpy(hprev + row * P, h0 + (b0 + b) * P, P * sizeof(floating))
+        memcpy(cprev + row * H, c0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        g = G + (t * B + b0) * H4
-        hp = hprev + (t * B + b0) * P
-        cp = cprev + (t * B + b0) * H
-        cw = cnew + (t * B + b0) * H
+        g = G + (t * ts + b0 * rs) * H4
+        hp = hprev + (t * ts + b0 * rs) * P
+        cp = cprev + (t * ts + b0 * rs) * H
+        cw = cnew + (t * ts + b0 * rs) * H
         # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T
-        mm_packed(nb, H4, P, hp, P, True, W_hh, P, W_t, P, 0, True, g, H4)
+        mm_packed(nb, H4, P, hp, sP, True, W_hh, P, W_t, P, 0, True, g, sG)
         if s == T - 1:
-            hdst = h_n + b0 * P
-            cdst = c_n + b0 * H
+            hdst, shd = h_n + b0 * P, P
+            cdst, scd = c_n + b0 * H, H
         else:
             tnext = t - 1 if reverse else t + 1
-            hdst = hprev + (tnext * B + b0) * P
-            cdst = cprev + (tnext * B + b0) * H
+            hdst, shd = hprev + (tnext * ts + b0 * rs) * P, sP
+            cdst, scd = cprev + (tnext * ts + b0 * rs) * H, sH
         # (2) gates, cell state and m_t; gate activations replace a_t in G[t]
         for b in range(nb):
-            gb = g + b * H4
+            gb = g + b * sG
+            cpb = cp + b * sH
+            cwb = cw + b * sH
             if peep:
                 for j in range(H):
-                    gb[j] = gb[j] + w_ci[j] * cp[b * H + j]
-                    gb[H + j] = gb[H + j] + w_cf[j] * cp[b * H + j]
+                    gb[j] = gb[j] + w_ci[j] * cpb[j]
+                    gb[H + j] = gb[H + j] + w_cf[j] * cpb[j]
             _sigmoid_span(gb, 2 * H)                    # i, f
             _tanh_span(gb + 2 * H, H)                   # g
             for j in range(H):                          # c_t = f ⊙ c_{t-1} + i ⊙ g
-                cw[b * H + j] = gb[H + j] * cp[b * H + j] + gb[j] * gb[2 * H + j]
+                cwb[j] = gb[H + j] * cpb[j] + gb[j] * gb[2 * H + j]
             if peep:
                 for j in range(H):
-                    gb[3 * H + j] = gb[3 * H + j] + w_co[j] * cw[b * H + j]
+                    gb[3 * H + j] = gb[3 * H + j] + w_co[j] * cwb[j]
             _sigmoid_span(gb + 3 * H, H)                # o
-            m = (M + (t * B + b0 + b) * H) if proj else (out + (t * B + b0 + b) * ldo)
-            memcpy(m, cw + b * H, H * sizeof(floating))
+            row = t * ts + (b0 + b) * rs
+            m = (M + row * H) if proj else (out + row * ldo)
+            memcpy(m, cwb, H * sizeof(floating))
             _tanh_span(m, H)
             for j in range(H):                          # m_t = o ⊙ tanh(c_t)
                 m[j] = gb[3 * H + j] * m[j]
         for b in range(nb):
-            o = out + (t * B + b0 + b) * ldo
+            row = t * ts + (b0 + b) * rs
+            o = out + row * ldo
             if t < lengths[b0 + b]:
-                memcpy(cdst + b * H, cw + b * H, H * sizeof(floating))
+                memcpy(cdst + b * scd, cw + b * sH, H * sizeof(floating))
                 if not proj:
-                    memcpy(hdst + b * P, o, P * sizeof(floating))
+                    memcpy(hdst + b * shd, o, P * sizeof(floating))
             else:  # past the sequence's end: state carried, output 0
-                memset(g + b * H4, 0, H4 * sizeof(floating))
-                memcpy(cw + b * H, cp + b * H, H * sizeof(floating))
-                memcpy(cdst + b * H, cp + b * H, H * sizeof(floating))
-                memcpy(hdst + b * P, hp + b * P, P * sizeof(floating))
+                memset(g + b * sG, 0, H4 * sizeof(floating))
+                memcpy(cw + b * sH, cp + b * sH, H * sizeof(floating))
+                memcpy(cdst + b * scd, cp + b * sH, H * sizeof(floating))
+                memcpy(hdst + b * shd, hp + b * sP, P * sizeof(floating))
                 memset(o, 0, P * sizeof(floating))
                 if proj:
-                    memset(M + (t * B + b0 + b) * H, 0, H * sizeof(floating))
+                    memset(M + row * H, 0, H * sizeof(floating))
         if proj:
             # (3) h_t = m_t W_hr^T                    # hbuf = M[t] @ W_hr.T
-            mm_packed(nb, P, H, M + (t * B + b0) * H, H, True, W_hr, H, W_hr_t, H, 0, False, hbuf + b0 * P, P)
+            mm_packed(nb, P, H, M + (t * ts + b0 * rs) * H, sH, True, W_hr, H, W_hr_t, H, 0, False,
+                      hbuf + b0 * P, P)
             for b in range(nb):
                 if t < lengths[b0 + b]:
-                    memcpy(hdst + b * P, hbuf + (b0 + b) * P, P * sizeof(floating))
-                    memcpy(out + (t * B + b0 + b) * ldo, hbuf + (b0 + b) * P, P * sizeof(floating))
+                    memcpy(hdst + b * shd, hbuf + (b0 + b) * P, P * sizeof(floating))
+                    memcpy(out + (t * ts + (b0 + b) * rs) * ldo, hbuf + (b0 + b) * P,
+                           P * sizeof(floating))
 
 
 cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating* dH, floating* dmbuf,
@@ -472,76 +511,87 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
                               const floating* cnew, const floating* W_hh, const floating* W_hr,
                               const floating* w_ci, const floating* w_cf, const floating* w_co,
                               const int* lengths,
-                              Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P, Py_ssize_t ldo,
-                              const floating* W_p, const floating* W_hr_p,
+                              Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t P,
+                              Py_ssize_t ldo, const floating* W_p, const floating* W_hr_p,
                               bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # W_p = W_hh packed, W_hr_p = W_hr packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    # dG (T,B,4H) out; dh (B,P), dc (B,H) carried; dH (T,B,P) out (total dL/dh_t, projection only)
-    # dmbuf (B,H) work (projection only); tcbuf (B,H) work; dout (T*B, ldo); G (T,B,4H) gate activations
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, k, H4 = 4 * H
+    # rows of: dG 4H out; dH P out (total dL/dh_t, projection only); dout ldo; G 4H gate activations;
+    # cprev, cnew H. dh (B,P), dc (B,H) carried; dmbuf (B,H) work (projection only); tcbuf (B,H) work
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, k, H4 = 4 * H, row, sG = rs * H4, sP = rs * P
     cdef bint proj = W_hr != NULL
     cdef bint peep = w_ci != NULL
     cdef floating* dg
+    cdef floating* dgb
     cdef const floating* g
+    cdef const floating* gb
     cdef const floating* do
     cdef const floating* dm
+    cdef const floating* cpb
     cdef floating* dhb
+    cdef floating* dcb
     cdef floating* tcb
     cdef floating ig, fg, gg, og, tc, cp, dmv, dcv, dao, dai, daf, dag
     for s in range(T):
         t = s if reverse else T - 1 - s
-        dg = dG + (t * B + b0) * H4
-        g = G + (t * B + b0) * H4
+        dg = dG + (t * ts + b0 * rs) * H4
+        g = G + (t * ts + b0 * rs) * H4
         # (3) dL/dh_t = carried + output gradient, for active rows
         for b in range(nb):
             dhb = dh + (b0 + b) * P
+            row = t * ts + (b0 + b) * rs
             if t < lengths[b0 + b]:
-                do = dout + (t * B + b0 + b) * ldo
+                do = dout + row * ldo
                 for k in range(P):
                     dhb[k] = dhb[k] + do[k]
                 if proj:
-                    memcpy(dH + (t * B + b0 + b) * P, dhb, P * sizeof(floating))
+                    memcpy(dH + row * P, dhb, P * sizeof(floating))
             elif proj:
-                memset(dH + (t * B + b0 + b) * P, 0, P * sizeof(floating))
+                memset(dH + row * P, 0, P * sizeof(floating))
         if proj:
             # dL/dm_t = dL/dh_t W_hr                     # dmbuf = dH[t] @ W_hr
-            mm_packed(nb, H, P, dH + (t * B + b0) * P, P, False, W_hr, H, W_hr_p, P, 0, False, dmbuf + b0 * H, H)
+            mm_packed(nb, H, P, dH + (t * ts + b0 * rs) * P, sP, False, W_hr, H, W_hr_p, P, 0, False,
+                      dmbuf + b0 * H, H)
         # (2) through m_t = o ⊙ tanh(c_t), c_t = f ⊙ c_{t-1} + i ⊙ g, and the gates
         for b in range(nb):
+            dgb = dg + b * sG
             if t < lengths[b0 + b]:
+                row = t * ts + (b0 + b) * rs
+                gb = g + b * sG
+                cpb = cprev + row * H
+                dcb = dc + (b0 + b) * H
                 dm = (dmbuf + (b0 + b) * H) if proj else (dh + (b0 + b) * P)
                 tcb = tcbuf + (b0 + b) * H
-                memcpy(tcb, cnew + (t * B + b0 + b) * H, H * sizeof(floating))
+                memcpy(tcb, cnew + row * H, H * sizeof(floating))
                 _tanh_span(tcb, H)
                 for j in range(H):
-                    ig = g[b * H4 + j]
-                    fg = g[b * H4 + H + j]
-                    gg = g[b * H4 + 2 * H + j]
-                    og = g[b * H4 + 3 * H + j]
-                    cp = cprev[(t * B + b0 + b) * H + j]
+                    ig = gb[j]
+                    fg = gb[H + j]
+                    gg = gb[2 * H + j]
+                    og = gb[3 * H + j]
+                    cp = cpb[j]
                     tc = tcb[j]
                     dmv = dm[j]
                     dao = dmv * tc * og * (1 - og)
-                    dcv = dc[(b0 + b) * H + j] + dmv * og * (1 - tc * tc)
+                    dcv = dcb[j] + dmv * og * (1 - tc * tc)
                     if peep:
                         dcv = dcv + dao * w_co[j]
                     dai = dcv * gg * ig * (1 - ig)
                     daf = dcv * cp * fg * (1 - fg)
                     dag = dcv * ig * (1 - gg * gg)
-                    dg[b * H4 + j] = dai
-                    dg[b * H4 + H + j] = daf
-                    dg[b * H4 + 2 * H + j] = dag
-                    dg[b * H4 + 3 * H + j] = dao
+                    dgb[j] = dai
+                    dgb[H + j] = daf
+                    dgb[2 * H + j] = dag
+                    dgb[3 * H + j] = dao
                     # dL/dc_{t-1}
                     if peep:
-                        dc[(b0 + b) * H + j] = dcv * fg + dai * w_ci[j] + daf * w_cf[j]
+                        dcb[j] = dcv * fg + dai * w_ci[j] + daf * w_cf[j]
                     else:
-                        dc[(b0 + b) * H + j] = dcv * fg
+                        dcb[j] = dcv * fg
                 memset(dh + (b0 + b) * P, 0, P * sizeof(floating))
             else:
-                memset(dg + b * H4, 0, H4 * sizeof(floating))
+                memset(dgb, 0, H4 * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh                # dh += dg @ W_hh
-        mm_packed(nb, P, H4, dg, H4, False, W_hh, P, W_p, H4, 0, True, dh + b0 * P, P)
+        mm_packed(nb, P, H4, dg, sG, False, W_hh, P, W_p, H4, 0, True, dh + b0 * P, P)
 
 
 def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] cprev,
@@ -551,11 +601,12 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
                  const floating[:, ::1] W_hr, const floating[:, ::1] W_t,
                  const floating[:, ::1] W_hr_t, const floating[::1] w_ci, const floating[::1] w_cf,
                  const floating[::1] w_co, const int[::1] lengths,
-                 Py_ssize_t col0, bint reverse, int num_threads):
+                 Py_ssize_t col0, bint reverse, bint batch_first, int num_threads):
     """LSTM layer, one direction. M, hbuf, W_hr are None without projection; w_c* None without
-    peepholes. G (T,B,4H) holds x W_ih^T + b_ih + b_hh on entry. W_t = pack_t(W_hh) and W_hr_t = pack_t(W_hr)
-    select rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = hprev.shape[2]
+    peepholes. G (T,B,4H) (batch_first: (B,T,4H)) holds x W_ih^T + b_ih + b_hh on entry.
+    W_t = pack_t(W_hh) and W_hr_t = pack_t(W_hr) select rnncore's own step GEMM; None selects BLAS."""
+    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t H = cnew.shape[2], P = hprev.shape[2], ts, rs
     cdef Py_ssize_t ldo = out.shape[1], nc = _nchunks(B, num_threads), ci
     cdef floating* pM = &M[0, 0, 0] if M is not None else NULL
     cdef floating* phbuf = &hbuf[0, 0] if hbuf is not None else NULL
@@ -565,12 +616,13 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
     cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
     cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
     cdef const floating* pco = &w_co[0] if w_co is not None else NULL
+    _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _lstm_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], pM,
                                phbuf, &out[0, col0], &h_n[0, 0], &c_n[0, 0], &h0[0, 0], &c0[0, 0],
                                &W_hh[0, 0], pW_hr, pW_t, pW_hr_t, pci, pcf, pco, &lengths[0],
-                               T, B, H, P, ldo, reverse, ci * B // nc, (ci + 1) * B // nc)
+                               T, ts, rs, H, P, ldo, reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
 def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] dc,
@@ -580,10 +632,12 @@ def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] 
                   const floating[:, ::1] W_hh, const floating[:, ::1] W_hr,
                   const floating[::1] w_ci, const floating[::1] w_cf, const floating[::1] w_co,
                   const floating[:, ::1] W_p, const floating[:, ::1] W_hr_p,
-                  const int[::1] lengths, Py_ssize_t col0, bint reverse, int num_threads):
-    """BPTT through `lstm_forward`: writes dG = dL/da (T,B,4H) (and dH = dL/dh_t with projection);
-    dh, dc go from dL/dh_n, dL/dc_n to dL/dh0, dL/dc0."""
-    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = cnew.shape[2], P = dh.shape[1]
+                  const int[::1] lengths, Py_ssize_t col0, bint reverse, bint batch_first,
+                  int num_threads):
+    """BPTT through `lstm_forward`: writes dG = dL/da (G's layout) (and dH = dL/dh_t with
+    projection); dh, dc go from dL/dh_n, dL/dc_n to dL/dh0, dL/dc0."""
+    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t H = cnew.shape[2], P = dh.shape[1], ts, rs
     cdef Py_ssize_t ldo = dout.shape[1], nc = _nchunks(B, num_threads), ci
     cdef floating* pdH = &dH[0, 0, 0] if dH is not None else NULL
     cdef floating* pdm = &dmbuf[0, 0] if dmbuf is not None else NULL
@@ -591,12 +645,13 @@ def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] 
     cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
     cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
     cdef const floating* pco = &w_co[0] if w_co is not None else NULL
+    _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _lstm_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dc[0, 0], pdH, pdm, &tcbuf[0, 0],
                                 &dout[0, col0],
                                 &G[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], &W_hh[0, 0], pW_hr,
-                                pci, pcf, pco, &lengths[0], T, B, H, P, ldo,
+                                pci, pcf, pco, &lengths[0], T, ts, rs, H, P, ldo,
                                 &W_p[0, 0] if W_p is not None else NULL,
                                 &W_hr_p[0, 0] if W_hr_p is not None else NULL, reverse,
                                 ci * B // nc, (ci + 1) * B // nc)
@@ -608,164 +663,180 @@ def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] 
 #   reset_after (PyTorch):  n = tanh(x W_in^T + b_in + r ⊙ (h_{t-1} W_hn^T + b_hn))
 #   reset before (Cho et al., Keras reset_after=False):  n = tanh(x W_in^T + b_in + (r ⊙ h_{t-1}) W_hn^T + b_hn)
 # G[t] holds x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry; b_hn is added here.
-# HN (T,B,H) keeps h_{t-1} W_hn^T + b_hn (reset_after) or r ⊙ h_{t-1} (reset before) for backward.
+# HN keeps h_{t-1} W_hn^T + b_hn (reset_after) or r ⊙ h_{t-1} (reset before) for backward.
 # --------------------------------------------------------------------------------------------------
 
 cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating* gh,
                             floating* out, floating* h_n,
                             const floating* h0, const floating* W_hh, const floating* W_t,
                             const floating* b_hn, const int* lengths,
-                            Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
                             bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # G (T,B,3H); hprev, HN (T,B,H); gh (B,3H) work; out (T*B, ldo) at its column offset
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H
+    # rows of: G 3H; hprev, HN H; out ldo at its column offset. gh (B,3H) work
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sG = rs * 3 * H, sH = rs * H, sd
     cdef floating* g
+    cdef floating* gb
     cdef floating* hp
     cdef floating* hn
     cdef floating* q
     cdef floating* dst
     cdef floating* o
     cdef floating z, hv
-    memcpy(hprev + ((T - 1 if reverse else 0) * B + b0) * H, h0 + b0 * H, nb * H * sizeof(floating))
+    hp = hprev + ((T - 1 if reverse else 0) * ts + b0 * rs) * H
+    for b in range(nb):
+        memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        g = G + (t * B + b0) * H3
-        hp = hprev + (t * B + b0) * H
-        hn = HN + (t * B + b0) * H
+        g = G + (t * ts + b0 * rs) * H3
+        hp = hprev + (t * ts + b0 * rs) * H
+        hn = HN + (t * ts + b0 * rs) * H
         q = gh + b0 * H3
         if s == T - 1:
-            dst = h_n + b0 * H
+            dst, sd = h_n + b0 * H, H
         else:
-            dst = hprev + ((t - 1 if reverse else t + 1) * B + b0) * H
+            dst, sd = hprev + ((t - 1 if reverse else t + 1) * ts + b0 * rs) * H, sH
         # (1) q_rz = h_{t-1} W_h{r,z}^T (and q_n = h_{t-1} W_hn^T when reset_after)
-        mm_packed(nb, H3 if reset_after else 2 * H, H, hp, H, True, W_hh, H, W_t, H, 0, False, q, H3)
+        mm_packed(nb, H3 if reset_after else 2 * H, H, hp, sH, True, W_hh, H, W_t, H, 0, False, q, H3)
         # (2) r = σ(a_r), z = σ(a_z)
         for b in range(nb):
+            gb = g + b * sG
             for j in range(2 * H):
-                g[b * H3 + j] = g[b * H3 + j] + q[b * H3 + j]
-            _sigmoid_span(g + b * H3, 2 * H)
+                gb[j] = gb[j] + q[b * H3 + j]
+            _sigmoid_span(gb, 2 * H)
         if reset_after:
             # (3) HN = h_{t-1} W_hn^T + b_hn;  a_n = G_n + r ⊙ HN
             for b in range(nb):
+                gb = g + b * sG
                 for j in range(H):
                     hv = q[b * H3 + 2 * H + j] + (b_hn[j] if b_hn != NULL else 0)
-                    hn[b * H + j] = hv
-                    g[b * H3 + 2 * H + j] = g[b * H3 + 2 * H + j] + g[b * H3 + j] * hv
+                    hn[b * sH + j] = hv
+                    gb[2 * H + j] = gb[2 * H + j] + gb[j] * hv
         else:
             # (3) HN = r ⊙ h_{t-1};  a_n = G_n + HN W_hn^T + b_hn
             for b in range(nb):
                 for j in range(H):
-                    hn[b * H + j] = g[b * H3 + j] * hp[b * H + j]
+                    hn[b * sH + j] = g[b * sG + j] * hp[b * sH + j]
             # W_t packs W_hr,z^T and W_hn^T separately (pack_gru_t): the n-part starts after the
             # r,z-part's panels
-            mm_packed(nb, H, H, hn, H, True, W_hh + 2 * H * H, H,
+            mm_packed(nb, H, H, hn, sH, True, W_hh + 2 * H * H, H,
                       (W_t + _npanels(2 * H, panel_width(W_t)) * H * panel_width(W_t)) if W_t != NULL else NULL,
                       H, 0, False, q + 2 * H, H3)
             for b in range(nb):
+                gb = g + b * sG
                 for j in range(H):
-                    g[b * H3 + 2 * H + j] = (g[b * H3 + 2 * H + j] + q[b * H3 + 2 * H + j]
-                                             + (b_hn[j] if b_hn != NULL else 0))
+                    gb[2 * H + j] = (gb[2 * H + j] + q[b * H3 + 2 * H + j]
+                                     + (b_hn[j] if b_hn != NULL else 0))
         # (4) n = tanh(a_n);  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
         for b in range(nb):
-            _tanh_span(g + b * H3 + 2 * H, H)
+            _tanh_span(g + b * sG + 2 * H, H)
         for b in range(nb):
-            o = out + (t * B + b0 + b) * ldo
+            gb = g + b * sG
+            o = out + (t * ts + (b0 + b) * rs) * ldo
             if t < lengths[b0 + b]:
                 for j in range(H):
-                    z = g[b * H3 + H + j]
-                    hv = (1 - z) * g[b * H3 + 2 * H + j] + z * hp[b * H + j]
-                    dst[b * H + j] = hv
+                    z = gb[H + j]
+                    hv = (1 - z) * gb[2 * H + j] + z * hp[b * sH + j]
+                    dst[b * sd + j] = hv
                     o[j] = hv
             else:  # past the sequence's end: state carried, output 0
-                memset(g + b * H3, 0, H3 * sizeof(floating))
-                memset(hn + b * H, 0, H * sizeof(floating))
-                memcpy(dst + b * H, hp + b * H, H * sizeof(floating))
+                memset(gb, 0, H3 * sizeof(floating))
+                memset(hn + b * sH, 0, H * sizeof(floating))
+                memcpy(dst + b * sd, hp + b * sH, H * sizeof(floating))
                 memset(o, 0, H * sizeof(floating))
 
 
 cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floating* drh,
                              const floating* dout, const floating* G, const floating* hprev,
                              const floating* HN, const floating* W_hh, const int* lengths,
-                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t ldo,
+                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
                              const floating* W_p, bint reset_after, bint reverse,
                              Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    # dGx (T,B,3H) out: dL/d(input-side pre-activations); dGh (T,B,3H) out (reset_after only):
-    # dL/d(h W_hh^T + b_hh); dh (B,H) carried; drh (B,H) work (reset before only)
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H
+    # rows of: dGx 3H out: dL/d(input-side pre-activations); dGh 3H out (reset_after only):
+    # dL/d(h W_hh^T + b_hh); G 3H; hprev, HN H. dh (B,H) carried; drh (B,H) work (reset before only)
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sG = rs * 3 * H, sH = rs * H
     cdef floating* dx
     cdef floating* dq
+    cdef floating* dxb
+    cdef floating* dqb
     cdef floating* dhb
     cdef const floating* g
+    cdef const floating* gb
     cdef const floating* hp
     cdef const floating* hn
     cdef const floating* do
     cdef floating d, r, z, n, dan, daz, dar
     for s in range(T):
         t = s if reverse else T - 1 - s
-        dx = dGx + (t * B + b0) * H3
-        dq = (dGh + (t * B + b0) * H3) if reset_after else dx
-        g = G + (t * B + b0) * H3
-        hp = hprev + (t * B + b0) * H
-        hn = HN + (t * B + b0) * H
+        dx = dGx + (t * ts + b0 * rs) * H3
+        dq = (dGh + (t * ts + b0 * rs) * H3) if reset_after else dx
+        g = G + (t * ts + b0 * rs) * H3
+        hp = hprev + (t * ts + b0 * rs) * H
+        hn = HN + (t * ts + b0 * rs) * H
         # (2) through h_t = (1 - z) ⊙ n + z ⊙ h_{t-1} and n, z (and r when reset_after)
         for b in range(nb):
             dhb = dh + (b0 + b) * H
+            dxb = dx + b * sG
+            dqb = dq + b * sG
             if t < lengths[b0 + b]:
-                do = dout + (t * B + b0 + b) * ldo
+                do = dout + (t * ts + (b0 + b) * rs) * ldo
+                gb = g + b * sG
                 for j in range(H):
                     d = dhb[j] + do[j]
-                    r = g[b * H3 + j]
-                    z = g[b * H3 + H + j]
-                    n = g[b * H3 + 2 * H + j]
+                    r = gb[j]
+                    z = gb[H + j]
+                    n = gb[2 * H + j]
                     dan = d * (1 - z) * (1 - n * n)
-                    daz = d * (hp[b * H + j] - n) * z * (1 - z)
-                    dx[b * H3 + H + j] = daz
-                    dx[b * H3 + 2 * H + j] = dan
+                    daz = d * (hp[b * sH + j] - n) * z * (1 - z)
+                    dxb[H + j] = daz
+                    dxb[2 * H + j] = dan
                     if reset_after:
-                        dar = dan * hn[b * H + j] * r * (1 - r)
-                        dx[b * H3 + j] = dar
-                        dq[b * H3 + j] = dar
-                        dq[b * H3 + H + j] = daz
-                        dq[b * H3 + 2 * H + j] = dan * r
+                        dar = dan * hn[b * sH + j] * r * (1 - r)
+                        dxb[j] = dar
+                        dqb[j] = dar
+                        dqb[H + j] = daz
+                        dqb[2 * H + j] = dan * r
                     dhb[j] = d * z
             else:
-                memset(dx + b * H3, 0, H3 * sizeof(floating))
+                memset(dxb, 0, H3 * sizeof(floating))
                 if reset_after:
-                    memset(dq + b * H3, 0, H3 * sizeof(floating))
+                    memset(dqb, 0, H3 * sizeof(floating))
         if reset_after:
             # (1) dL/dh_{t-1} += dL/dq W_hh               # dh += dq @ W_hh
-            mm_packed(nb, H, H3, dq, H3, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
+            mm_packed(nb, H, H3, dq, sG, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
         else:
             # (2') dL/d(r ⊙ h_{t-1}) = dL/da_n W_hn        # drh = dx[:, 2H:] @ W_hh[2H:]
-            mm_packed(nb, H, H, dx + 2 * H, H3, False, W_hh + 2 * H * H, H, W_p, H3, 2 * H, False, drh + b0 * H, H)
+            mm_packed(nb, H, H, dx + 2 * H, sG, False, W_hh + 2 * H * H, H, W_p, H3, 2 * H, False,
+                      drh + b0 * H, H)
             for b in range(nb):
                 if t < lengths[b0 + b]:
                     for j in range(H):
-                        r = g[b * H3 + j]
-                        dx[b * H3 + j] = drh[(b0 + b) * H + j] * hp[b * H + j] * r * (1 - r)
+                        r = g[b * sG + j]
+                        dx[b * sG + j] = drh[(b0 + b) * H + j] * hp[b * sH + j] * r * (1 - r)
                         dh[(b0 + b) * H + j] += drh[(b0 + b) * H + j] * r
             # (1) dL/dh_{t-1} += dL/da_{r,z} W_h{r,z}      # dh += dx[:, :2H] @ W_hh[:2H]
-            mm_packed(nb, H, 2 * H, dx, H3, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
+            mm_packed(nb, H, 2 * H, dx, sG, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
 
 
 def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] HN,
                 floating[:, ::1] gh, floating[:, ::1] out, floating[:, ::1] h_n,
                 const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
                 const floating[::1] b_hn, const int[::1] lengths, Py_ssize_t col0, bint reset_after,
-                bint reverse, int num_threads):
-    """GRU layer, one direction. G (T,B,3H) holds x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry;
-    b_hn is None without bias. W_t = pack_gru_t(W_hh, reset_after) selects rnncore's own step GEMM;
-    None selects BLAS."""
-    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = out.shape[1]
+                bint reverse, bint batch_first, int num_threads):
+    """GRU layer, one direction. G (T,B,3H) (batch_first: (B,T,3H)) holds
+    x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry; b_hn is None without bias.
+    W_t = pack_gru_t(W_hh, reset_after) selects rnncore's own step GEMM; None selects BLAS."""
+    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t H = hprev.shape[2], ldo = out.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pb = &b_hn[0] if b_hn is not None else NULL
     cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
+    _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _gru_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &HN[0, 0, 0], &gh[0, 0], &out[0, col0],
                               &h_n[0, 0], &h0[0, 0], &W_hh[0, 0], pW_t, pb, &lengths[0],
-                              T, B, H, ldo, reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
+                              T, ts, rs, H, ldo, reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
 def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, ::1] dh,
@@ -773,15 +844,17 @@ def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, :
                  const floating[:, :, ::1] hprev, const floating[:, :, ::1] HN,
                  const floating[:, ::1] W_hh, const int[::1] lengths,
                  const floating[:, ::1] W_p,
-                 Py_ssize_t col0, bint reset_after, bint reverse, int num_threads):
+                 Py_ssize_t col0, bint reset_after, bint reverse, bint batch_first, int num_threads):
     """BPTT through `gru_forward`. dGh is used (and required) only with reset_after; drh only without."""
-    cdef Py_ssize_t T = G.shape[0], B = G.shape[1], H = hprev.shape[2], ldo = dout.shape[1]
+    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t H = hprev.shape[2], ldo = dout.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef floating* pdGh = &dGh[0, 0, 0] if dGh is not None else NULL
     cdef floating* pdrh = &drh[0, 0] if drh is not None else NULL
+    _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _gru_backward_rows(&dGx[0, 0, 0], pdGh, &dh[0, 0], pdrh, &dout[0, col0], &G[0, 0, 0],
                                &hprev[0, 0, 0], &HN[0, 0, 0], &W_hh[0, 0], &lengths[0],
-                               T, B, H, ldo, &W_p[0, 0] if W_p is not None else NULL,
+                               T, ts, rs, H, ldo, &W_p[0, 0] if W_p is not None else NULL,
                                reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)

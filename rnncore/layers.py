@@ -177,12 +177,12 @@ class _RecurrentStack:
             x, unbatched = x[:, None, :], True
         elif x.ndim == 3:
             unbatched = False
-            if self.batch_first:
-                x = np.ascontiguousarray(x.transpose(1, 0, 2))
         else:
             raise ValueError(f"x must be a 3-D array {order} (or 2-D (time, input_size) for one "
                              f"sequence), got shape {x.shape}")
         T, B, I = x.shape
+        if self.batch_first and not unbatched:
+            B, T = T, B
         if I != self.input_size:
             raise ValueError(f"x must have input_size={self.input_size} features in its last axis, "
                              f"got {I} (shape {x.shape if not unbatched else x[:, 0].shape})")
@@ -216,7 +216,10 @@ class _RecurrentStack:
 
     def _forward(self, x, hx, lengths, train):
         x, unbatched = self._check_input(x)
-        T, B, _ = x.shape
+        # batch_first input stays as it is: the kernels read and write rows in either order (for one
+        # unbatched sequence both orders are the same)
+        bf = self.batch_first and not unbatched
+        B, T = x.shape[:2] if bf else x.shape[1::-1]
         if lengths is None:
             lens = np.full(B, T, np.int32)
         elif unbatched:
@@ -231,37 +234,37 @@ class _RecurrentStack:
         nt = _threads.threads_for(self._flops(T, B))
         caches, masks = [], []
         layer_in = x.reshape(T * B, self.input_size)
-        scratch = None if train else self._scratch()
+        # workspaces: inference reuses one per thread; training takes one from the layer's pool and
+        # its backprop gives it back (what forward keeps for backward lives there, not in new arrays)
+        scratch = self._train_workspace() if train else self._scratch()
         with _threads.blas_single_thread():
             for layer in range(self.num_layers):
                 if layer > 0 and train and self.dropout > 0:
                     keep = self._rng.random((T, B, self.output_size)) >= self.dropout
                     mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                    masks.append(mask)
-                    layer_in = layer_in * mask.reshape(T * B, -1)
+                    masks.append(mask)  # (T, B, F) whatever the layout, as rnncore.reference takes them
+                    layer_in = layer_in * _rows_of(mask, bf)
                 last = layer == self.num_layers - 1
-                if train or last:
+                if last:  # the caller's: always a new array
                     out = np.empty((T * B, D * P), self.dtype)
-                else:  # an inner layer's output, read only by the next layer
-                    out = scratch(f"out{layer % 2}", (T * B, D * P), self.dtype)
+                else:  # an inner layer's output, read by the next layer (and kept for its backward)
+                    out = scratch(f"out{layer if train else layer % 2}", (T * B, D * P), self.dtype)
                 for d in range(D):
                     idx = layer * D + d
                     p = self._short(self.params, idx)
-                    ws = _fresh if train else scratch.view(d)
+                    ws = scratch.view(f"{layer}.{d}" if train else d)
                     caches.append(self._cell.forward(
                         p, layer_in, h0[idx], c0[idx] if has_c else None, lens, bool(d), out, d * P,
-                        h_n[idx], c_n[idx] if has_c else None, T, B, nt, ws))
+                        h_n[idx], c_n[idx] if has_c else None, T, B, nt, ws, bf))
                 layer_in = out
-        output = out.reshape(T, B, D * P)
+        output = out.reshape((B, T, D * P) if bf else (T, B, D * P))
         if unbatched:
             output, h_n = output[:, 0], h_n[:, 0]
             c_n = c_n[:, 0] if has_c else None
-        elif self.batch_first:
-            output = np.ascontiguousarray(output.transpose(1, 0, 2))
         state = (h_n, c_n) if has_c else h_n
         if not train:
             return output, state, None
-        backprop = _Backprop(self, caches, masks, T, B, unbatched)
+        backprop = _Backprop(self, caches, masks, T, B, unbatched, bf, scratch)
         return output, state, backprop
 
     def _flops(self, T, B):
@@ -280,16 +283,29 @@ class _RecurrentStack:
             local.scratch = _Scratch()
         return local.scratch
 
-    def __getstate__(self):  # picklable: the per-thread scratch and the grads guard are not state
+    def _train_workspace(self):
+        """A training workspace: one a finished backward pass gave back (its arrays are already of
+        this shape in a training loop, so no step allocates them again), or a new one."""
+        try:
+            return self.__dict__.setdefault("_pool", []).pop()   # list.pop is atomic: thread-safe
+        except IndexError:
+            return _Scratch()
+
+    def _give_back(self, workspace):
+        pool = self.__dict__.setdefault("_pool", [])
+        if len(pool) < _POOL_SIZE:
+            pool.append(workspace)
+
+    def __getstate__(self):  # picklable: scratch, workspaces and the grads guard are not state
         state = dict(self.__dict__)
-        state.pop("_local", None)
-        state.pop("_grads_lock", None)
+        for key in ("_local", "_grads_lock", "_pool"):
+            state.pop(key, None)
         return state
 
 
-def _fresh(name, shape, dtype):
-    """Workspace for training: new arrays, kept by the backward pass."""
-    return np.empty(shape, dtype)
+# Training workspaces a layer keeps for reuse (two: a forward_train may start before the previous
+# backprop has given its workspace back, e.g. when gradients of two batches are taken together).
+_POOL_SIZE = 2
 
 
 class _Scratch:
@@ -312,11 +328,17 @@ class _Scratch:
 class _Backprop:
     """The backward pass of one forward_train call: ``dx, dhx = backprop(d_output, d_h_n=None)``."""
 
-    def __init__(self, layer, caches, masks, T, B, unbatched):
+    def __init__(self, layer, caches, masks, T, B, unbatched, bf, workspace):
         self._layer, self._caches, self.masks = layer, caches, masks
-        self._T, self._B, self._unbatched = T, B, unbatched
+        self._T, self._B, self._unbatched, self._bf = T, B, unbatched, bf
+        self._ws = workspace
 
     def __call__(self, d_output, d_h_n=None):
+        """Runs once (as torch's backward without retain_graph): the forward pass's saved arrays go
+        back to the layer for the next forward_train to reuse."""
+        if self._ws is None:
+            raise RuntimeError("this backprop has already run: the forward pass's saved arrays were given "
+                               "back for reuse; call forward_train again for another backward pass")
         lay = self._layer
         T, B, D, P, H = self._T, self._B, lay.num_directions, lay._P, lay.hidden_size
         LD = lay.num_layers * D
@@ -329,13 +351,9 @@ class _Backprop:
         else:
             shape, doc = (T, B, D * P), "(time, batch, num_directions * hidden_size), the output's shape"
         if d_output is None:
-            dout = np.zeros((T, B, D * P), lay.dtype)
+            dout = np.zeros((T * B, D * P), lay.dtype)
         else:
             dout = check_shape(as_float_array(d_output, "d_output", lay.dtype, doc), "d_output", shape, doc)
-            if ub:
-                dout = dout[:, None, :]
-            elif lay.batch_first:
-                dout = np.ascontiguousarray(dout.transpose(1, 0, 2))
         if has_c:
             if d_h_n is None:
                 d_h_n = (None, None)
@@ -356,29 +374,40 @@ class _Backprop:
             raise RuntimeError(f"{type(lay).__name__}: another thread is running a backward pass of this "
                                f"layer (both would add into layer.grads); run backward passes of one layer "
                                f"one after the other, or train a separate layer per thread")
+        ws = self._ws
         with _threads.blas_single_thread(), _released(guard):
             for layer in reversed(range(lay.num_layers)):
                 in_size = lay.input_size if layer == 0 else lay.output_size
-                dx = np.zeros((T * B, in_size), lay.dtype)
+                if layer == 0:  # the caller's
+                    dx = np.zeros((T * B, in_size), lay.dtype)
+                else:  # dL/d(input of an inner layer), read by the layer below
+                    dx = ws(f"dx{layer % 2}", (T * B, in_size), lay.dtype)
+                    dx.fill(0)
                 for d in range(D):
                     idx = layer * D + d
                     p, g = lay._short(lay.params, idx), lay._short(lay.grads, idx)
                     dh = np.ascontiguousarray(dh_all[idx])
                     dc = np.ascontiguousarray(dc_all[idx]) if has_c else None
-                    dh, dc = lay._cell.backward(p, g, self._caches[idx], dlayer, d * P, dh, dc, dx, nt)
+                    dh, dc = lay._cell.backward(p, g, self._caches[idx], dlayer, d * P, dh, dc, dx, nt,
+                                                ws.view("bwd"))
                     dh_all[idx] = dh
                     if has_c:
                         dc_all[idx] = dc
                 if layer > 0 and self.masks:
-                    dx *= self.masks[layer - 1].reshape(T * B, -1)
+                    dx *= _rows_of(self.masks[layer - 1], self._bf)
                 dlayer = dx
-        dx = dlayer.reshape(T, B, lay.input_size)
+        self._ws = self._caches = None
+        lay._give_back(ws)
+        dx = dlayer.reshape((B, T, lay.input_size) if self._bf else (T, B, lay.input_size))
         if ub:
             dx, dh_all = dx[:, 0], dh_all[:, 0]
             dc_all = dc_all[:, 0] if has_c else None
-        elif lay.batch_first:
-            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, ((dh_all, dc_all) if has_c else dh_all)
+
+
+def _rows_of(a, bf):
+    """A (T, B, F) array as (T*B, F) rows in the layer's row order (batch-major when bf)."""
+    return (a.transpose(1, 0, 2) if bf else a).reshape(-1, a.shape[2])
 
 
 @contextlib.contextmanager

@@ -372,3 +372,57 @@ def test_layer_same_result_on_one_and_two_threads(cell, dtype, rng, monkeypatch)
     compare(runs[1], runs[0], is_lstm, *TOL[dtype], "the same layer on 1 thread")
     want = reference_run(config, *wide[:3], lengths, *wide[3:])
     compare(runs[1], want, is_lstm, *TOL[dtype], "reference")
+
+
+# Both step-GEMM paths (rnncore's own kernel and the BLAS reference path, RNNCORE_STEP_GEMM=blas),
+# both row layouts (time-major, and batch_first, which the kernels read and write in place without
+# transposing) and 1 or 3 threads (so that a thread's block of rows starts inside the batch), on a
+# problem big enough for rnncore to use those threads, against the float64 reference.
+PATH_VARIANTS = CELLS + [("lstm_peephole", dict(mode="LSTM", peephole=True)),
+                         ("gru_reset_before", dict(mode="GRU", reset_after=False))]
+PATH_SIZES = dict(seq_len=20, batch=13)
+PATH_TOL = {np.float32: (2e-4, 2e-4), np.float64: (1e-10, 1e-11)}   # float32 rounds over 20 steps, 2 layers
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", [c[0] for c in PATH_VARIANTS])
+def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
+    from rnncore import _threads
+    lengths = [20, 7, 1, 20, 13, 2, 19, 20, 5, 11, 1, 16, 9]
+    results = {}
+    base = make_config(**dict(dict(PATH_VARIANTS)[cell], input_size=16, hidden_size=32, num_layers=2,
+                              bidirectional=True, proj_size=8 if cell == "lstm_proj" else 0))
+    problem_tm, wide_tm = problem(base, rng, dtype, True, **PATH_SIZES)
+    if cell == "rnn_relu":  # keep 20 ReLU steps from growing without bound (x 1/4 is exact)
+        for low_or_wide in (problem_tm, wide_tm):
+            low_or_wide[0] = {k: v / 4 for k, v in low_or_wide[0].items()}
+    for bf in (False, True):
+        config = dict(base, batch_first=bf)
+        is_lstm = config["mode"] == "LSTM"
+        # the same numbers in either layout: x and d_output transposed to (batch, time, .)
+        swap = (lambda a: np.ascontiguousarray(a.transpose(1, 0, 2))) if bf else (lambda a: a)
+        params, x, hx, d_output, d_h_n = problem_tm
+        x, d_output = swap(x), swap(d_output)
+        wide = [wide_tm[0], swap(wide_tm[1]), wide_tm[2], swap(wide_tm[3]), wide_tm[4]]
+        want = reference_run(config, *wide[:3], lengths, *wide[3:])
+        layer = make_layer(config, dtype)
+        old = _threads._state["step_gemm"]
+        try:
+            for step_gemm in ("own", "blas"):
+                _threads._state["step_gemm"] = step_gemm
+                for nt in (1, 3):
+                    with rnncore.threads(nt):
+                        assert _threads.threads_for(layer._flops(20, 13)) == nt  # really nt threads
+                        got = layer_run(layer, params, x, hx, lengths, d_output, d_h_n)
+                    compare(got, want, is_lstm, *PATH_TOL[dtype], f"reference ({step_gemm}, bf={bf}, {nt} thr)")
+                    results[bf, step_gemm, nt] = got
+        finally:
+            _threads._state["step_gemm"] = old
+    # batch_first results are the time-major ones transposed, to rounding (BLAS may round a row of the
+    # input projection differently by its place in a block), and both paths agree to rounding
+    tight = 1e-4 if dtype == np.float32 else 1e-12
+    for key, got in results.items():
+        tm = results[False, "own", 1]
+        for what in ("output", "dx"):
+            a = got[what].transpose(1, 0, 2) if key[0] else got[what]
+            assert_close(a, tm[what], tight, tight, f"{what} {key} vs time-major own 1 thread")
