@@ -1,0 +1,57 @@
+"""The gate kernels' own vectorised sigmoid and tanh (rnncore/_rc_math.h) against numpy's, in float32
+and float64, over the whole range and at the edges: 0, -0, tiny and subnormal inputs, the points where
+exp would overflow, +-inf and NaN (which must propagate)."""
+import numpy as np
+import pytest
+
+from rnncore import _kernels as K
+
+# max relative error (and absolute error allowed where the true value underflows)
+BOUNDS = {np.float32: (4e-7, 1e-37), np.float64: (2e-15, 1e-300)}
+
+
+def inputs(dtype):
+    dense = np.linspace(-60, 60, 200_001)
+    near0 = np.geomspace(1e-30, 1, 2001)
+    edges = [0.0, 0.624999, 0.625, 0.625001, 87.5, 88.0, 88.8, 89.0, 700.0, 708.0, 709.0, 709.8, 710.0,
+             800.0, 1e300, np.finfo(dtype).max]
+    tiny = [np.finfo(dtype).tiny, np.finfo(dtype).tiny / 8, np.finfo(dtype).smallest_subnormal]
+    x = np.concatenate([dense, near0, -near0, edges, np.negative(edges), tiny, np.negative(tiny)])
+    with np.errstate(over="ignore"):   # 1e300 and float64's max become inf in float32
+        return x.astype(dtype)
+
+
+def want(name, x):
+    x = x.astype(np.longdouble)
+    with np.errstate(over="ignore"):
+        return np.tanh(x) if name == "tanh" else 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_activation_accuracy(name, dtype):
+    x = inputs(dtype)
+    got = x.copy()
+    K.activation(got, name)
+    exact = want(name, x)
+    rel, tiny = BOUNDS[dtype]
+    err = np.abs(got.astype(np.longdouble) - exact)
+    bad = err > np.maximum(rel * np.abs(exact), tiny)
+    assert not bad.any(), (f"{name} {np.dtype(dtype).name}: {bad.sum()} values out of bounds, e.g. "
+                           f"x={x[bad][:3]} got {got[bad][:3]} want {exact[bad][:3].astype(np.float64)}")
+    assert np.all(np.abs(got) <= 1)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_activation_infinities_and_nan(name, dtype):
+    x = np.array([np.inf, -np.inf, np.nan, -np.nan, 1.0, np.nan], dtype)
+    K.activation(x, name)
+    lo = -1 if name == "tanh" else 0
+    assert x[0] == 1 and abs(x[1] - lo) <= BOUNDS[dtype][1]
+    assert np.isnan(x[2]) and np.isnan(x[3]) and np.isnan(x[5]) and np.isfinite(x[4])
+
+
+def test_activation_rejects_an_unknown_name():
+    with pytest.raises(ValueError, match="sigmoid' or 'tanh', got 'relu'"):
+        K.activation(np.zeros(3), "relu")
