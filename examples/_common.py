@@ -1,4 +1,5 @@
-"""Setup shared by the example scripts: their common command-line options and thread limits.
+"""Setup shared by the example scripts: their common command-line options, thread limits and
+saving the plot.
 
 Not an example itself. Each example stays a one-command script (``python examples/forecast.py``):
 Python puts the running script's folder, examples/, first on sys.path, so ``import _common`` finds
@@ -25,3 +26,14 @@ def run_with_threads(run, args):
     """run(args) with rnncore's and the BLAS's threads limited to args.threads."""
     with rnncore.threads(args.threads), threadpool_limits(args.threads, user_api="blas"):
         return run(args)
+
+
+def save_figure(fig, args, name):
+    """Lay out fig, write it as args.out/name (PNG), close it and say where it went; returns the path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = os.path.join(args.out, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"\nwrote {path}")
+    return path

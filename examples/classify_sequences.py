@@ -16,15 +16,16 @@ sequence resampled by linear interpolation to the median length, so that every s
 number of columns). Output: the test accuracies, and a PNG with the confusion matrix and the
 training loss of the chosen model.
 
-    python examples/classify_sequences.py [--data japanese_vowels|digits] [--out DIR]
+    python examples/classify_sequences.py [--data japanese_vowels|digits] [--out DIR] [--seed N] [--threads N]
 """
 import argparse
-import os
 import time
 
 import numpy as np
 
 from rnncore.estimators import RNNClassifier
+
+from _common import add_common_arguments, run_with_threads, save_figure  # examples/_common.py
 
 
 def load_japanese_vowels():
@@ -65,10 +66,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=["japanese_vowels", "digits"], default=None,
                     help="default: japanese_vowels if sktime is installed, else digits")
-    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
-                    help="directory of the PNG (default: next to this script)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    add_common_arguments(ap)
+    run_with_threads(run, ap.parse_args())
+
+
+def run(args):
 
     data = args.data
     if data is None:
@@ -155,10 +157,7 @@ def main():
     ax2.set_title("training loss", fontsize=10)
     ax2.grid(True, which="both", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(args.out, "classify_sequences.png")
-    fig.savefig(path, dpi=110)
-    print(f"\nwrote {path}")
+    save_figure(fig, args, "classify_sequences.png")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from rnncore.models import SequenceModel
 from rnncore.optim import Adam
 from rnncore.trainer import Trainer
 
-from _common import add_common_arguments, run_with_threads  # examples/_common.py
+from _common import add_common_arguments, run_with_threads, save_figure  # examples/_common.py
 
 DATASETS = {
     # name: (season length, first test index, forecast horizon, unit of time)
@@ -134,12 +134,11 @@ def run(args):
         print(f"{name:<26}{np.sqrt(np.mean(err ** 2)):9.2f}{np.mean(np.abs(err)):9.2f}"
               f"{np.sqrt(np.mean(err[:, 0] ** 2)):10.2f}{np.sqrt(np.mean(err[:, -1] ** 2)):11.2f}")
 
-    path = os.path.join(args.out, f"forecast_{args.dataset}.png")
-    plot(path, args.dataset, raw, years, split, origins, results, truth, horizon, unit)
-    print(f"\nplot: {path}")
+    plot(args, raw, years, split, origins, results, truth, horizon, unit)
 
 
-def plot(path, dataset, raw, years, split, origins, results, truth, horizon, unit):
+def plot(args, raw, years, split, origins, results, truth, horizon, unit):
+    dataset = args.dataset
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -168,9 +167,7 @@ def plot(path, dataset, raw, years, split, origins, results, truth, horizon, uni
     ax2.set_xlabel(f"horizon ({unit}s ahead)")
     ax2.set_ylabel("RMSE over origins")
     ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, args, f"forecast_{dataset}.png")
 
 
 if __name__ == "__main__":

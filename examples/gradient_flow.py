@@ -11,10 +11,9 @@ measures again, and reports the test accuracy. Output: the ratio ‖∂L/∂h_1�
 the gradient reaches the first step: the one that holds the label), the accuracies, and a PNG of
 ‖∂L/∂h_t‖ against t on a log scale.
 
-    python examples/gradient_flow.py [--steps 100] [--epochs 25] [--out DIR]
+    python examples/gradient_flow.py [--steps 100] [--epochs 25] [--out DIR] [--seed N] [--threads N]
 """
 import argparse
-import os
 import time
 
 import numpy as np
@@ -24,6 +23,8 @@ from rnncore.diagnostics import diagnose
 from rnncore.models import SequenceModel
 from rnncore.optim import Adam
 from rnncore.trainer import Trainer
+
+from _common import add_common_arguments, run_with_threads, save_figure  # examples/_common.py
 
 
 def make_data(n, T, rng):
@@ -48,10 +49,11 @@ def main():
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--train", type=int, default=2000, help="training sequences")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
-                    help="directory of the PNG (default: next to this script)")
-    args = ap.parse_args()
+    add_common_arguments(ap)
+    run_with_threads(run, ap.parse_args())
+
+
+def run(args):
 
     rng = np.random.default_rng(args.seed)
     T = args.steps
@@ -108,10 +110,7 @@ def main():
         ax.legend()
     axes[0].set_ylabel(r"$\|\partial L / \partial h_t\|$  (batch of 256)")
     fig.suptitle(f"Gradient of the loss with respect to each hidden state, T = {T}")
-    fig.tight_layout()
-    path = os.path.join(args.out, "gradient_flow.png")
-    fig.savefig(path, dpi=110)
-    print(f"\nwrote {path}")
+    save_figure(fig, args, "gradient_flow.png")
 
 
 if __name__ == "__main__":

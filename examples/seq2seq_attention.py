@@ -36,7 +36,7 @@ from rnncore.optim import Adam
 from rnncore.seq2seq import Seq2Seq, make_batches
 from rnncore.trainer import Trainer
 
-from _common import add_common_arguments, run_with_threads  # examples/_common.py
+from _common import add_common_arguments, run_with_threads, save_figure  # examples/_common.py
 
 PAD, BOS, EOS = "\0", "^", "$"
 FORMATS = ["%A, %d %B %Y", "%d %b %Y", "%B %d, %Y", "%Y %b %d", "%a %d %B %Y", "%d.%m.%Y", "%b %d %Y",
@@ -162,12 +162,10 @@ def run(args):
     for (s, t), p in list(zip(test_pairs, preds))[:5]:
         print(f"  {s:<30} -> {p:<14} {'ok' if p == t else 'expected ' + t}")
 
-    path = os.path.join(args.out, f"seq2seq_attention_{args.task}.png")
-    plot_attention(path, models[att_name], test_pairs[:4], src_vocab, tgt_vocab)
-    print(f"\nattention heat map: {path}")
+    plot_attention(args, models[att_name], test_pairs[:4], src_vocab, tgt_vocab)
 
 
-def plot_attention(path, model, pairs, src_vocab, tgt_vocab):
+def plot_attention(args, model, pairs, src_vocab, tgt_vocab):
     """Heat maps of α_{t,s}: one row per output character, one column per input character."""
     try:
         import matplotlib
@@ -189,9 +187,7 @@ def plot_attention(path, model, pairs, src_vocab, tgt_vocab):
         ax.set_ylabel("output")
         ax.set_title(s, fontsize=9)
     fig.suptitle(f"{model.attention} attention weights α (rnncore Seq2Seq)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, args, f"seq2seq_attention_{args.task}.png")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 All randomness is seeded (numpy Generators passed in by the tests, torch.manual_seed here).
 """
+import itertools
 import os
 
 # Set before any OpenMP runtime loads (torch's or rnncore's). With the default spin-waiting, a tiny
@@ -14,6 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
+import rnncore  # noqa: E402
 from rnncore import reference  # noqa: E402
 from rnncore.optim import Adam  # noqa: E402
 from rnncore.trainer import Trainer, load_model  # noqa: E402
@@ -32,6 +34,49 @@ CELLS = [
 # Small sizes so that the whole grid runs in seconds.
 T, B, I, H = 5, 3, 4, 3
 RAGGED_LENGTHS = [3, 5, 1]          # unsorted, one full length, one of length 1
+
+# The oracle grid (cell x num_layers x bidirectional x batch_first x lengths x nonzero hx) and the
+# rnncore layer of a config, shared by the layer, reference and fuzz tests.
+GRID = list(itertools.product(
+    [c[0] for c in CELLS],        # cell
+    [1, 2],                       # num_layers
+    [False, True],                # bidirectional
+    [False, True],                # batch_first
+    [None, RAGGED_LENGTHS],       # lengths
+    [False, True],                # nonzero hx
+))
+
+
+def grid_id(case):
+    cell, L, bidir, bf, lengths, with_hx = case
+    return (f"{cell}-L{L}-{'bi' if bidir else 'uni'}-{'bf' if bf else 'tm'}-"
+            f"{'ragged' if lengths else 'full'}-{'hx' if with_hx else 'nohx'}")
+
+
+def grid_config(cell, **kw):
+    return make_config(**dict(dict(CELLS)[cell], **kw))
+
+
+def make_layer(config, dtype, dropout=0.0, seed=0):
+    """The rnncore layer of config (API_CONTRACT.md constructor arguments)."""
+    common = dict(input_size=config["input_size"], hidden_size=config["hidden_size"],
+                  num_layers=config["num_layers"], bias=config["bias"],
+                  batch_first=config["batch_first"], dropout=dropout,
+                  bidirectional=config["bidirectional"], dtype=dtype, seed=seed)
+    mode = config["mode"]
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        layer = rnncore.RNN(nonlinearity="relu" if mode == "RNN_RELU" else "tanh", **common)
+    elif mode == "LSTM":
+        layer = rnncore.LSTM(proj_size=config["proj_size"], peephole=config["peephole"], **common)
+    elif mode == "GRU":
+        layer = rnncore.GRU(reset_after=config["reset_after"], **common)
+    else:
+        raise ValueError(mode)
+    for key, value in config.items():
+        assert layer.config[key] == value, f"layer.config[{key!r}] = {layer.config[key]!r}, want {value!r}"
+    assert layer.dtype == np.dtype(dtype)
+    return layer
+
 
 
 def make_config(mode="LSTM", input_size=I, hidden_size=H, num_layers=1, bias=True, batch_first=False,

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnncore
-from conftest import assert_close, make_config, random_params, sizes
+from conftest import assert_close, make_config, make_layer, random_params, sizes
 from rnncore import _threads, reference
 
 settings.register_profile(
@@ -148,19 +148,6 @@ def kernel_threads(n):
             yield
     finally:
         _threads.SMALL_WORK_FLOPS = old
-
-
-def make_layer(config, dtype, dropout, seed):
-    common = dict(input_size=config["input_size"], hidden_size=config["hidden_size"],
-                  num_layers=config["num_layers"], bias=config["bias"],
-                  batch_first=config["batch_first"], dropout=dropout,
-                  bidirectional=config["bidirectional"], dtype=dtype, seed=seed)
-    mode = config["mode"]
-    if mode in ("RNN_TANH", "RNN_RELU"):
-        return rnncore.RNN(nonlinearity="relu" if mode == "RNN_RELU" else "tanh", **common)
-    if mode == "LSTM":
-        return rnncore.LSTM(proj_size=config["proj_size"], peephole=config["peephole"], **common)
-    return rnncore.GRU(reset_after=config["reset_after"], **common)
 
 
 # ------------------------------------------------------------------------------------------------

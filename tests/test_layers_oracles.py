@@ -14,54 +14,14 @@ import numpy as np
 import pytest
 
 import rnncore
-from conftest import (CELLS, RAGGED_LENGTHS, assert_close, central_diff, make_config, param_shapes,
+from conftest import (CELLS, GRID, RAGGED_LENGTHS, assert_close, central_diff, grid_config, grid_id,
+                      make_config, make_layer, param_shapes,
                       random_grads, random_inputs, random_params, sizes, torch_run,
                       zero_past_lengths)
 from rnncore import reference
 
 TOL = {np.float32: (1e-5, 1e-5), np.float64: (1e-10, 1e-11)}     # (rtol, atol)
 DTYPES = [np.float32, np.float64]
-
-GRID = list(itertools.product(
-    [c[0] for c in CELLS],        # cell
-    [1, 2],                       # num_layers
-    [False, True],                # bidirectional
-    [False, True],                # batch_first
-    [None, RAGGED_LENGTHS],       # lengths
-    [False, True],                # nonzero hx
-))
-
-
-def grid_id(case):
-    cell, L, bidir, bf, lengths, with_hx = case
-    return (f"{cell}-L{L}-{'bi' if bidir else 'uni'}-{'bf' if bf else 'tm'}-"
-            f"{'ragged' if lengths else 'full'}-{'hx' if with_hx else 'nohx'}")
-
-
-def grid_config(cell, **kw):
-    return make_config(**dict(dict(CELLS)[cell], **kw))
-
-
-def make_layer(config, dtype, dropout=0.0, seed=0):
-    """The rnncore layer of config (API_CONTRACT.md constructor arguments)."""
-    common = dict(input_size=config["input_size"], hidden_size=config["hidden_size"],
-                  num_layers=config["num_layers"], bias=config["bias"],
-                  batch_first=config["batch_first"], dropout=dropout,
-                  bidirectional=config["bidirectional"], dtype=dtype, seed=seed)
-    mode = config["mode"]
-    if mode in ("RNN_TANH", "RNN_RELU"):
-        layer = rnncore.RNN(nonlinearity="relu" if mode == "RNN_RELU" else "tanh", **common)
-    elif mode == "LSTM":
-        layer = rnncore.LSTM(proj_size=config["proj_size"], peephole=config["peephole"], **common)
-    elif mode == "GRU":
-        layer = rnncore.GRU(reset_after=config["reset_after"], **common)
-    else:
-        raise ValueError(mode)
-    for key, value in config.items():
-        assert layer.config[key] == value, f"layer.config[{key!r}] = {layer.config[key]!r}, want {value!r}"
-    assert layer.dtype == np.dtype(dtype)
-    return layer
-
 
 def cast(tree, dtype):
     """Cast arrays, tuples of arrays (LSTM states) and dicts of arrays; None stays None."""

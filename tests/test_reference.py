@@ -1,38 +1,17 @@
 """rnncore.reference against PyTorch (float64, every output, state and gradient) and against float64
 central differences (for the variants PyTorch lacks, and a few standard ones as a third opinion)."""
-import itertools
-
 import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from conftest import (CELLS, RAGGED_LENGTHS, assert_close, central_diff, make_config, random_grads,
+from conftest import (CELLS, GRID, RAGGED_LENGTHS, assert_close, central_diff, grid_config, grid_id,
+                      make_config, random_grads,
                       random_inputs, random_params, sizes, to_torch_module, torch_run,
                       zero_past_lengths)
 from rnncore import reference
 
 RTOL, ATOL = 1e-10, 1e-12
-
-GRID = list(itertools.product(
-    [c[0] for c in CELLS],        # cell
-    [1, 2],                       # num_layers
-    [False, True],                # bidirectional
-    [False, True],                # batch_first
-    [None, RAGGED_LENGTHS],       # lengths
-    [False, True],                # nonzero hx
-))
-
-
-def grid_id(case):
-    cell, L, bidir, bf, lengths, with_hx = case
-    return (f"{cell}-L{L}-{'bi' if bidir else 'uni'}-{'bf' if bf else 'tm'}-"
-            f"{'ragged' if lengths else 'full'}-{'hx' if with_hx else 'nohx'}")
-
-
-def grid_config(cell, **kw):
-    return make_config(**dict(dict(CELLS)[cell], **kw))
-
 
 def zeros_hx(config, x):
     """The explicit zero state that hx=None stands for."""

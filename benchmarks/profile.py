@@ -1,0 +1,113 @@
+"""Where the time goes: one rnncore layer's forward (inference) and training step split into the large
+BLAS GEMMs (input projection before the time loop; weight and input gradients after it), the compiled
+time loops (per-step recurrent product + gate math), the packing of the recurrent weights, and the
+rest (Python, numpy bias sums, validation).
+
+    python benchmarks/profile.py [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--repeats 7] [--threads N]
+
+Each part is timed around the call into rnncore._kernels (which releases the GIL and runs to
+completion) and summed over a call; the row is the call with the median total time. float32, batch_first, the shapes of the benchmark.
+Not a test: it prints a table (see benchmarks/README.md, "Where the time goes").
+"""
+import argparse
+import collections
+import gc
+import time
+
+import numpy as np
+
+import rnncore
+from rnncore import _cells
+from rnncore.benchmark import GATES, SHAPES
+
+LOOPS = {"rnn_forward": "fwd loop", "lstm_forward": "fwd loop", "gru_forward": "fwd loop",
+         "rnn_backward": "bwd loop", "lstm_backward": "bwd loop", "gru_backward": "bwd loop",
+         "matmul": "GEMMs", "pack_t": "packing", "pack_n": "packing", "pack_gru_t": "packing"}
+
+
+class _Timed:
+    """Stands in for rnncore._kernels inside rnncore._cells, timing the calls in LOOPS."""
+
+    def __init__(self, kernels, acc):
+        self._k, self._acc = kernels, acc
+
+    def __getattr__(self, name):
+        f = getattr(self._k, name)
+        if name not in LOOPS:
+            return f
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                self._acc[LOOPS[name]] += time.perf_counter() - t0
+        return timed
+
+
+def profile(cell, shape, repeats, acc):
+    B, T, I, H = SHAPES[shape]
+    layer = getattr(rnncore, cell)(I, H, batch_first=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
+    d = np.random.default_rng(1).standard_normal((B, T, H)).astype(np.float32)
+
+    def train():
+        _, _, bp = layer.forward_train(x)
+        bp(d)
+
+    rows = {}
+    for what, call in (("fwd", lambda: layer(x)), ("train", train)):
+        for _ in range(2):
+            call()
+        runs = []
+        for _ in range(repeats):
+            acc.clear()
+            t0 = time.perf_counter()
+            call()
+            run = {"total": time.perf_counter() - t0}
+            run.update({k: acc[k] for k in ("GEMMs", "fwd loop", "bwd loop", "packing")})
+            run["other"] = run["total"] - sum(acc.values())
+            runs.append(run)
+        runs.sort(key=lambda r: r["total"])
+        rows[what] = {k: v * 1e3 for k, v in runs[len(runs) // 2].items()}   # the median call's parts
+    flops = 2 * T * B * GATES[cell] * H * (I + H)            # forward matrix products, as bench counts
+    loop_flops = 2 * T * B * GATES[cell] * H * H              # the per-step recurrent product
+    return rows, flops, loop_flops
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", default="RNN,GRU,LSTM")
+    ap.add_argument("--shapes", default="S,M,L,B1")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    acc = collections.defaultdict(float)
+    real = _cells.K
+    _cells.K = _Timed(real, acc)
+    gc.disable()
+    try:
+        with rnncore.threads(args.threads or rnncore.get_num_threads()):
+            print(f"float32, batch_first, {rnncore.get_num_threads()} threads; median ms of "
+                  f"{args.repeats} calls (GFLOP/s of that part in brackets)\n")
+            print("| cell | shape | pass | total ms | large GEMMs | fwd loop | bwd loop | packing | other |")
+            print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+            for cell in args.cells.split(","):
+                for shape in args.shapes.split(","):
+                    rows, flops, loop_flops = profile(cell, shape, args.repeats, acc)
+                    for what, r in rows.items():
+                        gemm_flops = flops - loop_flops if what == "fwd" else 3 * flops - 2 * loop_flops
+
+                        def rate(ms, fl):
+                            return f"{ms:.2f} ({fl / ms / 1e6:.0f})" if ms > 0 else "–"
+                        print(f"| {cell} | {shape} | {what} | {r['total']:.2f} | {rate(r['GEMMs'], gemm_flops)} "
+                              f"| {rate(r['fwd loop'], loop_flops)} | "
+                              f"{rate(r['bwd loop'], loop_flops) if what == 'train' else '–'} | "
+                              f"{r['packing']:.2f} | {r['other']:.2f} |")
+    finally:
+        _cells.K = real
+        gc.enable()
+
+
+if __name__ == "__main__":
+    main()
