@@ -129,31 +129,34 @@ cdef inline Py_ssize_t _npanels(Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
     return (n + nr - 1) // nr
 
 
-def pack_t(const floating[:, ::1] W):
-    """W (N, K) -> B = W^T packed into panels (rnncore/_rc_gemm.h), for C (+)= A @ W^T per step.
-    Returns an array (panels * K, panel width) of W's dtype."""
-    cdef Py_ssize_t N = W.shape[0], K = W.shape[1], nr = panel_width(&W[0, 0])
+def _pack(const floating[:, ::1] W, bint trans):
+    """B = W^T (trans; W is (N, K)) or B = W (W is (K, N)) packed into panels (rnncore/_rc_gemm.h):
+    an array (panels * K, panel width) of W's dtype."""
+    cdef Py_ssize_t ld = W.shape[1], nr = panel_width(&W[0, 0])
+    cdef Py_ssize_t N = W.shape[0] if trans else W.shape[1], K = W.shape[1] if trans else W.shape[0]
     out = np.empty((_npanels(N, nr) * K, nr), dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] o = out
     with nogil:
         if floating is float:
-            rc_sgemm_packed_pack_t(N, K, &W[0, 0], K, &o[0, 0])
+            if trans:
+                rc_sgemm_packed_pack_t(N, K, &W[0, 0], ld, &o[0, 0])
+            else:
+                rc_sgemm_packed_pack_n(K, N, &W[0, 0], ld, &o[0, 0])
+        elif trans:
+            rc_dgemm_packed_pack_t(N, K, &W[0, 0], ld, &o[0, 0])
         else:
-            rc_dgemm_packed_pack_t(N, K, &W[0, 0], K, &o[0, 0])
+            rc_dgemm_packed_pack_n(K, N, &W[0, 0], ld, &o[0, 0])
     return out
 
 
-def pack_n(const floating[:, ::1] W):
-    """W (K, N) -> B = W packed into panels, for C (+)= A @ W per step (the backward products)."""
-    cdef Py_ssize_t K = W.shape[0], N = W.shape[1], nr = panel_width(&W[0, 0])
-    out = np.empty((_npanels(N, nr) * K, nr), dtype=np.float32 if floating is float else np.float64)
-    cdef floating[:, ::1] o = out
-    with nogil:
-        if floating is float:
-            rc_sgemm_packed_pack_n(K, N, &W[0, 0], N, &o[0, 0])
-        else:
-            rc_dgemm_packed_pack_n(K, N, &W[0, 0], N, &o[0, 0])
-    return out
+def pack_t(W):
+    """W (N, K) -> W^T packed, for C (+)= A @ W^T per step (the forward products)."""
+    return _pack(W, True)
+
+
+def pack_n(W):
+    """W (K, N) -> W packed, for C (+)= A @ W per step (the backward products)."""
+    return _pack(W, False)
 
 
 def pack_gru_t(W_hh, bint reset_after):

@@ -101,6 +101,17 @@ def _linear(x, W, b):
 # h_t and c_t, accumulates parameter gradients into dp, and returns (dx_t, dh_{t-1}, dc_{t-1}).
 # ---------------------------------------------------------------------------------------------------
 
+def _through_linear(p, dp, da, x, h_prev):
+    """Backward of a = W_ih x + b_ih + W_hh h_prev + b_hh: accumulates dW_ih, dW_hh, db_ih, db_hh into
+    dp and returns (dx, dh_prev)."""
+    dp["W_ih"] += da.T @ x
+    dp["W_hh"] += da.T @ h_prev
+    if "b_ih" in dp:
+        dp["b_ih"] += da.sum(0)
+        dp["b_hh"] += da.sum(0)
+    return da @ p["W_ih"], da @ p["W_hh"]
+
+
 def rnn_step_forward(p, x, h_prev, relu):
     # 1. pre-activation a = W_ih x + b_ih + W_hh h + b_hh          (B, H)
     a = _linear(x, p["W_ih"], p.get("b_ih")) + _linear(h_prev, p["W_hh"], p.get("b_hh"))
@@ -114,12 +125,7 @@ def rnn_step_backward(p, dp, cache, dh, dc, relu):
     # 2. through f: relu' = [a > 0] (= [h > 0]), tanh' = 1 - h^2
     da = dh * (h > 0) if relu else dh * (1 - h * h)
     # 1. into the weights, the biases, x and h_prev
-    dp["W_ih"] += da.T @ x
-    dp["W_hh"] += da.T @ h_prev
-    if "b_ih" in dp:
-        dp["b_ih"] += da.sum(0)
-        dp["b_hh"] += da.sum(0)
-    return da @ p["W_ih"], da @ p["W_hh"], None
+    return _through_linear(p, dp, da, x, h_prev) + (None,)
 
 
 def lstm_step_forward(p, x, h_prev, c_prev):
@@ -179,12 +185,7 @@ def lstm_step_backward(p, dp, cache, dh, dc_next):
         dc_prev = dc_prev + da_i * p["w_ci"] + da_f * p["w_cf"]
     # 1. into the weights, the biases, x and h_prev
     da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)
-    dp["W_ih"] += da.T @ x
-    dp["W_hh"] += da.T @ h_prev
-    if "b_ih" in dp:
-        dp["b_ih"] += da.sum(0)
-        dp["b_hh"] += da.sum(0)
-    return da @ p["W_ih"], da @ p["W_hh"], dc_prev
+    return _through_linear(p, dp, da, x, h_prev) + (dc_prev,)
 
 
 def gru_step_forward(p, x, h_prev, reset_after):
