@@ -6,7 +6,8 @@ rest (Python, numpy bias sums, validation).
     python benchmarks/profile.py [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--repeats 7] [--threads N]
 
 Each part is timed around the call into rnncore._kernels (which releases the GIL and runs to
-completion) and summed over a call; the row is the call with the median total time. float32, batch_first, the shapes of the benchmark.
+completion) and summed over a call; the row is the call with the median total time. float32,
+batch_first, the shapes of the benchmark.
 Not a test: it prints a table (see benchmarks/README.md, "Where the time goes").
 """
 import argparse
@@ -20,20 +21,21 @@ import rnncore
 from rnncore import _cells
 from rnncore.benchmark import GATES, SHAPES
 
-LOOPS = {"rnn_forward": "fwd loop", "lstm_forward": "fwd loop", "gru_forward": "fwd loop",
+PARTS = {"rnn_forward": "fwd loop", "lstm_forward": "fwd loop", "gru_forward": "fwd loop",
          "rnn_backward": "bwd loop", "lstm_backward": "bwd loop", "gru_backward": "bwd loop",
          "matmul": "GEMMs", "pack_t": "packing", "pack_n": "packing", "pack_gru_t": "packing"}
 
 
 class _Timed:
-    """Stands in for rnncore._kernels inside rnncore._cells, timing the calls in LOOPS."""
+    """Stands in for rnncore._kernels inside rnncore._cells, timing the calls named in PARTS
+    (each under its part's name)."""
 
     def __init__(self, kernels, acc):
         self._k, self._acc = kernels, acc
 
     def __getattr__(self, name):
         f = getattr(self._k, name)
-        if name not in LOOPS:
+        if name not in PARTS:
             return f
 
         def timed(*args, **kwargs):
@@ -41,7 +43,7 @@ class _Timed:
             try:
                 return f(*args, **kwargs)
             finally:
-                self._acc[LOOPS[name]] += time.perf_counter() - t0
+                self._acc[PARTS[name]] += time.perf_counter() - t0
         return timed
 
 
