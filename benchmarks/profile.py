@@ -1,7 +1,8 @@
 """Where the time goes: one rnncore layer's forward (inference) and training step split into the large
-BLAS GEMMs (input projection before the time loop; weight and input gradients after it), the compiled
-time loops (per-step recurrent product + gate math), the packing of the recurrent weights, and the
-rest (Python, numpy bias sums, validation).
+BLAS GEMMs (input projection before the time loop, unless it runs inside the loop; weight and input
+gradients after it), the compiled time loops (per-step recurrent product, the input projection when
+it runs step by step, gate math), the packing of the weights, and the rest (Python, numpy bias sums,
+validation).
 
     python benchmarks/profile.py [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--repeats 7] [--threads N]
 
@@ -74,7 +75,9 @@ def profile(cell, shape, repeats, acc):
         rows[what] = {k: v * 1e3 for k, v in runs[len(runs) // 2].items()}   # the median call's parts
     flops = 2 * T * B * GATES[cell] * H * (I + H)            # forward matrix products, as bench counts
     loop_flops = 2 * T * B * GATES[cell] * H * H              # the per-step recurrent product
-    return rows, flops, loop_flops
+    # the input projection runs inside the forward loop, or as a large GEMM before it
+    in_loop = _cells._step_projection(layer._short(layer.params, 0), x.reshape(B * T, I), B)
+    return rows, flops, loop_flops, in_loop
 
 
 def main(argv=None):
@@ -92,18 +95,24 @@ def main(argv=None):
         with rnncore.threads(args.threads or rnncore.get_num_threads()):
             print(f"float32, batch_first, {rnncore.get_num_threads()} threads; median ms of "
                   f"{args.repeats} calls (GFLOP/s of that part in brackets)\n")
-            print("| cell | shape | pass | total ms | large GEMMs | fwd loop | bwd loop | packing | other |")
-            print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+            print("| cell | shape | pass | input projection | total ms | large GEMMs | fwd loop | bwd loop "
+                  "| packing | other |")
+            print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
             for cell in args.cells.split(","):
                 for shape in args.shapes.split(","):
-                    rows, flops, loop_flops = profile(cell, shape, args.repeats, acc)
+                    rows, flops, loop_flops, in_loop = profile(cell, shape, args.repeats, acc)
+                    proj_flops = flops - loop_flops
+                    fwd_loop_flops = loop_flops + (proj_flops if in_loop else 0)
                     for what, r in rows.items():
-                        gemm_flops = flops - loop_flops if what == "fwd" else 3 * flops - 2 * loop_flops
+                        # after the loops: dW_ih, dx (2 x proj_flops) and dW_hh (loop_flops)
+                        gemm_flops = ((0 if in_loop else proj_flops)
+                                      + (2 * proj_flops + loop_flops if what == "train" else 0))
 
                         def rate(ms, fl):
                             return f"{ms:.2f} ({fl / ms / 1e6:.0f})" if ms > 0 else "–"
-                        print(f"| {cell} | {shape} | {what} | {r['total']:.2f} | {rate(r['GEMMs'], gemm_flops)} "
-                              f"| {rate(r['fwd loop'], loop_flops)} | "
+                        print(f"| {cell} | {shape} | {what} | {'in the loop' if in_loop else 'GEMM'} "
+                              f"| {r['total']:.2f} | {rate(r['GEMMs'], gemm_flops)} "
+                              f"| {rate(r['fwd loop'], fwd_loop_flops)} | "
                               f"{rate(r['bwd loop'], loop_flops) if what == 'train' else '–'} | "
                               f"{r['packing']:.2f} | {r['other']:.2f} |")
     finally:

@@ -32,9 +32,11 @@ cdef extern from "_rc_gemm.h" nogil:
     const Py_ssize_t RC_NR_F
     const Py_ssize_t RC_NR_D
     void rc_sgemm_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
-                         const float* Bp, Py_ssize_t pstride, int accumulate, float* C, Py_ssize_t ldc)
+                         const float* Bp, Py_ssize_t pstride, const float* Ci, Py_ssize_t ldci,
+                         float* C, Py_ssize_t ldc)
     void rc_dgemm_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
-                         const double* Bp, Py_ssize_t pstride, int accumulate, double* C, Py_ssize_t ldc)
+                         const double* Bp, Py_ssize_t pstride, const double* Ci, Py_ssize_t ldci,
+                         double* C, Py_ssize_t ldc)
 
 
 cdef inline Py_ssize_t panel_width(const floating* x) noexcept nogil:
@@ -59,6 +61,18 @@ cdef inline void mm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float
         gemm(False, trans_w, <int> m, <int> n, <int> k, 1, a, <int> lda, w, <int> ldw,
              1 if accumulate else 0, c, <int> ldc)
     elif floating is float:
-        rc_sgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, accumulate, c, ldc)
+        rc_sgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, c if accumulate else NULL, ldc, c, ldc)
     else:
-        rc_dgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, accumulate, c, ldc)
+        rc_dgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, c if accumulate else NULL, ldc, c, ldc)
+
+
+cdef inline void mm_packed_bias(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                                Py_ssize_t lda, const floating* wp, const floating* bias,
+                                floating* c, Py_ssize_t ldc) noexcept nogil:
+    """C := bias + A @ B with rnncore's own small GEMM: B packed (wp, k rows per panel), bias one
+    row of n added to every row of C (NULL: none)."""
+    cdef Py_ssize_t nr = panel_width(a)
+    if floating is float:
+        rc_sgemm_packed(m, n, k, a, lda, wp, k * nr, bias, 0, c, ldc)
+    else:
+        rc_dgemm_packed(m, n, k, a, lda, wp, k * nr, bias, 0, c, ldc)

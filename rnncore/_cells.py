@@ -15,6 +15,9 @@ Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidd
     ws      ws(name, shape, dtype) -> array: forward's workspace (what backward needs; a pooled
             training workspace per layer and direction, or reused scratch for inference, see
             layers._Scratch), and backward's temporaries (dG, ...), from the same training workspace
+    keep    True for training: forward keeps every step's G, hprev, ... for backward; False for
+            inference: those arrays hold only the current and the next step (rnncore/_kernels.pyx,
+            "Workspace rows"), unless G arrives holding every step's projection
 All large products go through rnncore._kernels.matmul (scipy's BLAS, split over rnncore's threads).
 """
 import numpy as np
@@ -31,13 +34,14 @@ class RNNCell:
     def __init__(self, relu=False):
         self.relu = relu
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf, keep):
         H = p["w_hh"].shape[0]
-        rows = _rows(T, B, bf)
-        G = _input_projection(p, x, rows, H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
+        rows = _rows(T, B, bf, keep)
+        bias = p["b_ih"] + p["b_hh"] if "b_ih" in p else None
+        G, proj = _input_projection(p, x, T, B, bf, keep, H, bias, nt, ws)
         hprev = ws("hprev", rows + (H,), x.dtype)
         K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), lengths, col0,
-                      self.relu, reverse, bf, nt)
+                      self.relu, reverse, bf, nt, keep=keep, **proj)
         return {"x": x, "G": G, "hprev": hprev, "lengths": lengths, "reverse": reverse, "bf": bf}
 
     def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws):
@@ -58,12 +62,13 @@ class LSTMCell:
     gates = 4
     has_cell_state = True
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf, keep):
         dt = x.dtype
         H, P = p["w_hh"].shape[0] // 4, p["w_hh"].shape[1]
         proj = "w_hr" in p
-        rows = _rows(T, B, bf)
-        G = _input_projection(p, x, rows, 4 * H, p["b_ih"] + p["b_hh"] if "b_ih" in p else None, nt, ws)
+        rows = _rows(T, B, bf, keep)
+        bias = p["b_ih"] + p["b_hh"] if "b_ih" in p else None
+        G, proj_in = _input_projection(p, x, T, B, bf, keep, 4 * H, bias, nt, ws)
         hprev = ws("hprev", rows + (P,), dt)
         cprev = ws("cprev", rows + (H,), dt)
         cnew = ws("cnew", rows + (H,), dt)
@@ -71,7 +76,8 @@ class LSTMCell:
         hbuf = ws("hbuf", (B, P), dt) if proj else None
         K.lstm_forward(G, hprev, cprev, cnew, M, hbuf, out, h_n, c_n, h0, c0, p["w_hh"],
                        p.get("w_hr"), _packed_t(p["w_hh"]), _packed_t(p.get("w_hr")),
-                       p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths, col0, reverse, bf, nt)
+                       p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths, col0, reverse, bf, nt,
+                       keep=keep, **proj_in)
         return {"x": x, "G": G, "hprev": hprev, "cprev": cprev, "cnew": cnew, "M": M,
                 "lengths": lengths, "reverse": reverse, "bf": bf}
 
@@ -116,7 +122,7 @@ class GRUCell:
     def __init__(self, reset_after=True):
         self.reset_after = reset_after
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf, keep):
         dt = x.dtype
         H = p["w_hh"].shape[1]
         bias = None
@@ -126,14 +132,14 @@ class GRUCell:
             bias = p["b_ih"].copy()
             bias[:2 * H] += p["b_hh"][:2 * H]
             b_hn = np.ascontiguousarray(p["b_hh"][2 * H:])
-        rows = _rows(T, B, bf)
-        G = _input_projection(p, x, rows, 3 * H, bias, nt, ws)
+        rows = _rows(T, B, bf, keep)
+        G, proj = _input_projection(p, x, T, B, bf, keep, 3 * H, bias, nt, ws)
         hprev = ws("hprev", rows + (H,), dt)
         HN = ws("HN", rows + (H,), dt)
         gh = ws("gh", (B, 3 * H), dt)
         W_t = K.pack_gru_t(p["w_hh"], self.reset_after) if own_step_gemm() else None
         K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], W_t, b_hn,
-                      lengths, col0, self.reset_after, reverse, bf, nt)
+                      lengths, col0, self.reset_after, reverse, bf, nt, keep=keep, **proj)
         return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse,
                 "bf": bf}
 
@@ -182,21 +188,49 @@ def _packed(w):
     return K.pack_n(w)
 
 
-def _rows(T, B, bf):
-    """The leading shape of a layer's per-row arrays: (B, T) batch_first, else (T, B)."""
+def _rows(T, B, bf, keep=True):
+    """The leading shape of a layer's per-row workspace arrays: (B, T) batch_first, else (T, B); or,
+    when they are not kept for backward, (2, B): the current step and the next (rnncore/_kernels.pyx,
+    "Workspace rows")."""
+    if not keep:
+        return (min(T, 2), B)
     return (B, T) if bf else (T, B)
 
 
-def _input_projection(p, x, rows, GH, bias, nt, ws):
-    """G = x @ W_ih^T + bias for all T*B rows at once, as rows + (GH,)."""
-    G = ws("G", rows + (GH,), x.dtype)
+# When the input projection runs inside the time loop, step by step (rnncore/_kernels.pyx, "The
+# input projection, step by step"): on rnncore's own step GEMM, for a batch of at least
+# STEP_PROJECTION_ROWS sequences (8 rows a thread on 2 threads) when both weight matrices, which each
+# thread reads every step, fit in STEP_PROJECTION_BYTES. Measured (float32, 2 threads, interleaved
+# against one GEMM before the loop): S and M 3-16% faster (M forward 6-13%); RNN at L (2 MB) even;
+# LSTM and GRU at L (6-8 MB of weights) 7-12% slower, and B1 (one row) 15-19% slower. The choice
+# does not depend on the thread count, so results stay bit-identical across thread counts.
+# STEP_PROJECTION = False always uses the GEMM before the loop (for comparisons).
+STEP_PROJECTION = True
+STEP_PROJECTION_ROWS = 16
+STEP_PROJECTION_BYTES = 2 << 20
+
+
+def _step_projection(p, x, B):
+    w_ih, w_hh = p["w_ih"], p["w_hh"]
+    return (STEP_PROJECTION and own_step_gemm() and x.shape[1] > 0 and B >= STEP_PROJECTION_ROWS
+            and (w_ih.size + w_hh.size) * w_ih.itemsize <= STEP_PROJECTION_BYTES)
+
+
+def _input_projection(p, x, T, B, bf, keep, GH, bias, nt, ws):
+    """G for the time loop, and the keyword arguments that make the loop compute x_t @ W_ih^T + bias
+    into it step by step (see `_step_projection`; then G has the rows of `_rows(T, B, bf, keep)`);
+    otherwise G holds x @ W_ih^T + bias for all T*B rows, one GEMM, and there are none."""
+    if _step_projection(p, x, B):
+        G = ws("G", _rows(T, B, bf, keep) + (GH,), x.dtype)
+        return G, {"x": x, "W_ih_t": K.pack_t(p["w_ih"]), "bias": bias}
+    G = ws("G", _rows(T, B, bf) + (GH,), x.dtype)
     G2 = G.reshape(-1, GH)
     if bias is None:
         K.matmul(G2, x, p["w_ih"], trans_b=True, beta=0.0, num_threads=nt)
     else:
         G2[...] = bias
         K.matmul(G2, x, p["w_ih"], trans_b=True, beta=1.0, num_threads=nt)
-    return G
+    return G, {}
 
 
 def _input_side_grads(p, g, dG, x, dx, nt, same_bias):

@@ -39,7 +39,7 @@ from cython.parallel cimport prange
 import numpy as np
 from libc.string cimport memcpy, memset
 
-from rnncore._blas cimport RC_NR_F, floating, gemm, mm_packed, panel_width
+from rnncore._blas cimport RC_NR_F, floating, gemm, mm_packed, mm_packed_bias, panel_width
 
 cdef extern from "_rc_math.h" nogil:
     void rc_sigmoidf_span(float* x, Py_ssize_t n)
@@ -297,39 +297,113 @@ cdef inline void _row_strides(bint batch_first, Py_ssize_t T, Py_ssize_t B,
         rs[0] = 1
 
 
+# Workspace rows. Training keeps what backward needs for every step: G, hprev, cprev, cnew, M and HN
+# have the layer's row layout (row (t, b) at t * tsw + b * rsw with (tsw, rsw) = (ts, rs)). Inference
+# (keep False) needs only the current step and the next: those arrays are (2, B, .) (time-major,
+# (tsw, rsw) = (B, 1)), step s uses slot s % 2 and writes the next step's state into slot (s+1) % 2,
+# so the time loop works on a few hundred KB that stay in cache instead of writing tens of MB.
+# G is kept whole (the layer's layout) whenever it arrives holding the projection of every step
+# (W_ih_t NULL: the GEMM before the loop), even without keep.
+
+cdef inline Py_ssize_t _slot(bint keep, Py_ssize_t s, Py_ssize_t t) noexcept nogil:
+    # the time index of step s (at time t) in a workspace array
+    return t if keep else s % 2
+
+
+def _workspace_strides(G, state, Py_ssize_t T, Py_ssize_t B, bint batch_first, bint keep,
+                       bint step_projection):
+    """(tsw, rsw) of the workspace arrays, after checking that G and a state array (hprev) have the
+    shapes they imply."""
+    full, slots = ((B, T) if batch_first else (T, B)), (min(T, 2), B)
+    for name, a, k in (("G", G, keep or not step_projection), ("hprev", state, keep)):
+        want = full if k else slots
+        if tuple(a.shape[:2]) != want:
+            raise ValueError(f"{name} must be {want} + (.,) "
+                             f"({'every step' if k else 'the current and next step'}), "
+                             f"got {tuple(a.shape[:2])} + (.,)")
+    if keep and batch_first:
+        return 1, T
+    return B, 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The input projection, step by step. With rnncore's own step GEMM (W_ih_t = W_ih^T packed) each step
+# starts its gate pre-activations from x_t W_ih^T + biases inside the time loop, just before the
+# recurrent product adds to them: G[t] is written while in cache and read back at once, instead of one
+# (T*B, gates*H) GEMM before the loop (a pass over an array of tens of MB, then a cache miss on every
+# row of G in the loop). With W_ih_t NULL (the BLAS path) G holds the projection on entry, computed
+# by `matmul` before the loop, and nothing happens here.
+# --------------------------------------------------------------------------------------------------
+
+cdef inline void _project_step(floating* g, Py_ssize_t sG, const floating* x, Py_ssize_t ldx,
+                               Py_ssize_t row0, Py_ssize_t rs, Py_ssize_t nb, Py_ssize_t I,
+                               Py_ssize_t GH, const floating* W_ih_t,
+                               const floating* bias) noexcept nogil:
+    # g (nb rows, sG apart) := bias + x_t W_ih^T for the rows from (t, b0) = row0, rs rows apart
+    if W_ih_t != NULL:
+        mm_packed_bias(nb, GH, I, x + row0 * ldx, rs * ldx, W_ih_t, bias, g, sG)
+
+
+def _step_projection_inputs(const floating[:, :, ::1] G, Py_ssize_t rows, const floating[:, ::1] x,
+                            const floating[:, ::1] W_ih_t, const floating[::1] bias):
+    """I, the input width of a step-by-step projection (0 without one), after checking that x, the
+    packed W_ih^T and the bias fit G (a mismatch would read out of bounds)."""
+    if W_ih_t is None:
+        return 0
+    cdef Py_ssize_t GH = G.shape[2]
+    if x is None or x.shape[0] != rows:
+        raise ValueError(f"step projection: x must have {rows} rows, got "
+                         f"{None if x is None else x.shape[0]}")
+    cdef Py_ssize_t I = x.shape[1], nr = panel_width(&G[0, 0, 0])
+    if I == 0:
+        raise ValueError("step projection: x has no columns (nothing to project)")
+    if W_ih_t.shape[0] != _npanels(GH, nr) * I or W_ih_t.shape[1] != nr:
+        raise ValueError(f"step projection: W_ih_t must be pack_t of a ({GH}, {I}) matrix, got "
+                         f"shape {tuple(W_ih_t.shape)}")
+    if bias is not None and bias.shape[0] != GH:
+        raise ValueError(f"step projection: bias must have {GH} values, got {bias.shape[0]}")
+    return I
+
+
 # --------------------------------------------------------------------------------------------------
 # Vanilla (Elman) RNN:  h_t = f(a_t),  a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,  f = tanh | relu
 # --------------------------------------------------------------------------------------------------
 
 cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floating* h_n,
                             const floating* h0, const floating* W_hh, const floating* W_t,
-                            const int* lengths,
-                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
+                            const int* lengths, const floating* x, Py_ssize_t ldx, Py_ssize_t I,
+                            const floating* W_ih_t, const floating* bias,
+                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t tsw, Py_ssize_t rsw,
+                            bint keep, Py_ssize_t H, Py_ssize_t ldo,
                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # G, hprev: rows of H; out: rows of ldo at its column offset; h_n, h0 (B,H); W_hh (H,H)
+    # G, hprev: workspace rows of H; out: rows of ldo at its column offset; h_n, h0 (B,H); W_hh (H,H)
     # W_t = W_hh^T packed (pack_t) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rs * H, sd
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rsw * H, sd
+    # G whole (every step) when it arrives holding the projection; else slots, as hprev
+    cdef bint gkeep = keep or W_ih_t == NULL
+    cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H
     cdef floating* g
     cdef floating* gb
     cdef floating* hp
     cdef floating* dst
     cdef floating* o
-    hp = hprev + ((T - 1 if reverse else 0) * ts + b0 * rs) * H
+    hp = hprev + (_slot(keep, 0, T - 1 if reverse else 0) * tsw + b0 * rsw) * H
     for b in range(nb):
         memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        g = G + (t * ts + b0 * rs) * H
-        hp = hprev + (t * ts + b0 * rs) * H
+        g = G + (_slot(gkeep, s, t) * tsg + b0 * rsg) * H
+        hp = hprev + (_slot(keep, s, t) * tsw + b0 * rsw) * H
+        _project_step(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H, W_ih_t, bias)
         # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T
-        mm_packed(nb, H, H, hp, sH, True, W_hh, H, W_t, H, 0, True, g, sH)
+        mm_packed(nb, H, H, hp, sH, True, W_hh, H, W_t, H, 0, True, g, sG)
         # where h_t goes: the next step's hprev, or h_n after the last step
         if s == T - 1:
             dst, sd = h_n + b0 * H, H
         else:
-            dst, sd = hprev + ((t - 1 if reverse else t + 1) * ts + b0 * rs) * H, sH
+            dst, sd = hprev + (_slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw) * H, sH
         for b in range(nb):
-            gb = g + b * sH
+            gb = g + b * sG
             # (2) h_t = f(a_t), kept in G[t] for backward
             if relu:
                 for j in range(H):
@@ -384,18 +458,28 @@ def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::
                 floating[:, ::1] h_n,
                 const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
                 const int[::1] lengths, Py_ssize_t col0, bint relu, bint reverse,
-                bint batch_first, int num_threads):
-    """Vanilla RNN layer, one direction. G (T,B,H) (batch_first: (B,T,H)) holds
-    x W_ih^T + b_ih + b_hh on entry. W_t = pack_t(W_hh) selects rnncore's own step GEMM; None BLAS."""
-    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+                bint batch_first, int num_threads, const floating[:, ::1] x=None,
+                const floating[:, ::1] W_ih_t=None, const floating[::1] bias=None, bint keep=True):
+    """Vanilla RNN layer, one direction. keep: G and hprev are kept for backward (see "Workspace rows";
+    without keep they are (2, B, .)). G (T,B,H) (batch_first: (B,T,H)) holds
+    x W_ih^T + b_ih + b_hh on entry, or, given x (T*B, I) and W_ih_t = pack_t(W_ih) (and bias =
+    b_ih + b_hh or None), is computed step by step. W_t = pack_t(W_hh) selects rnncore's own step
+    GEMM; None BLAS."""
+    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1), tsw, rsw
+    tsw, rsw = _workspace_strides(G, hprev, T, B, batch_first, keep, W_ih_t is not None)
     cdef Py_ssize_t H = G.shape[2], ldo = out.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
+    cdef Py_ssize_t I = _step_projection_inputs(G, T * B, x, W_ih_t, bias), ldx = I
+    cdef const floating* px = &x[0, 0] if I > 0 else NULL
+    cdef const floating* pW_ih_t = &W_ih_t[0, 0] if I > 0 else NULL
+    cdef const floating* pbias = &bias[0] if I > 0 and bias is not None else NULL
     _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _rnn_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &out[0, col0], &h_n[0, 0], &h0[0, 0],
-                              &W_hh[0, 0], pW_t, &lengths[0], T, ts, rs, H, ldo, relu, reverse,
+                              &W_hh[0, 0], pW_t, &lengths[0], px, ldx, I, pW_ih_t, pbias,
+                              T, ts, rs, tsw, rsw, keep, H, ldo, relu, reverse,
                               ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -432,12 +516,18 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                              const floating* W_hr, const floating* W_t, const floating* W_hr_t,
                              const floating* w_ci, const floating* w_cf,
                              const floating* w_co, const int* lengths,
-                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t P,
+                             const floating* x, Py_ssize_t ldx, Py_ssize_t I,
+                             const floating* W_ih_t, const floating* bias,
+                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t tsw, Py_ssize_t rsw,
+                             bint keep, Py_ssize_t H, Py_ssize_t P,
                              Py_ssize_t ldo, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # rows of: G 4H; hprev P; cprev, cnew, M H (M only with projection); out ldo at its column offset
-    # hbuf (B,P) work; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, tnext, row
-    cdef Py_ssize_t sG = rs * H4, sH = rs * H, sP = rs * P, shd, scd
+    # workspace rows of: G 4H; hprev P; cprev, cnew, M H (M only with projection); out: rows of ldo
+    # at its column offset; hbuf (B,P) work; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, tnext, row, w0
+    cdef Py_ssize_t sH = rsw * H, sP = rsw * P, shd, scd
+    # G whole (every step) when it arrives holding the projection; else slots, as hprev
+    cdef bint gkeep = keep or W_ih_t == NULL
+    cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H4
     cdef bint proj = W_hr != NULL
     cdef bint peep = w_ci != NULL
     cdef floating* g
@@ -453,24 +543,26 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
     cdef floating* cwb
     tfirst = T - 1 if reverse else 0
     for b in range(nb):
-        row = tfirst * ts + (b0 + b) * rs
+        row = _slot(keep, 0, tfirst) * tsw + (b0 + b) * rsw
         memcpy(hprev + row * P, h0 + (b0 + b) * P, P * sizeof(floating))
         memcpy(cprev + row * H, c0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        g = G + (t * ts + b0 * rs) * H4
-        hp = hprev + (t * ts + b0 * rs) * P
-        cp = cprev + (t * ts + b0 * rs) * H
-        cw = cnew + (t * ts + b0 * rs) * H
+        w0 = _slot(keep, s, t) * tsw + b0 * rsw       # this thread's first workspace row of step t
+        g = G + (_slot(gkeep, s, t) * tsg + b0 * rsg) * H4
+        hp = hprev + w0 * P
+        cp = cprev + w0 * H
+        cw = cnew + w0 * H
+        _project_step(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H4, W_ih_t, bias)
         # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T
         mm_packed(nb, H4, P, hp, sP, True, W_hh, P, W_t, P, 0, True, g, sG)
         if s == T - 1:
             hdst, shd = h_n + b0 * P, P
             cdst, scd = c_n + b0 * H, H
         else:
-            tnext = t - 1 if reverse else t + 1
-            hdst, shd = hprev + (tnext * ts + b0 * rs) * P, sP
-            cdst, scd = cprev + (tnext * ts + b0 * rs) * H, sH
+            tnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
+            hdst, shd = hprev + tnext * P, sP
+            cdst, scd = cprev + tnext * H, sH
         # (2) gates, cell state and m_t; gate activations replace a_t in G[t]
         for b in range(nb):
             gb = g + b * sG
@@ -488,8 +580,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                 for j in range(H):
                     gb[3 * H + j] = gb[3 * H + j] + w_co[j] * cwb[j]
             _sigmoid_span(gb + 3 * H, H)                # o
-            row = t * ts + (b0 + b) * rs
-            m = (M + row * H) if proj else (out + row * ldo)
+            m = (M + (w0 + b * rsw) * H) if proj else (out + (t * ts + (b0 + b) * rs) * ldo)
             memcpy(m, cwb, H * sizeof(floating))
             _tanh_span(m, H)
             for j in range(H):                          # m_t = o ⊙ tanh(c_t)
@@ -508,10 +599,10 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                 memcpy(hdst + b * shd, hp + b * sP, P * sizeof(floating))
                 memset(o, 0, P * sizeof(floating))
                 if proj:
-                    memset(M + row * H, 0, H * sizeof(floating))
+                    memset(M + (w0 + b * rsw) * H, 0, H * sizeof(floating))
         if proj:
             # (3) h_t = m_t W_hr^T                    # hbuf = M[t] @ W_hr.T
-            mm_packed(nb, P, H, M + (t * ts + b0 * rs) * H, sH, True, W_hr, H, W_hr_t, H, 0, False,
+            mm_packed(nb, P, H, M + w0 * H, sH, True, W_hr, H, W_hr_t, H, 0, False,
                       hbuf + b0 * P, P)
             for b in range(nb):
                 if t < lengths[b0 + b]:
@@ -616,11 +707,16 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
                  const floating[:, ::1] W_hr, const floating[:, ::1] W_t,
                  const floating[:, ::1] W_hr_t, const floating[::1] w_ci, const floating[::1] w_cf,
                  const floating[::1] w_co, const int[::1] lengths,
-                 Py_ssize_t col0, bint reverse, bint batch_first, int num_threads):
-    """LSTM layer, one direction. M, hbuf, W_hr are None without projection; w_c* None without
-    peepholes. G (T,B,4H) (batch_first: (B,T,4H)) holds x W_ih^T + b_ih + b_hh on entry.
+                 Py_ssize_t col0, bint reverse, bint batch_first, int num_threads,
+                 const floating[:, ::1] x=None, const floating[:, ::1] W_ih_t=None,
+                 const floating[::1] bias=None, bint keep=True):
+    """LSTM layer, one direction. keep: G, hprev, cprev, cnew and M are kept for backward (see
+    "Workspace rows"; without keep they are (2, B, .)). M, hbuf, W_hr are None without projection;
+    w_c* None without peepholes. G (T,B,4H) (batch_first: (B,T,4H)) holds x W_ih^T + b_ih + b_hh on entry, or, given
+    x (T*B, I) and W_ih_t = pack_t(W_ih) (and bias = b_ih + b_hh or None), is computed step by step.
     W_t = pack_t(W_hh) and W_hr_t = pack_t(W_hr) select rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1), tsw, rsw
+    tsw, rsw = _workspace_strides(G, hprev, T, B, batch_first, keep, W_ih_t is not None)
     cdef Py_ssize_t H = cnew.shape[2], P = hprev.shape[2], ts, rs
     cdef Py_ssize_t ldo = out.shape[1], nc = _nchunks(B, num_threads), ci
     cdef floating* pM = &M[0, 0, 0] if M is not None else NULL
@@ -631,13 +727,18 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
     cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
     cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
     cdef const floating* pco = &w_co[0] if w_co is not None else NULL
+    cdef Py_ssize_t I = _step_projection_inputs(G, T * B, x, W_ih_t, bias), ldx = I
+    cdef const floating* px = &x[0, 0] if I > 0 else NULL
+    cdef const floating* pW_ih_t = &W_ih_t[0, 0] if I > 0 else NULL
+    cdef const floating* pbias = &bias[0] if I > 0 and bias is not None else NULL
     _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _lstm_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], pM,
                                phbuf, &out[0, col0], &h_n[0, 0], &c_n[0, 0], &h0[0, 0], &c0[0, 0],
                                &W_hh[0, 0], pW_hr, pW_t, pW_hr_t, pci, pcf, pco, &lengths[0],
-                               T, ts, rs, H, P, ldo, reverse, ci * B // nc, (ci + 1) * B // nc)
+                               px, ldx, I, pW_ih_t, pbias, T, ts, rs, tsw, rsw, keep, H, P, ldo,
+                               reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
 def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] dc,
@@ -685,10 +786,16 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
                             floating* out, floating* h_n,
                             const floating* h0, const floating* W_hh, const floating* W_t,
                             const floating* b_hn, const int* lengths,
-                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
+                            const floating* x, Py_ssize_t ldx, Py_ssize_t I,
+                            const floating* W_ih_t, const floating* bias,
+                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t tsw, Py_ssize_t rsw,
+                            bint keep, Py_ssize_t H, Py_ssize_t ldo,
                             bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # rows of: G 3H; hprev, HN H; out ldo at its column offset. gh (B,3H) work
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sG = rs * 3 * H, sH = rs * H, sd
+    # workspace rows of: G 3H; hprev, HN H; out: rows of ldo at its column offset. gh (B,3H) work
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sH = rsw * H, sd, w0
+    # G whole (every step) when it arrives holding the projection; else slots, as hprev
+    cdef bint gkeep = keep or W_ih_t == NULL
+    cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H3
     cdef floating* g
     cdef floating* gb
     cdef floating* hp
@@ -697,19 +804,21 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
     cdef floating* dst
     cdef floating* o
     cdef floating z, hv
-    hp = hprev + ((T - 1 if reverse else 0) * ts + b0 * rs) * H
+    hp = hprev + (_slot(keep, 0, T - 1 if reverse else 0) * tsw + b0 * rsw) * H
     for b in range(nb):
         memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        g = G + (t * ts + b0 * rs) * H3
-        hp = hprev + (t * ts + b0 * rs) * H
-        hn = HN + (t * ts + b0 * rs) * H
+        w0 = _slot(keep, s, t) * tsw + b0 * rsw       # this thread's first workspace row of step t
+        g = G + (_slot(gkeep, s, t) * tsg + b0 * rsg) * H3
+        hp = hprev + w0 * H
+        hn = HN + w0 * H
         q = gh + b0 * H3
+        _project_step(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H3, W_ih_t, bias)
         if s == T - 1:
             dst, sd = h_n + b0 * H, H
         else:
-            dst, sd = hprev + ((t - 1 if reverse else t + 1) * ts + b0 * rs) * H, sH
+            dst, sd = hprev + (_slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw) * H, sH
         # (1) q_rz = h_{t-1} W_h{r,z}^T (and q_n = h_{t-1} W_hn^T when reset_after)
         mm_packed(nb, H3 if reset_after else 2 * H, H, hp, sH, True, W_hh, H, W_t, H, 0, False, q, H3)
         # (2) r = σ(a_r), z = σ(a_z)
@@ -837,21 +946,30 @@ def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :,
                 floating[:, ::1] gh, floating[:, ::1] out, floating[:, ::1] h_n,
                 const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
                 const floating[::1] b_hn, const int[::1] lengths, Py_ssize_t col0, bint reset_after,
-                bint reverse, bint batch_first, int num_threads):
-    """GRU layer, one direction. G (T,B,3H) (batch_first: (B,T,3H)) holds
-    x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry; b_hn is None without bias.
+                bint reverse, bint batch_first, int num_threads, const floating[:, ::1] x=None,
+                const floating[:, ::1] W_ih_t=None, const floating[::1] bias=None, bint keep=True):
+    """GRU layer, one direction. keep: G, hprev and HN are kept for backward (see "Workspace rows";
+    without keep they are (2, B, .)). G (T,B,3H) (batch_first: (B,T,3H)) holds
+    x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry, or, given x (T*B, I) and W_ih_t = pack_t(W_ih) (and
+    bias = b_ih + [b_hr, b_hz, 0] or None), is computed step by step; b_hn is None without bias.
     W_t = pack_gru_t(W_hh, reset_after) selects rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
+    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1), tsw, rsw
+    tsw, rsw = _workspace_strides(G, hprev, T, B, batch_first, keep, W_ih_t is not None)
     cdef Py_ssize_t H = hprev.shape[2], ldo = out.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pb = &b_hn[0] if b_hn is not None else NULL
     cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
+    cdef Py_ssize_t I = _step_projection_inputs(G, T * B, x, W_ih_t, bias), ldx = I
+    cdef const floating* px = &x[0, 0] if I > 0 else NULL
+    cdef const floating* pW_ih_t = &W_ih_t[0, 0] if I > 0 else NULL
+    cdef const floating* pbias = &bias[0] if I > 0 and bias is not None else NULL
     _row_strides(batch_first, T, B, &ts, &rs)
     with nogil:
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _gru_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &HN[0, 0, 0], &gh[0, 0], &out[0, col0],
                               &h_n[0, 0], &h0[0, 0], &W_hh[0, 0], pW_t, pb, &lengths[0],
-                              T, ts, rs, H, ldo, reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
+                              px, ldx, I, pW_ih_t, pbias, T, ts, rs, tsw, rsw, keep, H, ldo,
+                              reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
 def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, ::1] dh,

@@ -1,6 +1,9 @@
 /* rnncore's small GEMM for the per-step recurrent products.
  *
- *   C[M x N] (+)= A[M x K] . B[K x N]      A, C row-major (lda, ldc); B packed into panels
+ *   C[M x N] := Ci + A[M x K] . B[K x N]   A, C, Ci row-major (lda, ldc, ldci); B packed into panels
+ *
+ * Ci is where the sums start: NULL (zero), C itself (accumulate, ldci = ldc), or one row broadcast to
+ * every row of C (a bias: ldci = 0).
  *
  * Inside the time loop each thread multiplies its few batch rows (M = B / threads) by a recurrent
  * weight matrix (K = H, N = gates * H) every step. BLAS is slow there (a 1x128x512 sgemm costs ~23 us
@@ -42,13 +45,13 @@ typedef double rc_vd __attribute__((vector_size(RC_VEC_BYTES)));
 
 #define RC_TILE(NAME, T, V, MR)                                                                  \
 static inline void NAME##_tile##MR(ptrdiff_t K, const T *a, ptrdiff_t lda, const T *bp,          \
-                                   T *c, ptrdiff_t ldc, int accumulate)                         \
+                                   const T *ci, ptrdiff_t ldci, T *c, ptrdiff_t ldc)            \
 {                                                                                                \
     const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T));                                      \
     V c0[MR], c1[MR];                                                                            \
     ptrdiff_t k;                                                                                 \
     _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                       \
-        if (accumulate) { c0[r] = NAME##_load(c + r * ldc); c1[r] = NAME##_load(c + r * ldc + W); } \
+        if (ci) { c0[r] = NAME##_load(ci + r * ldci); c1[r] = NAME##_load(ci + r * ldci + W); }  \
         else { c0[r] = (V){0}; c1[r] = (V){0}; }                                                 \
     }                                                                                            \
     for (k = 0; k < K; k++) {                                                                    \
@@ -73,24 +76,28 @@ RC_TILE(NAME, T, V, 2)                                                          
 RC_TILE(NAME, T, V, 1)                                                                           \
 /* rows [0, M) of one panel into C (ldc), NR columns */                                          \
 static inline void NAME##_panel(ptrdiff_t M, ptrdiff_t K, const T *A, ptrdiff_t lda,            \
-                                const T *bp, T *c, ptrdiff_t ldc, int accumulate)               \
+                                const T *bp, const T *ci, ptrdiff_t ldci, T *c, ptrdiff_t ldc)  \
 {                                                                                                \
     ptrdiff_t i = 0;                                                                             \
-    for (; i + 6 <= M; i += 6) NAME##_tile6(K, A + i * lda, lda, bp, c + i * ldc, ldc, accumulate); \
-    for (; i + 4 <= M; i += 4) NAME##_tile4(K, A + i * lda, lda, bp, c + i * ldc, ldc, accumulate); \
-    for (; i + 2 <= M; i += 2) NAME##_tile2(K, A + i * lda, lda, bp, c + i * ldc, ldc, accumulate); \
-    for (; i < M; i++) NAME##_tile1(K, A + i * lda, lda, bp, c + i * ldc, ldc, accumulate);      \
+    for (; i + 6 <= M; i += 6)                                                                   \
+        NAME##_tile6(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
+    for (; i + 4 <= M; i += 4)                                                                   \
+        NAME##_tile4(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
+    for (; i + 2 <= M; i += 2)                                                                   \
+        NAME##_tile2(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
+    for (; i < M; i++)                                                                           \
+        NAME##_tile1(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
 }                                                                                                \
 /* one row against 4 consecutive panels: 8 independent accumulators for the matrix-vector case   \
    (a single row against one panel would leave the FMA units waiting on 2 dependency chains) */   \
 static inline void NAME##_row4(ptrdiff_t K, const T *a, const T *bp, ptrdiff_t pstride,          \
-                               T *c, int accumulate)                                             \
+                               const T *ci, T *c)                                                \
 {                                                                                                \
     const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T));                                      \
     V acc[8];                                                                                    \
     ptrdiff_t k;                                                                                 \
     _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                          \
-        acc[q] = accumulate ? NAME##_load(c + q * W) : (V){0};                                   \
+        acc[q] = ci ? NAME##_load(ci + q * W) : (V){0};                                          \
     for (k = 0; k < K; k++) {                                                                    \
         const T av = a[k];                                                                       \
         _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                      \
@@ -99,20 +106,20 @@ static inline void NAME##_row4(ptrdiff_t K, const T *a, const T *bp, ptrdiff_t p
     _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) NAME##_store(c + q * W, acc[q]);         \
 }                                                                                                \
 static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,               \
-                 const T *Bp, ptrdiff_t pstride, int accumulate, T *C, ptrdiff_t ldc)            \
+                 const T *Bp, ptrdiff_t pstride, const T *Ci, ptrdiff_t ldci, T *C, ptrdiff_t ldc) \
 {                                                                                                \
     ptrdiff_t j0, i, r, w;                                                                       \
     /* an odd last row goes 4 panels at a time (same summation order per element) */             \
     const ptrdiff_t Mp = M % 2 ? M - 1 : M;                                                      \
     for (j0 = 0; j0 + NR <= N; j0 += NR)                                                         \
-        NAME##_panel(Mp, K, A, lda, Bp + (j0 / NR) * pstride, C + j0, ldc, accumulate);          \
+        NAME##_panel(Mp, K, A, lda, Bp + (j0 / NR) * pstride, Ci ? Ci + j0 : Ci, ldci, C + j0, ldc); \
     if (Mp < M) {                                                                                \
-        const T *a = A + Mp * lda;                                                               \
+        const T *a = A + Mp * lda, *ci = Ci ? Ci + Mp * ldci : Ci;                               \
         T *c = C + Mp * ldc;                                                                     \
         for (j0 = 0; j0 + 4 * NR <= N; j0 += 4 * NR)                                             \
-            NAME##_row4(K, a, Bp + (j0 / NR) * pstride, pstride, c + j0, accumulate);            \
+            NAME##_row4(K, a, Bp + (j0 / NR) * pstride, pstride, ci ? ci + j0 : ci, c + j0);     \
         for (; j0 + NR <= N; j0 += NR)                                                           \
-            NAME##_tile1(K, a, lda, Bp + (j0 / NR) * pstride, c + j0, ldc, accumulate);          \
+            NAME##_tile1(K, a, lda, Bp + (j0 / NR) * pstride, ci ? ci + j0 : ci, 0, c + j0, ldc); \
     }                                                                                            \
     if (j0 < N) { /* the last, partial panel: through a small buffer, 6 rows at a time */         \
         T buf[6 * NR];                                                                           \
@@ -120,10 +127,10 @@ static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t ld
         for (i = 0; i < M; i += 6) {                                                             \
             ptrdiff_t m = M - i < 6 ? M - i : 6;                                                 \
             for (r = 0; r < m; r++) {                                                            \
-                if (accumulate) memcpy(buf + r * NR, C + (i + r) * ldc + j0, (size_t)w * sizeof(T)); \
+                if (Ci) memcpy(buf + r * NR, Ci + (i + r) * ldci + j0, (size_t)w * sizeof(T));   \
                 memset(buf + r * NR + w, 0, (size_t)(NR - w) * sizeof(T));                       \
             }                                                                                    \
-            NAME##_panel(m, K, A + i * lda, lda, Bp + (j0 / NR) * pstride, buf, NR, accumulate); \
+            NAME##_panel(m, K, A + i * lda, lda, Bp + (j0 / NR) * pstride, Ci ? buf : Ci, NR, buf, NR); \
             for (r = 0; r < m; r++) memcpy(C + (i + r) * ldc + j0, buf + r * NR, (size_t)w * sizeof(T)); \
         }                                                                                        \
     }                                                                                            \

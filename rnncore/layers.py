@@ -255,7 +255,7 @@ class _RecurrentStack:
                     ws = scratch.view(f"{layer}.{d}" if train else d)
                     caches.append(self._cell.forward(
                         p, layer_in, h0[idx], c0[idx] if has_c else None, lens, bool(d), out, d * P,
-                        h_n[idx], c_n[idx] if has_c else None, T, B, nt, ws, bf))
+                        h_n[idx], c_n[idx] if has_c else None, T, B, nt, ws, bf, keep=train))
                 layer_in = out
         output = out.reshape((B, T, D * P) if bf else (T, B, D * P))
         if unbatched:

@@ -15,8 +15,8 @@ that differs.
 The problem is sized so that rnncore really uses the requested threads (a guard checks that
 rnncore._threads.threads_for gives the thread count asked for, rather than falling back to one thread
 for a small call), with a batch (13) that no thread count divides, ragged lengths, dropout between
-layers (masks drawn from the layer's seeded generator) and both step-GEMM paths (rnncore's own and
-the BLAS reference path).
+layers (masks drawn from the layer's seeded generator) and both step-GEMM paths (rnncore's own, with
+the input projection before the time loop or inside it, and the BLAS reference path).
 
 Run as a script (``python tests/test_determinism.py``) it prints one digest per configuration;
 test_fresh_process_gives_the_same_bits compares those with the digests of this process.
@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import rnncore  # noqa: E402
+from rnncore import _cells  # noqa: E402
 from rnncore import _kernels as K  # noqa: E402
 from rnncore import _threads  # noqa: E402
 
@@ -46,7 +47,10 @@ CELLS = {
     "gru_reset_before": (rnncore.GRU, dict(reset_after=False)),
 }
 DTYPES = {"f32": np.float32, "f64": np.float64}
-STEP_GEMMS = ["own", "blas"]
+# "own": rnncore's own step GEMM (B = 13 is below rnncore._cells.STEP_PROJECTION_ROWS, so the input
+# projection is one GEMM before the time loop); "own-step-projection": the same with the projection
+# inside the time loop (forced for this batch); "blas": the BLAS reference path
+STEP_GEMMS = ["own", "own-step-projection", "blas"]
 
 # T*B*(work per row) is above rnncore's single-thread cut-off (rnncore._threads.SMALL_WORK_FLOPS)
 # for every cell, and B = 13 leaves uneven blocks for 2 and 3 threads.
@@ -89,8 +93,10 @@ def train_trace(cell, dtype, num_threads, step_gemm="own"):
     """Plain SGD for STEPS steps; returns the list of (quantity name, array copy) in the order they
     were produced: per step the output, h_n, dropout masks, dx, dhx, every grad, every param after
     the update."""
-    old_gemm = _threads._state["step_gemm"]
-    _threads._state["step_gemm"] = step_gemm
+    old = _threads._state["step_gemm"], _cells.STEP_PROJECTION_ROWS
+    _threads._state["step_gemm"] = "blas" if step_gemm == "blas" else "own"
+    if step_gemm == "own-step-projection":
+        _cells.STEP_PROJECTION_ROWS = 1
     try:
         layer = make_layer(cell, dtype)
         x, hx, y, y_h = problem(layer)
@@ -121,7 +127,7 @@ def train_trace(cell, dtype, num_threads, step_gemm="own"):
             assert np.all(np.isfinite(a)), f"{cell}: {name} is not finite; the training loop diverged"
         return [(name, np.array(a, copy=True)) for name, a in trace]
     finally:
-        _threads._state["step_gemm"] = old_gemm
+        _threads._state["step_gemm"], _cells.STEP_PROJECTION_ROWS = old
 
 
 def digest(trace):

@@ -9,6 +9,7 @@ The float32 layer is given float32 values; the oracles get exactly those values 
 so the only difference left is the layer's float32 rounding.
 """
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -334,7 +335,8 @@ def test_layer_same_result_on_one_and_two_threads(cell, dtype, rng, monkeypatch)
     compare(runs[1], want, is_lstm, *TOL[dtype], "reference")
 
 
-# Both step-GEMM paths (rnncore's own kernel and the BLAS reference path, RNNCORE_STEP_GEMM=blas),
+# Both step-GEMM paths (rnncore's own kernel, with the input projection inside the time loop and
+# before it, and the BLAS reference path, RNNCORE_STEP_GEMM=blas),
 # both row layouts (time-major, and batch_first, which the kernels read and write in place without
 # transposing) and 1 or 3 threads (so that a thread's block of rows starts inside the batch), on a
 # problem big enough for rnncore to use those threads, against the float64 reference.
@@ -347,7 +349,7 @@ PATH_TOL = {np.float32: (2e-4, 2e-4), np.float64: (1e-10, 1e-11)}   # float32 ro
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", [c[0] for c in PATH_VARIANTS])
 def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
-    from rnncore import _threads
+    from rnncore import _cells, _threads
     lengths = [20, 7, 1, 20, 13, 2, 19, 20, 5, 11, 1, 16, 9]
     results = {}
     base = make_config(**dict(dict(PATH_VARIANTS)[cell], input_size=16, hidden_size=32, num_layers=2,
@@ -366,18 +368,30 @@ def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
         wide = [wide_tm[0], swap(wide_tm[1]), wide_tm[2], swap(wide_tm[3]), wide_tm[4]]
         want = reference_run(config, *wide[:3], lengths, *wide[3:])
         layer = make_layer(config, dtype)
-        old = _threads._state["step_gemm"]
+        old = _threads._state["step_gemm"], _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS
         try:
-            for step_gemm in ("own", "blas"):
+            # rnncore's own step GEMM with the input projection inside the time loop (forced on for
+            # any batch) and before it; the BLAS path (always before it)
+            for path, step_gemm, step_projection in (("own", "own", True),
+                                                     ("own, projection before the loop", "own", False),
+                                                     ("blas", "blas", True)):
                 _threads._state["step_gemm"] = step_gemm
+                _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS = step_projection, 1
                 for nt in (1, 3):
                     with rnncore.threads(nt):
                         assert _threads.threads_for(layer._flops(20, 13)) == nt  # really nt threads
                         got = layer_run(layer, params, x, hx, lengths, d_output, d_h_n)
-                    compare(got, want, is_lstm, *PATH_TOL[dtype], f"reference ({step_gemm}, bf={bf}, {nt} thr)")
-                    results[bf, step_gemm, nt] = got
+                        # inference keeps only the current and next step of its workspace arrays:
+                        # the same arithmetic, so the same bits as forward_train
+                        inf_out, inf_h = layer(x, hx, lengths)
+                    compare(got, want, is_lstm, *PATH_TOL[dtype], f"reference ({path}, bf={bf}, {nt} thr)")
+                    for name, a, b in [("output", inf_out, got["output"])] + [
+                            (f"h_n[{i}]", u, v) for i, (u, v) in enumerate(
+                                zip(*(h if is_lstm else (h,) for h in (inf_h, got["h_n"]))))]:
+                        assert np.array_equal(a, b), f"inference {name} differs from forward_train's ({path}, bf={bf}, {nt} thr)"
+                    results[bf, path, nt] = got
         finally:
-            _threads._state["step_gemm"] = old
+            _threads._state["step_gemm"], _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS = old
     # batch_first results are the time-major ones transposed, to rounding (BLAS may round a row of the
     # input projection differently by its place in a block), and both paths agree to rounding
     tight = 1e-4 if dtype == np.float32 else 1e-12
@@ -386,3 +400,26 @@ def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
         for what in ("output", "dx"):
             a = got[what].transpose(1, 0, 2) if key[0] else got[what]
             assert_close(a, tm[what], tight, tight, f"{what} {key} vs time-major own 1 thread")
+
+
+def test_step_projection_inputs_that_do_not_fit_are_refused():
+    """The kernels' step-by-step input projection reads x rows and a packed W_ih^T for every row of
+    G: arrays that do not fit are a ValueError naming what was expected, never an out-of-bounds read."""
+    from rnncore import _kernels as K
+    T_, B_, I_, H_ = 4, 3, 5, 6
+    f = np.float32
+    G = np.zeros((T_, B_, H_), f)
+    args = lambda: (G, np.zeros((T_, B_, H_), f), np.zeros((T_ * B_, H_), f), np.zeros((B_, H_), f),
+                    np.zeros((B_, H_), f), np.zeros((H_, H_), f), K.pack_t(np.zeros((H_, H_), f)),
+                    np.full(B_, T_, np.int32), 0, False, False, False, 1)
+    W_ih_t = K.pack_t(np.ones((H_, I_), f))
+    x = np.ones((T_ * B_, I_), f)
+    K.rnn_forward(*args(), x=x, W_ih_t=W_ih_t, bias=np.full(H_, 0.5, f))
+    np.testing.assert_allclose(G[0], np.tanh(I_ + 0.5))        # the projection did run
+    for kw, words in [(dict(x=x[:-1]), "x must have 12 rows, got 11"),
+                      (dict(x=None), "x must have 12 rows, got None"),
+                      (dict(W_ih_t=K.pack_t(np.ones((H_, I_ + 1), f))), "pack_t of a (6, 5) matrix"),
+                      (dict(bias=np.zeros(H_ + 1, f)), "bias must have 6 values, got 7")]:
+        call = dict(dict(x=x, W_ih_t=W_ih_t, bias=None), **kw)
+        with pytest.raises(ValueError, match=re.escape(words)):
+            K.rnn_forward(*args(), **call)
