@@ -1,7 +1,7 @@
 """Cells: what differs between the vanilla RNN, LSTM and GRU, for one layer in one direction.
 
-Each cell has `forward` (input projection for all timesteps as one GEMM, then the compiled time loop)
-and `backward` (the compiled BPTT loop, then the weight and input gradients of all timesteps as one
+Each cell has `forward` (the compiled time loop, with the input projection step by step inside it or
+as one GEMM of all timesteps before it: `_input_projection`) and `backward` (the compiled BPTT loop, then the weight and input gradients of all timesteps as one
 GEMM each), side by side. The layer/stack driver (rnncore/layers.py) is the same for every cell.
 
 Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidden, P = H or proj):
@@ -53,7 +53,7 @@ class RNNCell:
         dG = dG.reshape(-1, H)
         # dW_hh += dG^T @ hprev
         K.matmul(g["w_hh"], dG, hprev.reshape(-1, H), trans_a=True, beta=1.0, num_threads=nt)
-        _input_side_grads(p, g, dG, x, dx, nt, same_bias=True)
+        _input_side_grads(p, g, dG, x, dx, nt, hh_cols=H)
         return dh, None
 
 
@@ -105,7 +105,7 @@ class LSTMCell:
                      num_threads=nt)
         # dW_hh += dG^T @ hprev
         K.matmul(g["w_hh"], dG, hprev.reshape(-1, P), trans_a=True, beta=1.0, num_threads=nt)
-        _input_side_grads(p, g, dG, cache["x"], dx, nt, same_bias=True)
+        _input_side_grads(p, g, dG, cache["x"], dx, nt, hh_cols=H4)
         return dh, dc
 
 
@@ -149,28 +149,30 @@ class GRUCell:
         H = H3 // 3
         dGx = ws("dGx", G.shape, G.dtype)
         if self.reset_after:
-            dGh = ws("dGh", G.shape, G.dtype)
-            K.gru_backward(dGx, dGh, dh, None, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
+            # dL/d(h W_hh^T + b_hh): its r and z columns are dGx's; dGhn holds the n column
+            dGhn = ws("dGhn", G.shape[:2] + (H,), G.dtype)
+            K.gru_backward(dGx, dGhn, dh, None, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
                            _packed(p["w_hh"]), col0, True, cache["reverse"], cache["bf"], nt)
-            dGh = dGh.reshape(-1, H3)
-            # dW_hh += dGh^T @ hprev ; db_hh += sum(dGh)
-            K.matmul(g["w_hh"], dGh, hprev.reshape(-1, H), trans_a=True, beta=1.0, num_threads=nt)
+            dGx, dGhn = dGx.reshape(-1, H3), dGhn.reshape(-1, H)
+            # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dGhn^T @ hprev ; db_hn += sum(dGhn)
+            K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(-1, H), trans_a=True,
+                     beta=1.0, num_threads=nt)
+            K.matmul(g["w_hh"][2 * H:], dGhn, hprev.reshape(-1, H), trans_a=True, beta=1.0,
+                     num_threads=nt)
             if "b_hh" in g:
-                g["b_hh"] += dGh.sum(axis=0)
-            dGx = dGx.reshape(-1, H3)
+                g["b_hh"][2 * H:] += dGhn.sum(axis=0)
+            _input_side_grads(p, g, dGx, cache["x"], dx, nt, hh_cols=2 * H)   # db_h{r,z} too
         else:
             drh = ws("drh", (B, H), G.dtype)
             K.gru_backward(dGx, None, dh, drh, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
                            _packed(p["w_hh"]), col0, False, cache["reverse"], cache["bf"], nt)
             dGx = dGx.reshape(-1, H3)
-            # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dG_n^T @ (r ⊙ hprev) ; db_hh += sum(dG)
+            # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dG_n^T @ (r ⊙ hprev)
             K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(-1, H), trans_a=True,
                      beta=1.0, num_threads=nt)
             K.matmul(g["w_hh"][2 * H:], dGx[:, 2 * H:], HN.reshape(-1, H), trans_a=True,
                      beta=1.0, num_threads=nt)
-            if "b_hh" in g:
-                g["b_hh"] += dGx.sum(axis=0)
-        _input_side_grads(p, g, dGx, cache["x"], dx, nt, same_bias=False)
+            _input_side_grads(p, g, dGx, cache["x"], dx, nt, hh_cols=H3)       # db_hh = db_ih
         return dh, None
 
 
@@ -233,13 +235,12 @@ def _input_projection(p, x, T, B, bf, keep, GH, bias, nt, ws):
     return G, {}
 
 
-def _input_side_grads(p, g, dG, x, dx, nt, same_bias):
-    """dW_ih += dG^T @ x ; db_ih += sum(dG) (and db_hh when both biases see the same gradient);
-    dx += dG @ W_ih."""
+def _input_side_grads(p, g, dG, x, dx, nt, hh_cols):
+    """dW_ih += dG^T @ x ; db_ih += sum(dG), and db_hh[:hh_cols] too (the columns where b_hh sees
+    the same gradient as b_ih); dx += dG @ W_ih."""
     K.matmul(g["w_ih"], dG, x, trans_a=True, beta=1.0, num_threads=nt)
     if "b_ih" in g:
         s = dG.sum(axis=0)
         g["b_ih"] += s
-        if same_bias:
-            g["b_hh"] += s
+        g["b_hh"][:hh_cols] += s[:hh_cols]
     K.matmul(dx, dG, p["w_ih"], beta=1.0, num_threads=nt)

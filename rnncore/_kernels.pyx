@@ -6,8 +6,8 @@ What lives here, for each cell type (vanilla RNN, LSTM, GRU), side by side:
     <cell>_forward(...)   the time loop of one layer in one direction
     <cell>_backward(...)  backpropagation through time over the same loop
 
-plus `matmul` (every large GEMM: the input projection of all timesteps before the loop, the weight
-and input gradients of all timesteps after it). The Python layer driver (rnncore/layers.py) calls
+plus `matmul` (every large GEMM: the input projection of all timesteps when it runs before the loop,
+the weight and input gradients of all timesteps after it). The Python layer driver (rnncore/layers.py) calls
 them; it validates everything first, so nothing here checks shapes or touches a Python object while
 computing. All kernels release the GIL.
 
@@ -19,8 +19,9 @@ Notation (one layer, one direction; arrays are row-major; shown time-major, but 
     h_t     (B, P)     hidden state after step t (h_{-1} = h0)
     c_t     (B, H)     LSTM cell state after step t
     a_t     (B, G*H)   gate pre-activations x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
-    G[t]    (B, G*H)   on entry: x_t W_ih^T + biases (computed by `matmul` before the loop);
-                       on exit: the gate activations of step t (what backward needs)
+    G[t]    (B, G*H)   x_t W_ih^T + biases (computed by `matmul` before the loop, or by the loop
+                       itself step by step: "The input projection, step by step"), then
+                       on exit the gate activations of step t (what backward needs)
     hprev   (T, B, P)  the state *entering* step t (h_{t-1} forward, h_{t+1} for the reverse direction)
     out     (T*B, ldo) layer output; a direction writes columns [col0, col0 + P)
     lengths (B,)       valid steps per sequence; step t of sequence b is active iff t < lengths[b].
@@ -876,8 +877,9 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                              const floating* W_p, bint reset_after, bint reverse,
                              Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    # rows of: dGx 3H out: dL/d(input-side pre-activations); dGh 3H out (reset_after only):
-    # dL/d(h W_hh^T + b_hh); G 3H; hprev, HN H. dh (B,H) carried; drh (B,H) work (reset before only)
+    # rows of: dGx 3H out: dL/d(input-side pre-activations); dGh H out (reset_after only):
+    # dL/d(h W_hn^T + b_hn) (its r and z parts, dL/d(h W_h{r,z}^T + b_h{r,z}), are dGx's);
+    # G 3H; hprev, HN H. dh (B,H) carried; drh (B,H) work (reset before only)
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sG = rs * 3 * H, sH = rs * H
     cdef floating* dx
     cdef floating* dq
@@ -893,7 +895,7 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
     for s in range(T):
         t = s if reverse else T - 1 - s
         dx = dGx + (t * ts + b0 * rs) * H3
-        dq = (dGh + (t * ts + b0 * rs) * H3) if reset_after else dx
+        dq = (dGh + (t * ts + b0 * rs) * H) if reset_after else dx
         g = G + (t * ts + b0 * rs) * H3
         hp = hprev + (t * ts + b0 * rs) * H
         hn = HN + (t * ts + b0 * rs) * H
@@ -901,7 +903,7 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
         for b in range(nb):
             dhb = dh + (b0 + b) * H
             dxb = dx + b * sG
-            dqb = dq + b * sG
+            dqb = dq + b * sH
             if t < lengths[b0 + b]:
                 do = dout + (t * ts + (b0 + b) * rs) * ldo
                 gb = g + b * sG
@@ -917,17 +919,17 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                     if reset_after:
                         dar = dan * hn[b * sH + j] * r * (1 - r)
                         dxb[j] = dar
-                        dqb[j] = dar
-                        dqb[H + j] = daz
-                        dqb[2 * H + j] = dan * r
+                        dqb[j] = dan * r
                     dhb[j] = d * z
             else:
                 memset(dxb, 0, H3 * sizeof(floating))
                 if reset_after:
-                    memset(dqb, 0, H3 * sizeof(floating))
+                    memset(dqb, 0, H * sizeof(floating))
         if reset_after:
-            # (1) dL/dh_{t-1} += dL/dq W_hh               # dh += dq @ W_hh
-            mm_packed(nb, H, H3, dq, sG, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
+            # (1) dL/dh_{t-1} += dL/da_{r,z} W_h{r,z} + dL/dq_n W_hn
+            #                                             # dh += dx[:, :2H] @ W_hh[:2H] + dq @ W_hh[2H:]
+            mm_packed(nb, H, 2 * H, dx, sG, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
+            mm_packed(nb, H, H, dq, sH, False, W_hh + 2 * H * H, H, W_p, H3, 2 * H, True, dh + b0 * H, H)
         else:
             # (2') dL/d(r ⊙ h_{t-1}) = dL/da_n W_hn        # drh = dx[:, 2H:] @ W_hh[2H:]
             mm_packed(nb, H, H, dx + 2 * H, sG, False, W_hh + 2 * H * H, H, W_p, H3, 2 * H, False,
@@ -978,7 +980,8 @@ def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, :
                  const floating[:, ::1] W_hh, const int[::1] lengths,
                  const floating[:, ::1] W_p,
                  Py_ssize_t col0, bint reset_after, bint reverse, bint batch_first, int num_threads):
-    """BPTT through `gru_forward`. dGh is used (and required) only with reset_after; drh only without."""
+    """BPTT through `gru_forward`. dGh (T,B,H) (batch_first (B,T,H)), dL/d(h W_hn^T + b_hn), is used
+    (and required) only with reset_after; drh only without."""
     cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
     cdef Py_ssize_t H = hprev.shape[2], ldo = dout.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
