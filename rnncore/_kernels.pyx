@@ -7,8 +7,8 @@ What lives here, for each cell type (vanilla RNN, LSTM, GRU), side by side:
     <cell>_backward(...)  backpropagation through time over the same loop
 
 plus `matmul` (every large GEMM: the input projection of all timesteps when it runs before the loop,
-the weight and input gradients of all timesteps after it). The Python layer driver (rnncore/layers.py) calls
-them; it validates everything first, so nothing here checks shapes or touches a Python object while
+the weight and input gradients of all timesteps after it). The Python layer driver
+(rnncore/layers.py) calls them; it validates everything first, so nothing here checks shapes or touches a Python object while
 computing. All kernels release the GIL.
 
 Notation (one layer, one direction; arrays are row-major; shown time-major, but every (T, B, .) or
@@ -379,7 +379,7 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # G, hprev: workspace rows of H; out: rows of ldo at its column offset; h_n, h0 (B,H); W_hh (H,H)
     # W_t = W_hh^T packed (pack_t) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rsw * H, sd
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rsw * H, sd, wnext
     # G whole (every step) when it arrives holding the projection; else slots, as hprev
     cdef bint gkeep = keep or W_ih_t == NULL
     cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H
@@ -402,7 +402,8 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
         if s == T - 1:
             dst, sd = h_n + b0 * H, H
         else:
-            dst, sd = hprev + (_slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw) * H, sH
+            wnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
+            dst, sd = hprev + wnext * H, sH
         for b in range(nb):
             gb = g + b * sG
             # (2) h_t = f(a_t), kept in G[t] for backward
@@ -524,7 +525,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                              Py_ssize_t ldo, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # workspace rows of: G 4H; hprev P; cprev, cnew, M H (M only with projection); out: rows of ldo
     # at its column offset; hbuf (B,P) work; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, tnext, row, w0
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, wnext, row, w0
     cdef Py_ssize_t sH = rsw * H, sP = rsw * P, shd, scd
     # G whole (every step) when it arrives holding the projection; else slots, as hprev
     cdef bint gkeep = keep or W_ih_t == NULL
@@ -561,9 +562,9 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
             hdst, shd = h_n + b0 * P, P
             cdst, scd = c_n + b0 * H, H
         else:
-            tnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
-            hdst, shd = hprev + tnext * P, sP
-            cdst, scd = cprev + tnext * H, sH
+            wnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
+            hdst, shd = hprev + wnext * P, sP
+            cdst, scd = cprev + wnext * H, sH
         # (2) gates, cell state and m_t; gate activations replace a_t in G[t]
         for b in range(nb):
             gb = g + b * sG
@@ -793,7 +794,7 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
                             bint keep, Py_ssize_t H, Py_ssize_t ldo,
                             bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # workspace rows of: G 3H; hprev, HN H; out: rows of ldo at its column offset. gh (B,3H) work
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sH = rsw * H, sd, w0
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sH = rsw * H, sd, w0, wnext
     # G whole (every step) when it arrives holding the projection; else slots, as hprev
     cdef bint gkeep = keep or W_ih_t == NULL
     cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H3
@@ -819,7 +820,8 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
         if s == T - 1:
             dst, sd = h_n + b0 * H, H
         else:
-            dst, sd = hprev + (_slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw) * H, sH
+            wnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
+            dst, sd = hprev + wnext * H, sH
         # (1) q_rz = h_{t-1} W_h{r,z}^T (and q_n = h_{t-1} W_hn^T when reset_after)
         mm_packed(nb, H3 if reset_after else 2 * H, H, hp, sH, True, W_hh, H, W_t, H, 0, False, q, H3)
         # (2) r = σ(a_r), z = σ(a_z)
