@@ -2,7 +2,8 @@
 
 Each cell has `forward` (the compiled time loop, with the input projection step by step inside it or
 as one GEMM of all timesteps before it: `_input_projection`) and `backward` (the compiled BPTT loop,
-then the weight and input gradients of all timesteps as one GEMM each), side by side. The layer/stack driver (rnncore/layers.py) is the same for every cell.
+then the weight and input gradients of all timesteps as one GEMM each), side by side. The
+layer/stack driver (rnncore/layers.py) is the same for every cell.
 
 Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidden, P = H or proj):
     p, g    this direction's parameters / gradients by short name: w_ih, w_hh, b_ih, b_hh,
