@@ -385,10 +385,14 @@ def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
                         # the same arithmetic, so the same bits as forward_train
                         inf_out, inf_h = layer(x, hx, lengths)
                     compare(got, want, is_lstm, *PATH_TOL[dtype], f"reference ({path}, bf={bf}, {nt} thr)")
-                    for name, a, b in [("output", inf_out, got["output"])] + [
-                            (f"h_n[{i}]", u, v) for i, (u, v) in enumerate(
-                                zip(*(h if is_lstm else (h,) for h in (inf_h, got["h_n"]))))]:
-                        assert np.array_equal(a, b), f"inference {name} differs from forward_train's ({path}, bf={bf}, {nt} thr)"
+                    pairs = [("output", inf_out, got["output"])]
+                    if is_lstm:
+                        pairs += [("h_n", inf_h[0], got["h_n"][0]), ("c_n", inf_h[1], got["h_n"][1])]
+                    else:
+                        pairs += [("h_n", inf_h, got["h_n"])]
+                    for name, a, b in pairs:
+                        assert np.array_equal(a, b), \
+                            f"inference {name} differs from forward_train's ({path}, bf={bf}, {nt} thr)"
                     results[bf, path, nt] = got
         finally:
             _threads._state["step_gemm"], _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS = old
