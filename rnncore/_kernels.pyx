@@ -299,32 +299,37 @@ cdef inline void _row_strides(bint batch_first, Py_ssize_t T, Py_ssize_t B,
 
 
 # Workspace rows. Training keeps what backward needs for every step: G, hprev, cprev, cnew, M and HN
-# have the layer's row layout (row (t, b) at t * tsw + b * rsw with (tsw, rsw) = (ts, rs)). Inference
-# (keep False) needs only the current step and the next: those arrays are (2, B, .) (time-major,
-# (tsw, rsw) = (B, 1)), step s uses slot s % 2 and writes the next step's state into slot (s+1) % 2,
-# so the time loop works on a few hundred KB that stay in cache instead of writing tens of MB.
-# G is kept whole (the layer's layout) whenever it arrives holding the projection of every step
-# (W_ih_t NULL: the GEMM before the loop), even without keep.
+# have the layer's row layout (row (t, b) at t * ts + b * rs). Inference (keep False) needs only the
+# current step and the next: those arrays are (2, B, .) (time-major: ts = B, rs = 1), step s uses
+# slot s % 2 and writes the next step's state into slot (s+1) % 2, so the time loop works on a few
+# hundred KB that stay in cache instead of writing tens of MB. G has its own layout: it is kept whole
+# whenever it arrives holding the projection of every step (W_ih_t NULL: the GEMM before the loop),
+# even without keep.
 
-cdef inline Py_ssize_t _slot(bint keep, Py_ssize_t s, Py_ssize_t t) noexcept nogil:
-    # the time index of step s (at time t) in a workspace array
-    return t if keep else s % 2
+cdef struct _Layout:
+    bint keep           # every step has its own rows; else two slots, step s in slot s % 2
+    Py_ssize_t ts, rs   # row (time index, b) at index * ts + b * rs
 
 
-def _workspace_strides(G, state, Py_ssize_t T, Py_ssize_t B, bint batch_first, bint keep,
-                       bint step_projection):
-    """(tsw, rsw) of the workspace arrays, after checking that G and a state array (hprev) have the
-    shapes they imply."""
-    full, slots = ((B, T) if batch_first else (T, B)), (min(T, 2), B)
-    for name, a, k in (("G", G, keep or not step_projection), ("hprev", state, keep)):
-        want = full if k else slots
-        if tuple(a.shape[:2]) != want:
-            raise ValueError(f"{name} must be {want} + (.,) "
-                             f"({'every step' if k else 'the current and next step'}), "
-                             f"got {tuple(a.shape[:2])} + (.,)")
+cdef inline Py_ssize_t _row(_Layout L, Py_ssize_t s, Py_ssize_t t, Py_ssize_t b) noexcept nogil:
+    # the row of sequence b at step s (time t) in an array of layout L
+    return (t if L.keep else s % 2) * L.ts + b * L.rs
+
+
+cdef int _layout(str name, a, Py_ssize_t T, Py_ssize_t B, bint batch_first, bint keep,
+                 _Layout* L) except -1:
+    """L := the layout of a (every step kept, or two slots), after checking a's leading shape."""
+    want = ((B, T) if batch_first else (T, B)) if keep else (min(T, 2), B)
+    if tuple(a.shape[:2]) != want:
+        raise ValueError(f"{name} must be {want} + (.,) "
+                         f"({'every step' if keep else 'the current and next step'}), "
+                         f"got {tuple(a.shape[:2])} + (.,)")
+    L.keep = keep
     if keep and batch_first:
-        return 1, T
-    return B, 1
+        L.ts, L.rs = 1, T
+    else:
+        L.ts, L.rs = B, 1
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,27 +379,25 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
                             const floating* h0, const floating* W_hh, const floating* W_t,
                             const int* lengths, const floating* x, Py_ssize_t ldx, Py_ssize_t I,
                             const floating* W_ih_t, const floating* bias,
-                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t tsw, Py_ssize_t rsw,
-                            bint keep, Py_ssize_t H, Py_ssize_t ldo,
+                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, _Layout WL, _Layout GL,
+                            Py_ssize_t H, Py_ssize_t ldo,
                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # G, hprev: workspace rows of H; out: rows of ldo at its column offset; h_n, h0 (B,H); W_hh (H,H)
     # W_t = W_hh^T packed (pack_t) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rsw * H, sd, wnext
-    # G whole (every step) when it arrives holding the projection; else slots, as hprev
-    cdef bint gkeep = keep or W_ih_t == NULL
-    cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = WL.rs * H, sd, wnext
+    cdef Py_ssize_t sG = GL.rs * H
     cdef floating* g
     cdef floating* gb
     cdef floating* hp
     cdef floating* dst
     cdef floating* o
-    hp = hprev + (_slot(keep, 0, T - 1 if reverse else 0) * tsw + b0 * rsw) * H
+    hp = hprev + _row(WL, 0, T - 1 if reverse else 0, b0) * H
     for b in range(nb):
         memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        g = G + (_slot(gkeep, s, t) * tsg + b0 * rsg) * H
-        hp = hprev + (_slot(keep, s, t) * tsw + b0 * rsw) * H
+        g = G + _row(GL, s, t, b0) * H
+        hp = hprev + _row(WL, s, t, b0) * H
         _project_step(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H, W_ih_t, bias)
         # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T
         mm_packed(nb, H, H, hp, sH, True, W_hh, H, W_t, H, 0, True, g, sG)
@@ -402,7 +405,7 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
         if s == T - 1:
             dst, sd = h_n + b0 * H, H
         else:
-            wnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
+            wnext = _row(WL, s + 1, t - 1 if reverse else t + 1, b0)
             dst, sd = hprev + wnext * H, sH
         for b in range(nb):
             gb = g + b * sG
@@ -467,8 +470,10 @@ def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::
     x W_ih^T + b_ih + b_hh on entry, or, given x (T*B, I) and W_ih_t = pack_t(W_ih) (and bias =
     b_ih + b_hh or None), is computed step by step. W_t = pack_t(W_hh) selects rnncore's own step
     GEMM; None BLAS."""
-    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1), tsw, rsw
-    tsw, rsw = _workspace_strides(G, hprev, T, B, batch_first, keep, W_ih_t is not None)
+    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1)
+    cdef _Layout WL, GL
+    _layout("hprev", hprev, T, B, batch_first, keep, &WL)
+    _layout("G", G, T, B, batch_first, keep or W_ih_t is None, &GL)
     cdef Py_ssize_t H = G.shape[2], ldo = out.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
@@ -481,7 +486,7 @@ def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _rnn_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &out[0, col0], &h_n[0, 0], &h0[0, 0],
                               &W_hh[0, 0], pW_t, &lengths[0], px, ldx, I, pW_ih_t, pbias,
-                              T, ts, rs, tsw, rsw, keep, H, ldo, relu, reverse,
+                              T, ts, rs, WL, GL, H, ldo, relu, reverse,
                               ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -520,16 +525,14 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                              const floating* w_co, const int* lengths,
                              const floating* x, Py_ssize_t ldx, Py_ssize_t I,
                              const floating* W_ih_t, const floating* bias,
-                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t tsw, Py_ssize_t rsw,
-                             bint keep, Py_ssize_t H, Py_ssize_t P,
+                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, _Layout WL, _Layout GL,
+                             Py_ssize_t H, Py_ssize_t P,
                              Py_ssize_t ldo, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # workspace rows of: G 4H; hprev P; cprev, cnew, M H (M only with projection); out: rows of ldo
     # at its column offset; hbuf (B,P) work; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
     cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, wnext, row, w0
-    cdef Py_ssize_t sH = rsw * H, sP = rsw * P, shd, scd
-    # G whole (every step) when it arrives holding the projection; else slots, as hprev
-    cdef bint gkeep = keep or W_ih_t == NULL
-    cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H4
+    cdef Py_ssize_t sH = WL.rs * H, sP = WL.rs * P, shd, scd
+    cdef Py_ssize_t sG = GL.rs * H4
     cdef bint proj = W_hr != NULL
     cdef bint peep = w_ci != NULL
     cdef floating* g
@@ -545,13 +548,13 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
     cdef floating* cwb
     tfirst = T - 1 if reverse else 0
     for b in range(nb):
-        row = _slot(keep, 0, tfirst) * tsw + (b0 + b) * rsw
+        row = _row(WL, 0, tfirst, b0 + b)
         memcpy(hprev + row * P, h0 + (b0 + b) * P, P * sizeof(floating))
         memcpy(cprev + row * H, c0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        w0 = _slot(keep, s, t) * tsw + b0 * rsw       # this thread's first workspace row of step t
-        g = G + (_slot(gkeep, s, t) * tsg + b0 * rsg) * H4
+        w0 = _row(WL, s, t, b0)       # this thread's first workspace row of step t
+        g = G + _row(GL, s, t, b0) * H4
         hp = hprev + w0 * P
         cp = cprev + w0 * H
         cw = cnew + w0 * H
@@ -562,7 +565,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
             hdst, shd = h_n + b0 * P, P
             cdst, scd = c_n + b0 * H, H
         else:
-            wnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
+            wnext = _row(WL, s + 1, t - 1 if reverse else t + 1, b0)
             hdst, shd = hprev + wnext * P, sP
             cdst, scd = cprev + wnext * H, sH
         # (2) gates, cell state and m_t; gate activations replace a_t in G[t]
@@ -582,7 +585,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                 for j in range(H):
                     gb[3 * H + j] = gb[3 * H + j] + w_co[j] * cwb[j]
             _sigmoid_span(gb + 3 * H, H)                # o
-            m = (M + (w0 + b * rsw) * H) if proj else (out + (t * ts + (b0 + b) * rs) * ldo)
+            m = (M + (w0 + b * WL.rs) * H) if proj else (out + (t * ts + (b0 + b) * rs) * ldo)
             memcpy(m, cwb, H * sizeof(floating))
             _tanh_span(m, H)
             for j in range(H):                          # m_t = o ⊙ tanh(c_t)
@@ -601,7 +604,7 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
                 memcpy(hdst + b * shd, hp + b * sP, P * sizeof(floating))
                 memset(o, 0, P * sizeof(floating))
                 if proj:
-                    memset(M + (w0 + b * rsw) * H, 0, H * sizeof(floating))
+                    memset(M + (w0 + b * WL.rs) * H, 0, H * sizeof(floating))
         if proj:
             # (3) h_t = m_t W_hr^T                    # hbuf = M[t] @ W_hr.T
             mm_packed(nb, P, H, M + w0 * H, sH, True, W_hr, H, W_hr_t, H, 0, False,
@@ -717,8 +720,10 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
     w_c* None without peepholes. G (T,B,4H) (batch_first: (B,T,4H)) holds x W_ih^T + b_ih + b_hh on entry, or, given
     x (T*B, I) and W_ih_t = pack_t(W_ih) (and bias = b_ih + b_hh or None), is computed step by step.
     W_t = pack_t(W_hh) and W_hr_t = pack_t(W_hr) select rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1), tsw, rsw
-    tsw, rsw = _workspace_strides(G, hprev, T, B, batch_first, keep, W_ih_t is not None)
+    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1)
+    cdef _Layout WL, GL
+    _layout("hprev", hprev, T, B, batch_first, keep, &WL)
+    _layout("G", G, T, B, batch_first, keep or W_ih_t is None, &GL)
     cdef Py_ssize_t H = cnew.shape[2], P = hprev.shape[2], ts, rs
     cdef Py_ssize_t ldo = out.shape[1], nc = _nchunks(B, num_threads), ci
     cdef floating* pM = &M[0, 0, 0] if M is not None else NULL
@@ -739,7 +744,7 @@ def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :
             _lstm_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], pM,
                                phbuf, &out[0, col0], &h_n[0, 0], &c_n[0, 0], &h0[0, 0], &c0[0, 0],
                                &W_hh[0, 0], pW_hr, pW_t, pW_hr_t, pci, pcf, pco, &lengths[0],
-                               px, ldx, I, pW_ih_t, pbias, T, ts, rs, tsw, rsw, keep, H, P, ldo,
+                               px, ldx, I, pW_ih_t, pbias, T, ts, rs, WL, GL, H, P, ldo,
                                reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
@@ -790,14 +795,12 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
                             const floating* b_hn, const int* lengths,
                             const floating* x, Py_ssize_t ldx, Py_ssize_t I,
                             const floating* W_ih_t, const floating* bias,
-                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t tsw, Py_ssize_t rsw,
-                            bint keep, Py_ssize_t H, Py_ssize_t ldo,
+                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, _Layout WL, _Layout GL,
+                            Py_ssize_t H, Py_ssize_t ldo,
                             bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # workspace rows of: G 3H; hprev, HN H; out: rows of ldo at its column offset. gh (B,3H) work
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sH = rsw * H, sd, w0, wnext
-    # G whole (every step) when it arrives holding the projection; else slots, as hprev
-    cdef bint gkeep = keep or W_ih_t == NULL
-    cdef Py_ssize_t tsg = ts if gkeep else tsw, rsg = rs if gkeep else rsw, sG = rsg * H3
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sH = WL.rs * H, sd, w0, wnext
+    cdef Py_ssize_t sG = GL.rs * H3
     cdef floating* g
     cdef floating* gb
     cdef floating* hp
@@ -806,13 +809,13 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
     cdef floating* dst
     cdef floating* o
     cdef floating z, hv
-    hp = hprev + (_slot(keep, 0, T - 1 if reverse else 0) * tsw + b0 * rsw) * H
+    hp = hprev + _row(WL, 0, T - 1 if reverse else 0, b0) * H
     for b in range(nb):
         memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
     for s in range(T):
         t = T - 1 - s if reverse else s
-        w0 = _slot(keep, s, t) * tsw + b0 * rsw       # this thread's first workspace row of step t
-        g = G + (_slot(gkeep, s, t) * tsg + b0 * rsg) * H3
+        w0 = _row(WL, s, t, b0)       # this thread's first workspace row of step t
+        g = G + _row(GL, s, t, b0) * H3
         hp = hprev + w0 * H
         hn = HN + w0 * H
         q = gh + b0 * H3
@@ -820,7 +823,7 @@ cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating
         if s == T - 1:
             dst, sd = h_n + b0 * H, H
         else:
-            wnext = _slot(keep, s + 1, t - 1 if reverse else t + 1) * tsw + b0 * rsw
+            wnext = _row(WL, s + 1, t - 1 if reverse else t + 1, b0)
             dst, sd = hprev + wnext * H, sH
         # (1) q_rz = h_{t-1} W_h{r,z}^T (and q_n = h_{t-1} W_hn^T when reset_after)
         mm_packed(nb, H3 if reset_after else 2 * H, H, hp, sH, True, W_hh, H, W_t, H, 0, False, q, H3)
@@ -957,8 +960,10 @@ def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :,
     x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry, or, given x (T*B, I) and W_ih_t = pack_t(W_ih) (and
     bias = b_ih + [b_hr, b_hz, 0] or None), is computed step by step; b_hn is None without bias.
     W_t = pack_gru_t(W_hh, reset_after) selects rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1), tsw, rsw
-    tsw, rsw = _workspace_strides(G, hprev, T, B, batch_first, keep, W_ih_t is not None)
+    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1)
+    cdef _Layout WL, GL
+    _layout("hprev", hprev, T, B, batch_first, keep, &WL)
+    _layout("G", G, T, B, batch_first, keep or W_ih_t is None, &GL)
     cdef Py_ssize_t H = hprev.shape[2], ldo = out.shape[1], ts, rs
     cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
     cdef const floating* pb = &b_hn[0] if b_hn is not None else NULL
@@ -972,7 +977,7 @@ def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :,
         for ci in prange(nc, num_threads=nc, schedule="static"):
             _gru_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &HN[0, 0, 0], &gh[0, 0], &out[0, col0],
                               &h_n[0, 0], &h0[0, 0], &W_hh[0, 0], pW_t, pb, &lengths[0],
-                              px, ldx, I, pW_ih_t, pbias, T, ts, rs, tsw, rsw, keep, H, ldo,
+                              px, ldx, I, pW_ih_t, pbias, T, ts, rs, WL, GL, H, ldo,
                               reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
 
 
