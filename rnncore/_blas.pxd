@@ -46,6 +46,17 @@ cdef inline Py_ssize_t panel_width(const floating* x) noexcept nogil:
     return RC_NR_D
 
 
+cdef inline void packed_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                             Py_ssize_t lda, const floating* bp, Py_ssize_t pstride,
+                             const floating* ci, Py_ssize_t ldci, floating* c,
+                             Py_ssize_t ldc) noexcept nogil:
+    """C := Ci + A @ B with rnncore's own small GEMM, B packed (rnncore/_rc_gemm.h)."""
+    if floating is float:
+        rc_sgemm_packed(m, n, k, a, lda, bp, pstride, ci, ldci, c, ldc)
+    else:
+        rc_dgemm_packed(m, n, k, a, lda, bp, pstride, ci, ldci, c, ldc)
+
+
 cdef inline void mm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
                            bint trans_w, const floating* w, Py_ssize_t ldw,
                            const floating* wp, Py_ssize_t kp, Py_ssize_t k0,
@@ -60,10 +71,8 @@ cdef inline void mm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float
     if wp == NULL:
         gemm(False, trans_w, <int> m, <int> n, <int> k, 1, a, <int> lda, w, <int> ldw,
              1 if accumulate else 0, c, <int> ldc)
-    elif floating is float:
-        rc_sgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, c if accumulate else NULL, ldc, c, ldc)
     else:
-        rc_dgemm_packed(m, n, k, a, lda, wp + k0 * nr, kp * nr, c if accumulate else NULL, ldc, c, ldc)
+        packed_gemm(m, n, k, a, lda, wp + k0 * nr, kp * nr, c if accumulate else NULL, ldc, c, ldc)
 
 
 cdef inline void mm_packed_bias(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
@@ -71,8 +80,4 @@ cdef inline void mm_packed_bias(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const 
                                 floating* c, Py_ssize_t ldc) noexcept nogil:
     """C := bias + A @ B with rnncore's own small GEMM: B packed (wp, k rows per panel), bias one
     row of n added to every row of C (NULL: none)."""
-    cdef Py_ssize_t nr = panel_width(a)
-    if floating is float:
-        rc_sgemm_packed(m, n, k, a, lda, wp, k * nr, bias, 0, c, ldc)
-    else:
-        rc_dgemm_packed(m, n, k, a, lda, wp, k * nr, bias, 0, c, ldc)
+    packed_gemm(m, n, k, a, lda, wp, k * panel_width(a), bias, 0, c, ldc)
