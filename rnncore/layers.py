@@ -240,8 +240,8 @@ class _RecurrentStack:
         with _threads.blas_single_thread():
             for layer in range(self.num_layers):
                 if layer > 0 and train and self.dropout > 0:
-                    keep = self._rng.random((T, B, self.output_size)) >= self.dropout
-                    mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                    kept = self._rng.random((T, B, self.output_size)) >= self.dropout
+                    mask = kept.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
                     masks.append(mask)  # (T, B, F) whatever the layout, as rnncore.reference takes them
                     layer_in = layer_in * _rows_of(mask, bf)
                 last = layer == self.num_layers - 1
