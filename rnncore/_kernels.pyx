@@ -47,6 +47,15 @@ cdef extern from "_rc_math.h" nogil:
     void rc_tanhf_span(float* x, Py_ssize_t n)
     void rc_sigmoid_span(double* x, Py_ssize_t n)
     void rc_tanh_span(double* x, Py_ssize_t n)
+    void rc_lstm_cell_backward_f(Py_ssize_t n, const float* gi, const float* gf, const float* gg,
+                                 const float* go, const float* cp, const float* tc, const float* dm,
+                                 float* dc, float* dai, float* daf, float* dag, float* dao,
+                                 const float* wci, const float* wcf, const float* wco)
+    void rc_lstm_cell_backward_d(Py_ssize_t n, const double* gi, const double* gf,
+                                 const double* gg, const double* go, const double* cp,
+                                 const double* tc, const double* dm, double* dc, double* dai,
+                                 double* daf, double* dag, double* dao, const double* wci,
+                                 const double* wcf, const double* wco)
     int rc_openmp_enabled()
 
 
@@ -641,7 +650,6 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
     cdef floating* dhb
     cdef floating* dcb
     cdef floating* tcb
-    cdef floating ig, fg, gg, og, tc, cp, dmv, dcv, dao, dai, daf, dag
     for s in range(T):
         t = s if reverse else T - 1 - s
         dg = dG + (t * ts + b0 * rs) * H4
@@ -674,30 +682,13 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
                 tcb = tcbuf + (b0 + b) * H
                 memcpy(tcb, cnew + row * H, H * sizeof(floating))
                 _tanh_span(tcb, H)
-                for j in range(H):
-                    ig = gb[j]
-                    fg = gb[H + j]
-                    gg = gb[2 * H + j]
-                    og = gb[3 * H + j]
-                    cp = cpb[j]
-                    tc = tcb[j]
-                    dmv = dm[j]
-                    dao = dmv * tc * og * (1 - og)
-                    dcv = dcb[j] + dmv * og * (1 - tc * tc)
-                    if peep:
-                        dcv = dcv + dao * w_co[j]
-                    dai = dcv * gg * ig * (1 - ig)
-                    daf = dcv * cp * fg * (1 - fg)
-                    dag = dcv * ig * (1 - gg * gg)
-                    dgb[j] = dai
-                    dgb[H + j] = daf
-                    dgb[2 * H + j] = dag
-                    dgb[3 * H + j] = dao
-                    # dL/dc_{t-1}
-                    if peep:
-                        dcb[j] = dcv * fg + dai * w_ci[j] + daf * w_cf[j]
-                    else:
-                        dcb[j] = dcv * fg
+                # dL/da of the gates from dL/dm_t and dL/dc_t; dc becomes dL/dc_{t-1}
+                if floating is float:
+                    rc_lstm_cell_backward_f(H, gb, gb + H, gb + 2 * H, gb + 3 * H, cpb, tcb, dm, dcb,
+                                            dgb, dgb + H, dgb + 2 * H, dgb + 3 * H, w_ci, w_cf, w_co)
+                else:
+                    rc_lstm_cell_backward_d(H, gb, gb + H, gb + 2 * H, gb + 3 * H, cpb, tcb, dm, dcb,
+                                            dgb, dgb + H, dgb + 2 * H, dgb + 3 * H, w_ci, w_cf, w_co)
                 memset(dh + (b0 + b) * P, 0, P * sizeof(floating))
             else:
                 memset(dgb, 0, H4 * sizeof(floating))
