@@ -56,6 +56,17 @@ cdef extern from "_rc_math.h" nogil:
                                  const double* tc, const double* dm, double* dc, double* dai,
                                  double* daf, double* dag, double* dao, const double* wci,
                                  const double* wcf, const double* wco)
+    void rc_gru_cell_backward_f(Py_ssize_t n, const float* dout, const float* gr, const float* gz,
+                                const float* gn, const float* hp, const float* hn, float* dh,
+                                float* dar, float* daz, float* dan, float* dq)
+    void rc_gru_cell_backward_d(Py_ssize_t n, const double* dout, const double* gr,
+                                const double* gz, const double* gn, const double* hp,
+                                const double* hn, double* dh, double* dar, double* daz, double* dan,
+                                double* dq)
+    void rc_rnn_cell_backward_f(Py_ssize_t n, const float* dout, const float* h, float* dh,
+                                float* da, int relu)
+    void rc_rnn_cell_backward_d(Py_ssize_t n, const double* dout, const double* h, double* dh,
+                                double* da, int relu)
     int rc_openmp_enabled()
 
 
@@ -445,7 +456,6 @@ cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, c
     cdef floating* dg
     cdef const floating* g
     cdef const floating* do
-    cdef floating d, h
     for s in range(T):
         t = s if reverse else T - 1 - s
         dg = dG + (t * ts + b0 * rs) * H
@@ -453,15 +463,11 @@ cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, c
         for b in range(nb):
             if t < lengths[b0 + b]:
                 do = dout + (t * ts + (b0 + b) * rs) * ldo
-                for j in range(H):
-                    # (2) dL/da_t = (dL/dh_t) * f'(a_t); the recurrent part of dh is added in (1)
-                    d = dh[(b0 + b) * H + j] + do[j]
-                    h = g[b * sH + j]
-                    if relu:
-                        dg[b * sH + j] = d if h > 0 else 0
-                    else:
-                        dg[b * sH + j] = d * (1 - h * h)
-                    dh[(b0 + b) * H + j] = 0
+                # (2) dL/da_t = (dL/dh_t) * f'(a_t); the recurrent part of dh is added in (1)
+                if floating is float:
+                    rc_rnn_cell_backward_f(H, do, g + b * sH, dh + (b0 + b) * H, dg + b * sH, relu)
+                else:
+                    rc_rnn_cell_backward_d(H, do, g + b * sH, dh + (b0 + b) * H, dg + b * sH, relu)
             else:
                 memset(dg + b * sH, 0, H * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh              # dh += dg @ W_hh
@@ -887,7 +893,7 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
     cdef const floating* hp
     cdef const floating* hn
     cdef const floating* do
-    cdef floating d, r, z, n, dan, daz, dar
+    cdef floating r
     for s in range(T):
         t = s if reverse else T - 1 - s
         dx = dGx + (t * ts + b0 * rs) * H3
@@ -903,20 +909,17 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
             if t < lengths[b0 + b]:
                 do = dout + (t * ts + (b0 + b) * rs) * ldo
                 gb = g + b * sG
-                for j in range(H):
-                    d = dhb[j] + do[j]
-                    r = gb[j]
-                    z = gb[H + j]
-                    n = gb[2 * H + j]
-                    dan = d * (1 - z) * (1 - n * n)
-                    daz = d * (hp[b * sH + j] - n) * z * (1 - z)
-                    dxb[H + j] = daz
-                    dxb[2 * H + j] = dan
-                    if reset_after:
-                        dar = dan * hn[b * sH + j] * r * (1 - r)
-                        dxb[j] = dar
-                        dqb[j] = dan * r
-                    dhb[j] = d * z
+                # r's gradient is only known here with reset_after (else after the product (2'))
+                if floating is float:
+                    rc_gru_cell_backward_f(H, do, gb, gb + H, gb + 2 * H, hp + b * sH,
+                                           (hn + b * sH) if reset_after else NULL, dhb,
+                                           dxb if reset_after else NULL, dxb + H, dxb + 2 * H,
+                                           dqb if reset_after else NULL)
+                else:
+                    rc_gru_cell_backward_d(H, do, gb, gb + H, gb + 2 * H, hp + b * sH,
+                                           (hn + b * sH) if reset_after else NULL, dhb,
+                                           dxb if reset_after else NULL, dxb + H, dxb + 2 * H,
+                                           dqb if reset_after else NULL)
             else:
                 memset(dxb, 0, H3 * sizeof(floating))
                 if reset_after:

@@ -152,6 +152,60 @@ static inline void NAME(ptrdiff_t n, const T *restrict gi, const T *restrict gf,
 RC_LSTM_CELL_BACKWARD(rc_lstm_cell_backward_f, float)
 RC_LSTM_CELL_BACKWARD(rc_lstm_cell_backward_d, double)
 
+/* The GRU cell's backward for one row, n units, the same way: d = dh + dout (dL/dh_t) and
+ *     dan = d (1-z)(1-n^2)     daz = d (h_{t-1} - n) z(1-z)     dh := d z
+ * and with reset_after (hn = h_{t-1} W_hn^T + b_hn; hn, dar, dq NULL otherwise)
+ *     dar = dan hn r(1-r)      dq = dan r   (dL/d(h_{t-1} W_hn^T + b_hn)) */
+#define RC_GRU_CELL_BACKWARD(NAME, T)                                                            \
+static inline void NAME(ptrdiff_t n, const T *restrict dout, const T *restrict gr,               \
+                        const T *restrict gz, const T *restrict gn, const T *restrict hp,        \
+                        const T *restrict hn, T *restrict dh, T *restrict dar,                   \
+                        T *restrict daz, T *restrict dan, T *restrict dq)                        \
+{                                                                                                \
+    if (hn) {                                                                                    \
+        for (ptrdiff_t j = 0; j < n; j++) {                                                      \
+            T d = dh[j] + dout[j], r = gr[j], z = gz[j], v = gn[j];                              \
+            T an = d * (1 - z) * (1 - v * v);                                                    \
+            daz[j] = d * (hp[j] - v) * z * (1 - z);                                              \
+            dan[j] = an;                                                                         \
+            dar[j] = an * hn[j] * r * (1 - r);                                                   \
+            dq[j] = an * r;                                                                      \
+            dh[j] = d * z;                                                                       \
+        }                                                                                        \
+    } else {                                                                                     \
+        for (ptrdiff_t j = 0; j < n; j++) {                                                      \
+            T d = dh[j] + dout[j], z = gz[j], v = gn[j];                                         \
+            daz[j] = d * (hp[j] - v) * z * (1 - z);                                              \
+            dan[j] = d * (1 - z) * (1 - v * v);                                                  \
+            dh[j] = d * z;                                                                       \
+        }                                                                                        \
+    }                                                                                            \
+}
+RC_GRU_CELL_BACKWARD(rc_gru_cell_backward_f, float)
+RC_GRU_CELL_BACKWARD(rc_gru_cell_backward_d, double)
+
+/* The vanilla RNN cell's backward for one row, n units: dL/da = (dh + dout) f'(a), written from
+ * h = f(a) (tanh: 1 - h^2; relu: h > 0), and dh := 0 (the recurrent part is added after). */
+#define RC_RNN_CELL_BACKWARD(NAME, T)                                                            \
+static inline void NAME(ptrdiff_t n, const T *restrict dout, const T *restrict h,                \
+                        T *restrict dh, T *restrict da, int relu)                                \
+{                                                                                                \
+    if (relu) {                                                                                  \
+        for (ptrdiff_t j = 0; j < n; j++) {                                                      \
+            T d = dh[j] + dout[j];                                                               \
+            da[j] = h[j] > 0 ? d : 0;                                                            \
+            dh[j] = 0;                                                                           \
+        }                                                                                        \
+    } else {                                                                                     \
+        for (ptrdiff_t j = 0; j < n; j++) {                                                      \
+            da[j] = (dh[j] + dout[j]) * (1 - h[j] * h[j]);                                       \
+            dh[j] = 0;                                                                           \
+        }                                                                                        \
+    }                                                                                            \
+}
+RC_RNN_CELL_BACKWARD(rc_rnn_cell_backward_f, float)
+RC_RNN_CELL_BACKWARD(rc_rnn_cell_backward_d, double)
+
 static inline int rc_openmp_enabled(void) { return RC_HAVE_OPENMP; }
 
 #endif
