@@ -227,12 +227,8 @@ def _input_projection(p, x, T, B, bf, keep, GH, bias, nt, ws):
         G = ws("G", _rows(T, B, bf, keep) + (GH,), x.dtype)
         return G, {"x": x, "W_ih_t": K.pack_t(p["w_ih"]), "bias": bias}
     G = ws("G", _rows(T, B, bf) + (GH,), x.dtype)
-    G2 = G.reshape(-1, GH)
-    if bias is None:
-        K.matmul(G2, x, p["w_ih"], trans_b=True, beta=0.0, num_threads=nt)
-    else:
-        G2[...] = bias
-        K.matmul(G2, x, p["w_ih"], trans_b=True, beta=1.0, num_threads=nt)
+    # bias + x W_ih^T: each thread sets its block of rows to the bias just before its GEMM
+    K.matmul(G.reshape(-1, GH), x, p["w_ih"], trans_b=True, num_threads=nt, bias=bias)
     return G, {}
 
 

@@ -227,16 +227,31 @@ cdef inline Py_ssize_t _grid_parts(Py_ssize_t dim) noexcept nogil:
     return _grid_blocks if parts > _grid_blocks else parts
 
 
+cdef inline void _fill_rows(floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ldc,
+                            const floating* row) noexcept nogil:
+    # every one of the m rows of c (n columns, ldc apart) := row
+    cdef Py_ssize_t i
+    for i in range(m):
+        memcpy(c + i * ldc, row, n * sizeof(floating))
+
+
 cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,
                     const floating* a, int lda, const floating* b, int ldb,
-                    floating beta, floating* c, int ldc, int num_threads) noexcept nogil:
+                    floating beta, floating* c, int ldc, const floating* bias,
+                    int num_threads) noexcept nogil:
     """C := alpha * op(A) @ op(B) + beta * C, as a fixed grid of row (or column) blocks of C, one
-    single-threaded BLAS call each, spread over the OpenMP team.
+    single-threaded BLAS call each, spread over the OpenMP team. With bias (n values), C's rows are
+    set to it first and beta is 1: C := bias + alpha * op(A) @ op(B); each thread fills its own
+    block just before its BLAS call.
 
     The grid depends on (m, n, k) only, so the bits do not depend on the thread count."""
     cdef Py_ssize_t p, parts, s0, s1
     cdef double work = <double> m * n * k
+    if bias != NULL:
+        beta = 1
     if work < 262144.0:
+        if bias != NULL:
+            _fill_rows(c, m, n, ldc, bias)
         gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
     if num_threads < 1:
@@ -246,6 +261,8 @@ cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,
         for p in prange(parts, num_threads=num_threads, schedule="static"):
             s0 = m * p // parts
             s1 = m * (p + 1) // parts
+            if bias != NULL:
+                _fill_rows(c + s0 * ldc, s1 - s0, n, ldc, bias)
             gemm(ta, tb, <int> (s1 - s0), n, k, alpha,
                  a + (s0 if ta else s0 * lda), lda, b, ldb, beta, c + s0 * ldc, ldc)
     else:
@@ -253,14 +270,17 @@ cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,
         for p in prange(parts, num_threads=num_threads, schedule="static"):
             s0 = n * p // parts
             s1 = n * (p + 1) // parts
+            if bias != NULL:
+                _fill_rows(c + s0, m, s1 - s0, ldc, bias + s0)
             gemm(ta, tb, m, <int> (s1 - s0), k, alpha,
                  a, lda, b + (s0 * ldb if tb else s0), ldb, beta, c + s0, ldc)
 
 
 def matmul(floating[:, :] C, const floating[:, :] A, const floating[:, :] B,
            bint trans_a=False, bint trans_b=False, double alpha=1.0, double beta=0.0,
-           int num_threads=1):
-    """C := alpha * op(A) @ op(B) + beta * C on row-major 2-D views whose rows are unit-stride.
+           int num_threads=1, const floating[::1] bias=None):
+    """C := alpha * op(A) @ op(B) + beta * C on row-major 2-D views whose rows are unit-stride; given
+    bias (one value per column of C), C := bias + alpha * op(A) @ op(B) instead (beta unused).
 
     Views may be column blocks of a larger array (their row stride is their leading dimension).
     """
@@ -272,8 +292,11 @@ def matmul(floating[:, :] C, const floating[:, :] A, const floating[:, :] B,
     cdef int bn = B.shape[0] if trans_b else B.shape[1]
     if am != m or bn != n or bk != k:
         raise ValueError(f"matmul: shapes do not agree: C {m}x{n}, op(A) {am}x{k}, op(B) {bk}x{bn}")
+    if bias is not None and bias.shape[0] != n:
+        raise ValueError(f"matmul: bias must have one value per column of C ({n}), got {bias.shape[0]}")
     if m == 0 or n == 0:
         return
+    cdef const floating* pbias = &bias[0] if bias is not None else NULL
     if C.strides[1] != isz or A.strides[1] != isz or B.strides[1] != isz:
         raise ValueError("matmul: every view must have unit-stride rows")
     cdef int ldc = C.strides[0] // isz
@@ -285,11 +308,14 @@ def matmul(floating[:, :] C, const floating[:, :] A, const floating[:, :] B,
     if k == 0:
         # BLAS would reject lda for an empty operand; op(A) @ op(B) is all zeros.
         with nogil:
-            _scale_rows(&C[0, 0], m, n, ldc, <floating> beta)
+            if pbias != NULL:
+                _fill_rows(&C[0, 0], m, n, ldc, pbias)
+            else:
+                _scale_rows(&C[0, 0], m, n, ldc, <floating> beta)
         return
     with nogil:
         _par_gemm(trans_a, trans_b, m, n, k, <floating> alpha, &A[0, 0], lda, &B[0, 0], ldb,
-                  <floating> beta, &C[0, 0], ldc, num_threads)
+                  <floating> beta, &C[0, 0], ldc, pbias, num_threads)
 
 
 cdef void _scale_rows(floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ldc,

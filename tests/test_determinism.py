@@ -191,6 +191,34 @@ def test_matmul_bit_identical_whatever_the_thread_count(shape, dtype):
     assert not problems, "\n".join(problems)
 
 
+# a tall C (row blocks), a wide one (column blocks), and one too small to split
+@pytest.mark.parametrize("shape", [(T * B, 4 * H, I), (8, T * B, 4 * H), (3, 5, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+def test_matmul_with_bias(shape, dtype):
+    """matmul(..., bias=b), the input projection before the time loop: C := b + A @ B^T, each thread
+    setting its own block to b before its BLAS call. The same bits as setting C to b, then
+    accumulating (beta = 1), on any thread count; numpy's value to rounding; a bias of the wrong
+    length is refused."""
+    m, n, k = shape
+    dt = DTYPES[dtype]
+    rng = np.random.default_rng(6)
+    a, w = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((n, k)).astype(dt)
+    bias = rng.standard_normal(n).astype(dt)
+    filled = np.empty((m, n), dt)
+    filled[...] = bias
+    K.matmul(filled, a, w, trans_b=True, beta=1.0, num_threads=1)
+    for nt in THREAD_COUNTS:
+        c = np.full((m, n), np.nan, dt)       # whatever C held before does not matter
+        K.matmul(c, a, w, trans_b=True, num_threads=nt, bias=bias)
+        assert first_difference([("C", c)], [("C", filled)]) is None, f"{nt} threads"
+    tol = 1e-5 if dt == np.float32 else 1e-12
+    np.testing.assert_allclose(filled, bias + a.astype(np.float64) @ w.T.astype(np.float64),
+                               rtol=tol, atol=tol * k)
+    with pytest.raises(ValueError, match="bias must have one value per column of C"):
+        K.matmul(np.empty((m, n), dt), a, w, trans_b=True, bias=bias[:-1])
+
+
 @pytest.mark.parametrize("step_gemm", STEP_GEMMS)
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("cell", list(CELLS))
