@@ -489,7 +489,8 @@ cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, c
         for b in range(nb):
             if t < lengths[b0 + b]:
                 do = dout + (t * ts + (b0 + b) * rs) * ldo
-                # (2) dL/da_t = (dL/dh_t) * f'(a_t); the recurrent part of dh is added in (1)
+                # (2) dL/da_t = (dL/dh_t) * f'(a_t), dh := 0; the recurrent part of dh is added in
+                # (1). The elementwise loop is rc_rnn_cell_backward in rnncore/_rc_math.h.
                 if floating is float:
                     rc_rnn_cell_backward_f(H, do, g + b * sH, dh + (b0 + b) * H, dg + b * sH, relu)
                 else:
@@ -715,6 +716,7 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
                 memcpy(tcb, cnew + row * H, H * sizeof(floating))
                 _tanh_span(tcb, H)
                 # dL/da of the gates from dL/dm_t and dL/dc_t; dc becomes dL/dc_{t-1}
+                # (the elementwise loop: rc_lstm_cell_backward in rnncore/_rc_math.h)
                 if floating is float:
                     rc_lstm_cell_backward_f(H, gb, gb + H, gb + 2 * H, gb + 3 * H, cpb, tcb, dm, dcb,
                                             dgb, dgb + H, dgb + 2 * H, dgb + 3 * H, w_ci, w_cf, w_co)
@@ -935,7 +937,8 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
             if t < lengths[b0 + b]:
                 do = dout + (t * ts + (b0 + b) * rs) * ldo
                 gb = g + b * sG
-                # r's gradient is only known here with reset_after (else after the product (2'))
+                # dL/da_{z,n} (and dL/da_r, dL/dq_n with reset_after; without, r's gradient needs
+                # the product (2') first); dh := d z. The loop: rc_gru_cell_backward, rnncore/_rc_math.h
                 if floating is float:
                     rc_gru_cell_backward_f(H, do, gb, gb + H, gb + 2 * H, hp + b * sH,
                                            (hn + b * sH) if reset_after else NULL, dhb,
