@@ -8,8 +8,8 @@ What lives here, for each cell type (vanilla RNN, LSTM, GRU), side by side:
 
 plus `matmul` (every large GEMM: the input projection of all timesteps when it runs before the loop,
 the weight and input gradients of all timesteps after it). The Python layer driver
-(rnncore/layers.py) calls them; it validates everything first, so nothing here checks shapes or touches a Python object while
-computing. All kernels release the GIL.
+(rnncore/layers.py) calls them; it validates everything first, so nothing here checks shapes or
+touches a Python object while computing. All kernels release the GIL.
 
 Notation (one layer, one direction; arrays are row-major; shown time-major, but every (T, B, .) or
 (T*B, .) array may instead be batch-major, (B, T, .), when the layer is batch_first: see "Row layout"):
@@ -89,6 +89,44 @@ cdef inline void _tanh_span(floating* x, Py_ssize_t n) noexcept nogil:
         rc_tanhf_span(x, n)
     else:
         rc_tanh_span(x, n)
+
+
+cdef inline void _rnn_cell_backward(Py_ssize_t n, const floating* dout, const floating* h,
+                                    floating* dh, floating* da, bint relu) noexcept nogil:
+    """rc_rnn_cell_backward (rnncore/_rc_math.h) for this dtype."""
+    if floating is float:
+        rc_rnn_cell_backward_f(n, dout, h, dh, da, relu)
+    else:
+        rc_rnn_cell_backward_d(n, dout, h, dh, da, relu)
+
+
+cdef inline void _lstm_cell_backward(Py_ssize_t H, const floating* g, const floating* cp,
+                                     const floating* tc, const floating* dm, floating* dc,
+                                     floating* da, const floating* wci, const floating* wcf,
+                                     const floating* wco) noexcept nogil:
+    """rc_lstm_cell_backward (rnncore/_rc_math.h) for this dtype, over one row of H units; g and da
+    hold the row's four gates, H apart."""
+    if floating is float:
+        rc_lstm_cell_backward_f(H, g, g + H, g + 2 * H, g + 3 * H, cp, tc, dm, dc,
+                                da, da + H, da + 2 * H, da + 3 * H, wci, wcf, wco)
+    else:
+        rc_lstm_cell_backward_d(H, g, g + H, g + 2 * H, g + 3 * H, cp, tc, dm, dc,
+                                da, da + H, da + 2 * H, da + 3 * H, wci, wcf, wco)
+
+
+cdef inline void _gru_cell_backward(Py_ssize_t H, const floating* dout, const floating* g,
+                                    const floating* hp, const floating* hn, floating* dh,
+                                    floating* dx, floating* dq) noexcept nogil:
+    """rc_gru_cell_backward (rnncore/_rc_math.h) for this dtype, over one row of H units; g and dx
+    hold the row's three gates, H apart; hn and dq NULL (and dL/da_r not written) with reset
+    before."""
+    cdef floating* dar = dx if hn != NULL else NULL
+    if floating is float:
+        rc_gru_cell_backward_f(H, dout, g, g + H, g + 2 * H, hp, hn, dh, dar, dx + H, dx + 2 * H,
+                               dq)
+    else:
+        rc_gru_cell_backward_d(H, dout, g, g + H, g + 2 * H, hp, hn, dh, dar, dx + H, dx + 2 * H,
+                               dq)
 
 
 def activation(floating[::1] x, str name):
@@ -478,7 +516,7 @@ cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, c
                              bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     # dG rows of H out; dh (B,H) in dL/dh_n, out dL/dh0; dout rows of ldo; G rows of H = h_t
     # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = rs * H
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, sH = rs * H
     cdef floating* dg
     cdef const floating* g
     cdef const floating* do
@@ -491,10 +529,7 @@ cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, c
                 do = dout + (t * ts + (b0 + b) * rs) * ldo
                 # (2) dL/da_t = (dL/dh_t) * f'(a_t), dh := 0; the recurrent part of dh is added in
                 # (1). The elementwise loop is rc_rnn_cell_backward in rnncore/_rc_math.h.
-                if floating is float:
-                    rc_rnn_cell_backward_f(H, do, g + b * sH, dh + (b0 + b) * H, dg + b * sH, relu)
-                else:
-                    rc_rnn_cell_backward_d(H, do, g + b * sH, dh + (b0 + b) * H, dg + b * sH, relu)
+                _rnn_cell_backward(H, do, g + b * sH, dh + (b0 + b) * H, dg + b * sH, relu)
             else:
                 memset(dg + b * sH, 0, H * sizeof(floating))
         # (1) dL/dh_{t-1} = dL/da_t W_hh              # dh += dg @ W_hh
@@ -670,9 +705,8 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
     # W_p = W_hh packed, W_hr_p = W_hr packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
     # rows of: dG 4H out; dH P out (total dL/dh_t, projection only); dout ldo; G 4H gate activations;
     # cprev, cnew H. dh (B,P), dc (B,H) carried; dmbuf (B,H) work (projection only); tcbuf (B,H) work
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, k, H4 = 4 * H, row, sG = rs * H4, sP = rs * P
+    cdef Py_ssize_t nb = b1 - b0, s, t, b, k, H4 = 4 * H, row, sG = rs * H4, sP = rs * P
     cdef bint proj = W_hr != NULL
-    cdef bint peep = w_ci != NULL
     cdef floating* dg
     cdef floating* dgb
     cdef const floating* g
@@ -717,12 +751,7 @@ cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating
                 _tanh_span(tcb, H)
                 # dL/da of the gates from dL/dm_t and dL/dc_t; dc becomes dL/dc_{t-1}
                 # (the elementwise loop: rc_lstm_cell_backward in rnncore/_rc_math.h)
-                if floating is float:
-                    rc_lstm_cell_backward_f(H, gb, gb + H, gb + 2 * H, gb + 3 * H, cpb, tcb, dm, dcb,
-                                            dgb, dgb + H, dgb + 2 * H, dgb + 3 * H, w_ci, w_cf, w_co)
-                else:
-                    rc_lstm_cell_backward_d(H, gb, gb + H, gb + 2 * H, gb + 3 * H, cpb, tcb, dm, dcb,
-                                            dgb, dgb + H, dgb + 2 * H, dgb + 3 * H, w_ci, w_cf, w_co)
+                _lstm_cell_backward(H, gb, cpb, tcb, dm, dcb, dgb, w_ci, w_cf, w_co)
                 memset(dh + (b0 + b) * P, 0, P * sizeof(floating))
             else:
                 memset(dgb, 0, H4 * sizeof(floating))
@@ -939,16 +968,8 @@ cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floatin
                 gb = g + b * sG
                 # dL/da_{z,n} (and dL/da_r, dL/dq_n with reset_after; without, r's gradient needs
                 # the product (2') first); dh := d z. The loop: rc_gru_cell_backward, rnncore/_rc_math.h
-                if floating is float:
-                    rc_gru_cell_backward_f(H, do, gb, gb + H, gb + 2 * H, hp + b * sH,
-                                           (hn + b * sH) if reset_after else NULL, dhb,
-                                           dxb if reset_after else NULL, dxb + H, dxb + 2 * H,
-                                           dqb if reset_after else NULL)
-                else:
-                    rc_gru_cell_backward_d(H, do, gb, gb + H, gb + 2 * H, hp + b * sH,
-                                           (hn + b * sH) if reset_after else NULL, dhb,
-                                           dxb if reset_after else NULL, dxb + H, dxb + 2 * H,
-                                           dqb if reset_after else NULL)
+                _gru_cell_backward(H, do, gb, hp + b * sH, (hn + b * sH) if reset_after else NULL,
+                                   dhb, dxb, dqb if reset_after else NULL)
             else:
                 memset(dxb, 0, H3 * sizeof(floating))
                 if reset_after:
