@@ -5,10 +5,11 @@ it runs step by step, gate math), the packing of the weights, and the rest (Pyth
 validation).
 
     python benchmarks/profile.py [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--repeats 7] [--threads N]
+                                 [--dtype float32|float64]
 
 Each part is timed around the call into rnncore._kernels (which releases the GIL and runs to
-completion) and summed over a call; the row is the call with the median total time. float32,
-batch_first, the shapes of the benchmark.
+completion) and summed over a call; the row is the call with the median total time. float32 unless
+--dtype says otherwise, batch_first, the shapes of the benchmark.
 Not a test: it prints a table (see benchmarks/README.md, "Where the time goes").
 """
 import argparse
@@ -48,11 +49,11 @@ class _Timed:
         return timed
 
 
-def profile(cell, shape, repeats, acc):
+def profile(cell, shape, repeats, acc, dtype):
     B, T, I, H = SHAPES[shape]
-    layer = getattr(rnncore, cell)(I, H, batch_first=True, seed=0)
-    x = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
-    d = np.random.default_rng(1).standard_normal((B, T, H)).astype(np.float32)
+    layer = getattr(rnncore, cell)(I, H, batch_first=True, seed=0, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((B, T, I)).astype(dtype)
+    d = np.random.default_rng(1).standard_normal((B, T, H)).astype(dtype)
 
     def train():
         _, _, bp = layer.forward_train(x)
@@ -86,6 +87,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default="S,M,L,B1")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = ap.parse_args(argv)
     acc = collections.defaultdict(float)
     real = _cells.K
@@ -93,14 +95,14 @@ def main(argv=None):
     gc.disable()
     try:
         with rnncore.threads(args.threads or rnncore.get_num_threads()):
-            print(f"float32, batch_first, {rnncore.get_num_threads()} threads; median ms of "
+            print(f"{args.dtype}, batch_first, {rnncore.get_num_threads()} threads; median ms of "
                   f"{args.repeats} calls (GFLOP/s of that part in brackets)\n")
             print("| cell | shape | pass | input projection | total ms | large GEMMs | fwd loop | bwd loop "
                   "| packing | other |")
             print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
             for cell in args.cells.split(","):
                 for shape in args.shapes.split(","):
-                    rows, flops, loop_flops, in_loop = profile(cell, shape, args.repeats, acc)
+                    rows, flops, loop_flops, in_loop = profile(cell, shape, args.repeats, acc, args.dtype)
                     proj_flops = flops - loop_flops
                     fwd_loop_flops = loop_flops + (proj_flops if in_loop else 0)
                     for what, r in rows.items():
