@@ -15,7 +15,10 @@ For each cell and shape the benchmark
    ``forward_train(x)`` + ``backprop(d_out)`` against torch's ``module(x)`` under ``inference_mode`` and
    ``module(x)`` + ``backward`` with ``x.requires_grad``, in the same process, on the same number of
    threads, with warm-up calls and interleaved repeats (rnncore, torch, torch, rnncore, ...), and
-   reports medians; the full-shape outputs of the timed calls are compared once more;
+   reports medians; the full-shape outputs of the timed calls are compared once more. With several
+   thread counts or dtypes, all of them join the same interleaved series (rnncore and torch on 1
+   thread, on 2, ..., back), so the speed-ups and float64/float32 ratios compare samples taken side
+   by side, not minutes apart;
 3. times the pure-numpy reference (``rnncore.reference``) with a few repeats.
 
 Before timing it measures the FP32 peak at each thread count (``rnncore._kernels.fma_peak_gflops``) for
@@ -383,18 +386,22 @@ def _time_calls(fn, number):
     return (time.perf_counter() - t0) / number
 
 
-def time_interleaved(fns, repeats, warmup, min_time):
+def time_interleaved(fns, repeats, warmup, min_time, setups=None):
     """Median seconds per call of each function in `fns` (name -> callable).
 
     Each function is warmed up, then called `number` times per sample (enough for `min_time`
     seconds); samples alternate between the functions, the order flipping on every repeat, so
-    that drifts of the machine (other users, clocks) hit every function alike.
+    that drifts of the machine (other users, clocks) hit every function alike. `setups` (name ->
+    context manager factory, e.g. a thread count) is entered around each function's warm-up and
+    each of its samples, outside the timed calls.
     """
+    setups = setups or {}
     number = {}
     for name, fn in fns.items():
-        t = _time_calls(fn, 1)
-        for _ in range(warmup - 1):
+        with setups.get(name, contextlib.nullcontext)():
             t = _time_calls(fn, 1)
+            for _ in range(warmup - 1):
+                t = _time_calls(fn, 1)
         number[name] = max(1, int(min_time / max(t, 1e-9)))
     samples = {name: [] for name in fns}
     order = list(fns)
@@ -403,7 +410,8 @@ def time_interleaved(fns, repeats, warmup, min_time):
     try:
         for r in range(repeats):
             for name in (order if r % 2 == 0 else order[::-1]):
-                samples[name].append(_time_calls(fns[name], number[name]))
+                with setups.get(name, contextlib.nullcontext)():
+                    samples[name].append(_time_calls(fns[name], number[name]))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -564,23 +572,18 @@ def _error_text(exc):
     return "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
 
-def bench_cell(cell, shape_name, shape, opts, seed):
-    """Rows (one per pass) for one cell at one shape."""
+def _checked_variant(cell, shape_name, shape, opts, seed, dtype, threads, inputs):
+    """The rows (one per pass) of one cell and shape at one dtype and thread count, with the rnncore
+    layer (on torch's weights when torch is there) checked on the first few timesteps; the layer is
+    None when it could not be built or checked."""
     B, T, I, H = shape
-    dtype = opts.current_dtype
-    peak = _row_peak(opts.peaks, opts.current_threads, dtype)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((B, T, I)).astype(dtype)
-    d_out = rng.standard_normal((B, T, H)).astype(dtype)
-    torch = None if opts.no_torch else _import_torch()
-    module = _torch_module(cell, shape, dtype, seed) if torch is not None else None
+    x, d_out, module = inputs
+    peak = _row_peak(opts.peaks, threads, dtype)
     rows = {p: {"cell": cell, "shape": shape_name, "B": B, "T": T, "I": I, "H": H, "pass": p,
-                "dtype": dtype, "threads": opts.current_threads, "flops": flops(cell, shape, p),
+                "dtype": dtype, "threads": threads, "flops": flops(cell, shape, p),
                 "peak_gflops": peak,
                 "rnncore": None, "torch": None, "reference": None, "ratio": None,
                 "check": {"status": "ERROR", "oracle": None}} for p in PASSES}
-
-    # The rnncore layer, on torch's weights when torch is there.
     layer = None
     try:
         if module is not None:
@@ -589,41 +592,76 @@ def bench_cell(cell, shape_name, shape, opts, seed):
         else:
             rnncore = _import_rnncore()
             layer = getattr(rnncore, cell)(I, H, batch_first=True, dtype=np.dtype(dtype), seed=seed)
-        checks = check_layer(layer, cell, module, x, d_out, dtype, min(T, opts.check_steps))
+        with _threads(threads):
+            checks = check_layer(layer, cell, module, x, d_out, dtype, min(T, opts.check_steps))
         for p in PASSES:
             rows[p]["check"] = checks[p]
     except Exception as exc:
         for p in PASSES:
             rows[p]["check"] = {"status": "ERROR", "oracle": None, "error": _error_text(exc)}
         layer = None
+    return rows, layer
+
+
+def bench_cell(cell, shape_name, shape, opts, seed, combos):
+    """Rows (one per pass and (dtype, threads) in `combos`) for one cell at one shape.
+
+    Every variant of a pass (rnncore and torch at each dtype and thread count) is timed in one
+    interleaved series, so the thread speed-ups and the float64/float32 ratios compare samples taken
+    side by side, like the torch/rnncore ratios."""
+    B, T, I, H = shape
+    torch = None if opts.no_torch else _import_torch()
+    inputs = {}
+    for dtype in dict.fromkeys(d for d, _ in combos):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((B, T, I)).astype(dtype)
+        d_out = rng.standard_normal((B, T, H)).astype(dtype)
+        module = _torch_module(cell, shape, dtype, seed) if torch is not None else None
+        inputs[dtype] = (x, d_out, module)
+    # fewest threads first, so that the interleaved series changes thread count rarely
+    combos = sorted(combos, key=lambda c: (c[1], list(inputs).index(c[0])))
+    variants = {c: _checked_variant(cell, shape_name, shape, opts, seed, c[0], c[1], inputs[c[0]])
+                for c in combos}
 
     for p in PASSES:
-        row = rows[p]
-        fns, last = {}, {}
-        if layer is not None and row["check"]["status"] in ("ok", "unchecked"):
-            fns["rnncore"] = _rnncore_fn(layer, x, d_out, p, last)
-        if module is not None:
-            fns["torch"] = _torch_fn(module, x, d_out, p, last)
+        fns, setups, last = {}, {}, {c: {} for c in combos}
+        for c, (rows, layer) in variants.items():
+            x, d_out, module = inputs[c[0]]
+            if layer is not None and rows[p]["check"]["status"] in ("ok", "unchecked"):
+                fns[("rnncore",) + c] = _rnncore_fn(layer, x, d_out, p, last[c])
+            if module is not None:
+                fns[("torch",) + c] = _torch_fn(module, x, d_out, p, last[c])
+            for impl in ("rnncore", "torch"):
+                setups[(impl,) + c] = lambda n=c[1]: _threads(n)
+        times, error = {}, None
         if fns:
             try:
-                times = time_interleaved(fns, opts.repeats, opts.warmup, opts.min_time)
+                times = time_interleaved(fns, opts.repeats, opts.warmup, opts.min_time, setups)
             except Exception as exc:
-                times = {}
-                row["check"] = dict(row["check"], status="ERROR", error=_error_text(exc))
-            for name, t in times.items():
-                t["gflops"] = row["flops"] / (t["median_ms"] * 1e6)
-                row[name] = t
-        if "rnncore" in last and "torch" in last:
-            _check_full(row, last, dtype)
-        if row["check"]["status"] not in ("ok", "unchecked"):
-            row["rnncore"] = None
-        if row["rnncore"] and row["torch"]:
-            row["ratio"] = row["torch"]["median_ms"] / row["rnncore"]["median_ms"]
-        if row["rnncore"]:
-            row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / peak if peak else None
-        if opts.reference and shape_name in opts.reference_shapes:
-            row["reference"] = _time_reference(layer, module, cell, shape, x, d_out, p, opts)
-    return [rows[p] for p in PASSES]
+                error = _error_text(exc)
+        for c, (rows, layer) in variants.items():
+            row = rows[p]
+            if error is not None:
+                row["check"] = dict(row["check"], status="ERROR", error=error)
+            for impl in ("rnncore", "torch"):
+                t = times.get((impl,) + c)
+                if t is not None:
+                    t["gflops"] = row["flops"] / (t["median_ms"] * 1e6)
+                    row[impl] = t
+            if "rnncore" in last[c] and "torch" in last[c]:
+                _check_full(row, last[c], c[0])
+            if row["check"]["status"] not in ("ok", "unchecked"):
+                row["rnncore"] = None
+            if row["rnncore"] and row["torch"]:
+                row["ratio"] = row["torch"]["median_ms"] / row["rnncore"]["median_ms"]
+            if row["rnncore"]:
+                peak = row["peak_gflops"]
+                row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / peak if peak else None
+            if opts.reference and shape_name in opts.reference_shapes:
+                x, d_out, module = inputs[c[0]]
+                with _threads(c[1]):
+                    row["reference"] = _time_reference(layer, module, cell, shape, x, d_out, p, opts)
+    return [variants[c][0][p] for c in combos for p in PASSES]
 
 
 def _rnncore_fn(layer, x, d_out, pass_, last):
@@ -1322,7 +1360,7 @@ def _peak_arg(text):
     return value
 
 
-def _bench_cell_quietly(cell, shape_name, shape, opts, seed):
+def _bench_cell_quietly(cell, shape_name, shape, opts, seed, combos):
     """bench_cell, with each row's `other_load`; with --wait-idle, started on idle CPUs and timed
     again (up to RETRIES times) when other processes took more than BUSY cores meanwhile."""
     best = None
@@ -1330,7 +1368,7 @@ def _bench_cell_quietly(cell, shape_name, shape, opts, seed):
         if opts.wait_idle > 0:
             wait_for_idle(opts.wait_idle)
         load = CpuLoad()
-        rows = bench_cell(cell, shape_name, shape, opts, seed)
+        rows = bench_cell(cell, shape_name, shape, opts, seed, combos)
         others = load.stop()
         for row in rows:
             row["other_load"] = others
@@ -1346,19 +1384,16 @@ def _bench_cell_quietly(cell, shape_name, shape, opts, seed):
 
 
 def _time_grid(opts, combos, jobs):
-    """Rows of every job (shape name, shape, cell, seed) at every (dtype, threads) in combos."""
+    """Rows of every job (shape name, shape, cell, seed) at every (dtype, threads) in combos, ordered by
+    combo, then job, then pass. Each job times all its combos in one interleaved series (bench_cell)."""
     rows = []
-    total, done = len(combos) * len(jobs), 0
-    for dtype, n in combos:
-        opts.current_dtype, opts.current_threads = dtype, n
-        with _threads(n):
-            for shape_name, shape, cell, seed in jobs:
-                done += 1
-                print("[%d/%d] %s %s, %s, %d thread%s ..." % (done, total, cell, shape_name, dtype, n,
-                                                              "" if n == 1 else "s"),
-                      file=sys.stderr, flush=True)
-                rows += _bench_cell_quietly(cell, shape_name, shape, opts, seed)
-    return rows
+    for done, (shape_name, shape, cell, seed) in enumerate(jobs, 1):
+        print("[%d/%d] %s %s, %s ..." % (done, len(jobs), cell, shape_name, ", ".join(
+            "%s %d thread%s" % (d, n, "" if n == 1 else "s") for d, n in combos)), file=sys.stderr, flush=True)
+        rows += [(done, r) for r in _bench_cell_quietly(cell, shape_name, shape, opts, seed, combos)]
+    rank = {c: i for i, c in enumerate(combos)}
+    rows.sort(key=lambda jr: (rank[(jr[1]["dtype"], jr[1]["threads"])], jr[0], PASSES.index(jr[1]["pass"])))
+    return [r for _, r in rows]
 
 
 def _seed(opts, shape_index, cell):

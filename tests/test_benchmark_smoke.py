@@ -288,3 +288,45 @@ def test_profile_splits_a_call_into_parts_that_add_up(capsys):
         assert abs(sum(ms) - float(total)) <= 0.02 * float(total) + 0.02, ln
     from rnncore import _cells, _kernels
     assert _cells.K is _kernels      # the timing stand-in is removed afterwards
+
+
+def test_thread_counts_and_dtypes_are_timed_in_one_interleaved_series(monkeypatch):
+    """Every variant of a pass (rnncore and torch, each dtype and thread count) is sampled in turn, each
+    sample on its own thread count: the speed-ups and float64/float32 ratios compare samples taken side
+    by side, not minutes apart."""
+    torch = pytest.importorskip("torch")
+    samples = []                        # (impl, pass, dtype, threads in effect)
+    threads_of = {"rnncore": rnncore.get_num_threads, "torch": torch.get_num_threads}
+    real_rnncore_fn, real_torch_fn = benchmark._rnncore_fn, benchmark._torch_fn
+
+    def recording(impl, real):
+        def make(obj, x, d_out, pass_, last):
+            run = real(obj, x, d_out, pass_, last)
+
+            def call():
+                run()
+                samples.append((impl, pass_, x.dtype.name, threads_of[impl]()))
+            return call
+        return make
+    monkeypatch.setattr(benchmark, "_rnncore_fn", recording("rnncore", real_rnncore_fn))
+    monkeypatch.setattr(benchmark, "_torch_fn", recording("torch", real_torch_fn))
+    opts = benchmark.build_parser().parse_args(["--quick", "--no-reference"])
+    opts.repeats, opts.warmup, opts.min_time, opts.reference = 4, 1, 0.0, False
+    opts.peaks = {"source": "given", "fp32_gflops": {"1": 100.0, "2": 100.0}}
+    combos = [("float32", 1), ("float32", 2), ("float64", 1), ("float64", 2)]
+    rows = benchmark.bench_cell("GRU", "S", (4, 5, 3, 6), opts, 0, combos)
+
+    assert sorted((r["dtype"], r["threads"], r["pass"]) for r in rows) == sorted(
+        (d, n, p) for d, n in combos for p in benchmark.PASSES)
+    for r in rows:
+        assert r["check"]["status"] == "ok", r["check"]
+        assert r["rnncore"]["median_ms"] > 0 and r["torch"]["median_ms"] > 0
+        assert len(r["rnncore"]["samples_ms"]) == 4
+    timed = [s for s in samples if s[1] == "fwd"][8:]          # after one warm-up call per variant
+    variants = [(impl, d, n) for n, d in ((1, "float32"), (1, "float64"), (2, "float32"), (2, "float64"))
+                for impl in ("rnncore", "torch")]
+    # round r samples every variant once, in this order or reversed, each on its variant's thread count
+    expected = []
+    for r in range(4):
+        expected += variants if r % 2 == 0 else variants[::-1]
+    assert [(impl, d, n) for impl, _, d, n in timed] == expected
