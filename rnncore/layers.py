@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from rnncore import _cells
+from rnncore import _kernels
 from rnncore import _threads
 from rnncore._validate import (as_float_array, check_bool, check_float_dtype, check_int,
                                check_lengths, check_shape)
@@ -318,7 +319,7 @@ class _Scratch:
     def __call__(self, name, shape, dtype):
         a = self._arrays.get(name)
         if a is None or a.shape != shape or a.dtype != dtype:
-            a = self._arrays[name] = np.empty(shape, dtype)
+            a = self._arrays[name] = _kernels.empty_aligned(shape, dtype)
         return a
 
     def view(self, direction):

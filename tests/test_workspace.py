@@ -35,10 +35,25 @@ def grads_of(layer, x, d_out):
     return out.copy(), dx.copy(), {k: v.copy() for k, v in layer.grads.items()}
 
 
-def saved_arrays(bp):
-    """The arrays a backprop keeps that are its own (not views of the caller's input)."""
-    return [a for cache in bp._caches for a in cache.values()
-            if isinstance(a, np.ndarray) and a.base is None]
+def _buffer(a):
+    """The array that owns a's memory (workspace arrays are aligned views of a byte buffer)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def saved_arrays(bp, x):
+    """The buffers a backprop keeps that are its own: those under its saved arrays, except the caller's
+    input x and the layer's parameters."""
+    theirs = {id(_buffer(v)) for v in list(bp._layer.params.values()) + [x]}
+    out = {}
+    for cache in bp._caches:
+        for a in cache.values():
+            if isinstance(a, np.ndarray):
+                b = _buffer(a)
+                if id(b) not in theirs:
+                    out[id(b)] = b
+    return list(out.values())
 
 
 @pytest.mark.parametrize("cell", list(LAYERS))
@@ -46,10 +61,10 @@ def test_a_training_loop_reuses_the_saved_arrays(cell):
     layer = make(cell)
     x, d = batch(0)
     _, _, bp = layer.forward_train(x)
-    first = {id(a) for a in saved_arrays(bp) if a.size > 50}
+    first = {id(a) for a in saved_arrays(bp, x) if a.nbytes > 400}
     bp(d[..., :layer.output_size])
     _, _, bp2 = layer.forward_train(x)
-    second = {id(a) for a in saved_arrays(bp2) if a.size > 50}
+    second = {id(a) for a in saved_arrays(bp2, x) if a.nbytes > 400}
     assert first and first == second, "the second step allocated new arrays instead of reusing the first's"
 
 
@@ -62,7 +77,9 @@ def test_interleaved_steps_keep_their_own_arrays_and_results(cell):
     out1, _, bp1 = layer.forward_train(x1)
     out1_copy = out1.copy()
     out2, _, bp2 = layer.forward_train(x2)      # bp1 still outstanding
-    assert not set(map(id, saved_arrays(bp1))) & set(map(id, saved_arrays(bp2)))
+    mine1, mine2 = saved_arrays(bp1, x1), saved_arrays(bp2, x2)
+    assert mine1 and mine2
+    assert not any(np.shares_memory(a, b) for a in mine1 for b in mine2)
     dx2, _ = bp2(d2[..., :out2.shape[-1]])
     grads2 = {k: v.copy() for k, v in layer.grads.items()}
     layer.zero_grad()
@@ -114,3 +131,26 @@ def test_pickled_layer_has_no_workspaces_and_trains():
     a, b = grads_of(layer, x, d), grads_of(clone, x, d)
     for k in a[2]:
         np.testing.assert_array_equal(a[2][k], b[2][k])
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
+def test_workspace_arrays_and_packed_weights_start_on_a_cache_line(cell):
+    """Workspaces and packed weights start on 64-byte boundaries (a numpy array of a few MB starts
+    16 bytes past one, and half of the kernels' 32-byte vector loads would then straddle two lines)."""
+    from rnncore import _kernels
+    layer = make(cell)
+    x, d = batch(0)
+    layer(x)                                                  # the inference scratch
+    _, _, bp = layer.forward_train(x)
+    bp(d[..., :layer.output_size])                            # gives the training workspace back
+    for ws in (layer._local.scratch, layer._pool[-1]):
+        assert ws._arrays
+        for name, a in ws._arrays.items():
+            assert a.ctypes.data % 64 == 0, name
+    for w in (np.ones((300, 70), np.float32), np.ones((130, 90), np.float64)):
+        assert _kernels.pack_t(w).ctypes.data % 64 == 0 and _kernels.pack_n(w).ctypes.data % 64 == 0
+    for shape in ((3, 5), (1000, 33), (7,), (2, 0, 4)):
+        for dtype in (np.float32, np.float64):
+            a = _kernels.empty_aligned(shape, dtype)
+            assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+            assert a.size == 0 or a.ctypes.data % 64 == 0
