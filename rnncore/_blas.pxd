@@ -37,6 +37,14 @@ cdef extern from "_rc_gemm.h" nogil:
     void rc_dgemm_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
                          const double* Bp, Py_ssize_t pstride, const double* Ci, Py_ssize_t ldci,
                          double* C, Py_ssize_t ldc)
+    void rc_sgemm_packed2(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                          const float* Bp, Py_ssize_t pstride, Py_ssize_t K2, const float* A2,
+                          Py_ssize_t lda2, const float* Bp2, Py_ssize_t pstride2, const float* Ci,
+                          Py_ssize_t ldci, float* C, Py_ssize_t ldc)
+    void rc_dgemm_packed2(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
+                          const double* Bp, Py_ssize_t pstride, Py_ssize_t K2, const double* A2,
+                          Py_ssize_t lda2, const double* Bp2, Py_ssize_t pstride2, const double* Ci,
+                          Py_ssize_t ldci, double* C, Py_ssize_t ldc)
 
 
 cdef inline Py_ssize_t panel_width(const floating* x) noexcept nogil:
@@ -81,3 +89,17 @@ cdef inline void mm_packed_bias(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const 
     """C := bias + A @ B with rnncore's own small GEMM: B packed (wp, k rows per panel), bias one
     row of n added to every row of C (NULL: none)."""
     packed_gemm(m, n, k, a, lda, wp, k * panel_width(a), bias, 0, c, ldc)
+
+
+cdef inline void mm_packed2_bias(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                                 Py_ssize_t lda, const floating* wp, Py_ssize_t k2,
+                                 const floating* a2, Py_ssize_t lda2, const floating* wp2,
+                                 const floating* bias, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """C := bias + A @ B + A2 @ B2 in one pass of rnncore's own small GEMM: B, B2 packed (wp with k
+    rows per panel, wp2 with k2), bias one row of n added to every row of C (NULL: none). The same
+    sums in the same order as mm_packed_bias followed by an accumulating mm_packed."""
+    cdef Py_ssize_t nr = panel_width(a)
+    if floating is float:
+        rc_sgemm_packed2(m, n, k, a, lda, wp, k * nr, k2, a2, lda2, wp2, k2 * nr, bias, 0, c, ldc)
+    else:
+        rc_dgemm_packed2(m, n, k, a, lda, wp, k * nr, k2, a2, lda2, wp2, k2 * nr, bias, 0, c, ldc)

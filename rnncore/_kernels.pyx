@@ -40,7 +40,8 @@ from cython.parallel cimport prange
 import numpy as np
 from libc.string cimport memcpy, memset
 
-from rnncore._blas cimport RC_NR_F, floating, gemm, mm_packed, mm_packed_bias, panel_width
+from rnncore._blas cimport (RC_NR_F, floating, gemm, mm_packed, mm_packed_bias, mm_packed2_bias,
+                            panel_width)
 
 cdef extern from "_rc_math.h" nogil:
     void rc_sigmoidf_span(float* x, Py_ssize_t n)
@@ -244,7 +245,42 @@ def pack_gru_t(W_hh, bint reset_after):
     if reset_after:
         return pack_t(W_hh)
     H = W_hh.shape[1]
-    return np.concatenate([pack_t(W_hh[:2 * H]), pack_t(W_hh[2 * H:])])
+    rz, n = pack_t(W_hh[:2 * H]), pack_t(W_hh[2 * H:])
+    out = empty_aligned((rz.shape[0] + n.shape[0], rz.shape[1]), rz.dtype)
+    out[:rz.shape[0]], out[rz.shape[0]:] = rz, n
+    return out
+
+
+def packed_matmul(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] Wp,
+                  const floating[::1] bias=None, const floating[:, ::1] A2=None,
+                  const floating[:, ::1] W2p=None, bint two_pass=False):
+    """C := bias + A @ W^T (+ A2 @ W2^T) with rnncore's own small GEMM (the per-step products), Wp =
+    pack_t(W) and W2p = pack_t(W2). The two products run in one pass, or with two_pass the first
+    into C and the second accumulated onto it (as the loops did before the one-pass form): the
+    results must have the same bits. For tests; the kernels call the C functions directly."""
+    cdef Py_ssize_t M = C.shape[0], N = C.shape[1], K = A.shape[1], nr = panel_width(&C[0, 0])
+    cdef Py_ssize_t K2 = 0 if A2 is None else A2.shape[1]
+    if A.shape[0] != M or Wp.shape[0] != _npanels(N, nr) * K or Wp.shape[1] != nr:
+        raise ValueError(f"packed_matmul: A must be ({M}, K) and Wp pack_t of a ({N}, K) matrix, got "
+                         f"A {tuple(A.shape)}, Wp {tuple(Wp.shape)}")
+    if (A2 is None) != (W2p is None) or A2 is not None and (
+            A2.shape[0] != M or W2p.shape[0] != _npanels(N, nr) * K2 or W2p.shape[1] != nr):
+        raise ValueError("packed_matmul: A2 and W2p go together, A2 with C's rows and W2p = pack_t of "
+                         f"a ({N}, {K2}) matrix")
+    if bias is not None and bias.shape[0] != N:
+        raise ValueError(f"packed_matmul: bias must have {N} values, got {bias.shape[0]}")
+    if M == 0 or N == 0 or K == 0:
+        raise ValueError("packed_matmul: empty operands")
+    cdef const floating* pb = &bias[0] if bias is not None else NULL
+    cdef const floating* a2 = &A2[0, 0] if K2 > 0 else NULL
+    cdef const floating* w2 = &W2p[0, 0] if K2 > 0 else NULL
+    with nogil:
+        if K2 > 0 and not two_pass:
+            mm_packed2_bias(M, N, K, &A[0, 0], K, &Wp[0, 0], K2, a2, K2, w2, pb, &C[0, 0], N)
+        else:
+            mm_packed_bias(M, N, K, &A[0, 0], K, &Wp[0, 0], pb, &C[0, 0], N)
+            if K2 > 0:
+                mm_packed(M, N, K2, a2, K2, True, NULL, 0, w2, K2, 0, True, &C[0, 0], N)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,6 +490,20 @@ cdef inline void _project_step(floating* g, Py_ssize_t sG, const floating* x, Py
         mm_packed_bias(nb, GH, I, x + row0 * ldx, rs * ldx, W_ih_t, bias, g, sG)
 
 
+cdef inline void _step_products(floating* g, Py_ssize_t sG, const floating* x, Py_ssize_t ldx,
+                                Py_ssize_t row0, Py_ssize_t rs, Py_ssize_t nb, Py_ssize_t I,
+                                Py_ssize_t GH, const floating* W_ih_t, const floating* bias,
+                                const floating* hp, Py_ssize_t sP, Py_ssize_t P,
+                                const floating* W_hh, const floating* W_t) noexcept nogil:
+    # a_t = G[t] + h_{t-1} W_hh^T into g, G[t] being bias + x_t W_ih^T (the step projection) or G on
+    # entry. With both products on rnncore's own GEMM they run as one pass (C stored once).
+    if W_ih_t != NULL and W_t != NULL:
+        mm_packed2_bias(nb, GH, I, x + row0 * ldx, rs * ldx, W_ih_t, P, hp, sP, W_t, bias, g, sG)
+    else:
+        _project_step(g, sG, x, ldx, row0, rs, nb, I, GH, W_ih_t, bias)
+        mm_packed(nb, GH, P, hp, sP, True, W_hh, P, W_t, P, 0, True, g, sG)
+
+
 def _step_projection_inputs(const floating[:, :, ::1] G, Py_ssize_t rows, const floating[:, ::1] x,
                             const floating[:, ::1] W_ih_t, const floating[::1] bias):
     """I, the input width of a step-by-step projection (0 without one), after checking that x, the
@@ -502,9 +552,8 @@ cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floatin
         t = T - 1 - s if reverse else s
         g = G + _row(GL, s, t, b0) * H
         hp = hprev + _row(WL, s, t, b0) * H
-        _project_step(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H, W_ih_t, bias)
-        # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T
-        mm_packed(nb, H, H, hp, sH, True, W_hh, H, W_t, H, 0, True, g, sG)
+        # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T (G[t] = bias + x_t W_ih^T)
+        _step_products(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H, W_ih_t, bias, hp, sH, H, W_hh, W_t)
         # where h_t goes: the next step's hprev, or h_n after the last step
         if s == T - 1:
             dst, sd = h_n + b0 * H, H
@@ -655,9 +704,9 @@ cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floa
         hp = hprev + w0 * P
         cp = cprev + w0 * H
         cw = cnew + w0 * H
-        _project_step(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H4, W_ih_t, bias)
-        # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T
-        mm_packed(nb, H4, P, hp, sP, True, W_hh, P, W_t, P, 0, True, g, sG)
+        # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T (G[t] = bias + x_t W_ih^T)
+        _step_products(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H4, W_ih_t, bias, hp, sP, P, W_hh,
+                       W_t)
         if s == T - 1:
             hdst, shd = h_n + b0 * P, P
             cdst, scd = c_n + b0 * H, H

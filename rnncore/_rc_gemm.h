@@ -3,7 +3,9 @@
  *   C[M x N] := Ci + A[M x K] . B[K x N]   A, C, Ci row-major (lda, ldc, ldci); B packed into panels
  *
  * Ci is where the sums start: NULL (zero), C itself (accumulate, ldci = ldc), or one row broadcast to
- * every row of C (a bias: ldci = 0).
+ * every row of C (a bias: ldci = 0). The two-product form NAME2 computes C := Ci + A . B + A2 . B2 in
+ * one pass (the step's input projection and recurrent product: C is stored once, not stored after
+ * the first product and loaded again for the second), with the same sums in the same order.
  *
  * Inside the time loop each thread multiplies its few batch rows (M = B / threads) by a recurrent
  * weight matrix (K = H, N = gates * H) every step. BLAS is slow there (a 1x128x512 sgemm costs ~23 us
@@ -43,8 +45,11 @@ typedef double rc_vd __attribute__((vector_size(RC_VEC_BYTES)));
 #define RC_NR_F ((ptrdiff_t)(2 * RC_VEC_BYTES / sizeof(float)))
 #define RC_NR_D ((ptrdiff_t)(2 * RC_VEC_BYTES / sizeof(double)))
 
+/* One MR x NR tile: the sums start from ci (or zero), run over k < K of (a, bp), then over k < K2 of
+ * (a2, bp2): C = Ci + A . B + A2 . B2 without storing C in between (K2 = 0: one product). */
 #define RC_TILE(NAME, T, V, MR)                                                                  \
 static inline void NAME##_tile##MR(ptrdiff_t K, const T *a, ptrdiff_t lda, const T *bp,          \
+                                   ptrdiff_t K2, const T *a2, ptrdiff_t lda2, const T *bp2,      \
                                    const T *ci, ptrdiff_t ldci, T *c, ptrdiff_t ldc)            \
 {                                                                                                \
     const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T));                                      \
@@ -62,6 +67,14 @@ static inline void NAME##_tile##MR(ptrdiff_t K, const T *a, ptrdiff_t lda, const
             c1[r] += av * b1;                                                                    \
         }                                                                                        \
     }                                                                                            \
+    for (k = 0; k < K2; k++) {                                                                   \
+        const V b0 = NAME##_load(bp2 + k * 2 * W), b1 = NAME##_load(bp2 + k * 2 * W + W);        \
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                   \
+            const T av = a2[r * lda2 + k];                                                       \
+            c0[r] += av * b0;                                                                    \
+            c1[r] += av * b1;                                                                    \
+        }                                                                                        \
+    }                                                                                            \
     _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                       \
         NAME##_store(c + r * ldc, c0[r]); NAME##_store(c + r * ldc + W, c1[r]);                  \
     }                                                                                            \
@@ -74,23 +87,29 @@ RC_TILE(NAME, T, V, 6)                                                          
 RC_TILE(NAME, T, V, 4)                                                                           \
 RC_TILE(NAME, T, V, 2)                                                                           \
 RC_TILE(NAME, T, V, 1)                                                                           \
-/* rows [0, M) of one panel into C (ldc), NR columns */                                          \
+/* rows [0, M) of one panel (and of the second product's panel) into C (ldc), NR columns */       \
 static inline void NAME##_panel(ptrdiff_t M, ptrdiff_t K, const T *A, ptrdiff_t lda,            \
-                                const T *bp, const T *ci, ptrdiff_t ldci, T *c, ptrdiff_t ldc)  \
+                                const T *bp, ptrdiff_t K2, const T *A2, ptrdiff_t lda2,          \
+                                const T *bp2, const T *ci, ptrdiff_t ldci, T *c, ptrdiff_t ldc) \
 {                                                                                                \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 6 <= M; i += 6)                                                                   \
-        NAME##_tile6(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
+        NAME##_tile6(K, A + i * lda, lda, bp, K2, A2 + i * lda2, lda2, bp2,                       \
+                     ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);                           \
     for (; i + 4 <= M; i += 4)                                                                   \
-        NAME##_tile4(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
+        NAME##_tile4(K, A + i * lda, lda, bp, K2, A2 + i * lda2, lda2, bp2,                       \
+                     ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);                           \
     for (; i + 2 <= M; i += 2)                                                                   \
-        NAME##_tile2(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
+        NAME##_tile2(K, A + i * lda, lda, bp, K2, A2 + i * lda2, lda2, bp2,                       \
+                     ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);                           \
     for (; i < M; i++)                                                                           \
-        NAME##_tile1(K, A + i * lda, lda, bp, ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);   \
+        NAME##_tile1(K, A + i * lda, lda, bp, K2, A2 + i * lda2, lda2, bp2,                       \
+                     ci ? ci + i * ldci : ci, ldci, c + i * ldc, ldc);                           \
 }                                                                                                \
 /* one row against 4 consecutive panels: 8 independent accumulators for the matrix-vector case   \
    (a single row against one panel would leave the FMA units waiting on 2 dependency chains) */   \
 static inline void NAME##_row4(ptrdiff_t K, const T *a, const T *bp, ptrdiff_t pstride,          \
+                               ptrdiff_t K2, const T *a2, const T *bp2, ptrdiff_t pstride2,      \
                                const T *ci, T *c)                                                \
 {                                                                                                \
     const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T));                                      \
@@ -103,23 +122,36 @@ static inline void NAME##_row4(ptrdiff_t K, const T *a, const T *bp, ptrdiff_t p
         _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                      \
             acc[q] += av * NAME##_load(bp + (q / 2) * pstride + k * 2 * W + (q % 2) * W);        \
     }                                                                                            \
+    for (k = 0; k < K2; k++) {                                                                   \
+        const T av = a2[k];                                                                      \
+        _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                      \
+            acc[q] += av * NAME##_load(bp2 + (q / 2) * pstride2 + k * 2 * W + (q % 2) * W);      \
+    }                                                                                            \
     _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) NAME##_store(c + q * W, acc[q]);         \
 }                                                                                                \
-static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,               \
-                 const T *Bp, ptrdiff_t pstride, const T *Ci, ptrdiff_t ldci, T *C, ptrdiff_t ldc) \
+/* C := Ci + A . B + A2 . B2 (K2 = 0: no second product; A2, Bp2 unused). Each element sums its    \
+   products in the same order (k < K of the first, then k < K2 of the second) in every code path. */ \
+static void NAME##2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,            \
+                    const T *Bp, ptrdiff_t pstride, ptrdiff_t K2, const T *A2, ptrdiff_t lda2,   \
+                    const T *Bp2, ptrdiff_t pstride2, const T *Ci, ptrdiff_t ldci, T *C,         \
+                    ptrdiff_t ldc)                                                               \
 {                                                                                                \
     ptrdiff_t j0, i, r, w;                                                                       \
+    if (K2 <= 0) { K2 = 0; A2 = A; lda2 = 0; Bp2 = Bp; pstride2 = pstride; }                     \
     /* an odd last row goes 4 panels at a time (same summation order per element) */             \
     const ptrdiff_t Mp = M % 2 ? M - 1 : M;                                                      \
     for (j0 = 0; j0 + NR <= N; j0 += NR)                                                         \
-        NAME##_panel(Mp, K, A, lda, Bp + (j0 / NR) * pstride, Ci ? Ci + j0 : Ci, ldci, C + j0, ldc); \
+        NAME##_panel(Mp, K, A, lda, Bp + (j0 / NR) * pstride, K2, A2, lda2,                      \
+                     Bp2 + (j0 / NR) * pstride2, Ci ? Ci + j0 : Ci, ldci, C + j0, ldc);          \
     if (Mp < M) {                                                                                \
-        const T *a = A + Mp * lda, *ci = Ci ? Ci + Mp * ldci : Ci;                               \
+        const T *a = A + Mp * lda, *a2 = A2 + Mp * lda2, *ci = Ci ? Ci + Mp * ldci : Ci;         \
         T *c = C + Mp * ldc;                                                                     \
         for (j0 = 0; j0 + 4 * NR <= N; j0 += 4 * NR)                                             \
-            NAME##_row4(K, a, Bp + (j0 / NR) * pstride, pstride, ci ? ci + j0 : ci, c + j0);     \
+            NAME##_row4(K, a, Bp + (j0 / NR) * pstride, pstride, K2, a2,                         \
+                        Bp2 + (j0 / NR) * pstride2, pstride2, ci ? ci + j0 : ci, c + j0);        \
         for (; j0 + NR <= N; j0 += NR)                                                           \
-            NAME##_tile1(K, a, lda, Bp + (j0 / NR) * pstride, ci ? ci + j0 : ci, 0, c + j0, ldc); \
+            NAME##_tile1(K, a, lda, Bp + (j0 / NR) * pstride, K2, a2, lda2,                      \
+                         Bp2 + (j0 / NR) * pstride2, ci ? ci + j0 : ci, 0, c + j0, ldc);          \
     }                                                                                            \
     if (j0 < N) { /* the last, partial panel: through a small buffer, 6 rows at a time */         \
         T buf[6 * NR];                                                                           \
@@ -130,10 +162,16 @@ static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t ld
                 if (Ci) memcpy(buf + r * NR, Ci + (i + r) * ldci + j0, (size_t)w * sizeof(T));   \
                 memset(buf + r * NR + w, 0, (size_t)(NR - w) * sizeof(T));                       \
             }                                                                                    \
-            NAME##_panel(m, K, A + i * lda, lda, Bp + (j0 / NR) * pstride, Ci ? buf : Ci, NR, buf, NR); \
+            NAME##_panel(m, K, A + i * lda, lda, Bp + (j0 / NR) * pstride, K2, A2 + i * lda2,    \
+                         lda2, Bp2 + (j0 / NR) * pstride2, Ci ? buf : Ci, NR, buf, NR);          \
             for (r = 0; r < m; r++) memcpy(C + (i + r) * ldc + j0, buf + r * NR, (size_t)w * sizeof(T)); \
         }                                                                                        \
     }                                                                                            \
+}                                                                                                \
+static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t lda,               \
+                 const T *Bp, ptrdiff_t pstride, const T *Ci, ptrdiff_t ldci, T *C, ptrdiff_t ldc) \
+{                                                                                                \
+    NAME##2(M, N, K, A, lda, Bp, pstride, 0, A, 0, Bp, pstride, Ci, ldci, C, ldc);                \
 }                                                                                                \
 /* pack B = W^T, W (N x K) row-major (ldw): the forward product A . W^T */                       \
 static void NAME##_pack_t(ptrdiff_t N, ptrdiff_t K, const T *W, ptrdiff_t ldw, T *Bp)            \

@@ -55,3 +55,43 @@ def test_activation_infinities_and_nan(name, dtype):
 def test_activation_rejects_an_unknown_name():
     with pytest.raises(ValueError, match="sigmoid' or 'tanh', got 'relu'"):
         K.activation(np.zeros(3), "relu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_gemm_one_pass_of_two_products_has_the_bits_of_two_passes(dtype):
+    """rnncore's own step GEMM computes bias + x W_ih^T + h W_hh^T in one pass (C stored once); it must
+    sum in the same order as the projection followed by an accumulating recurrent product: same bits,
+    for every tile height (6, 4, 2, 1 rows, an odd last row), partial last panels and a bias or none.
+    And both agree with numpy."""
+    from rnncore import _kernels as K
+    rng = np.random.default_rng(5)
+    nr = K.pack_t(np.zeros((1, 1), dtype)).shape[1]
+    tol = 2e-5 if dtype == np.float32 else 1e-13
+    for M in (1, 2, 3, 5, 6, 7, 11, 13, 32):
+        for N in (nr, 3 * nr + 5, 4 * nr, 9 * nr - 1):
+            for K1, K2 in ((7, 13), (16, 1), (1, 30)):
+                A, A2 = rng.standard_normal((M, K1)).astype(dtype), rng.standard_normal((M, K2)).astype(dtype)
+                W, W2 = rng.standard_normal((N, K1)).astype(dtype), rng.standard_normal((N, K2)).astype(dtype)
+                bias = rng.standard_normal(N).astype(dtype)
+                for b in (bias, None):
+                    one, two = np.full((M, N), np.nan, dtype), np.full((M, N), np.nan, dtype)
+                    K.packed_matmul(one, A, K.pack_t(W), b, A2, K.pack_t(W2))
+                    K.packed_matmul(two, A, K.pack_t(W), b, A2, K.pack_t(W2), two_pass=True)
+                    where = f"M={M} N={N} K={K1}+{K2} bias={b is not None} {np.dtype(dtype).name}"
+                    assert np.array_equal(one, two), where
+                    want = A.astype(np.float64) @ W.T.astype(np.float64) + A2.astype(np.float64) @ W2.T
+                    if b is not None:
+                        want = want + b
+                    np.testing.assert_allclose(one, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=where)
+
+
+def test_small_gemm_rejects_operands_that_do_not_fit():
+    from rnncore import _kernels as K
+    f = np.float32
+    C, A, Wp = np.zeros((3, 20), f), np.ones((3, 4), f), K.pack_t(np.ones((20, 4), f))
+    with pytest.raises(ValueError, match="Wp pack_t of a"):
+        K.packed_matmul(C, A, K.pack_t(np.ones((20, 5), f)))
+    with pytest.raises(ValueError, match="A2 and W2p go together"):
+        K.packed_matmul(C, A, Wp, None, np.ones((3, 2), f))
+    with pytest.raises(ValueError, match="bias must have 20"):
+        K.packed_matmul(C, A, Wp, np.ones(19, f))
