@@ -41,7 +41,7 @@ class RNNCell:
         bias = p["b_ih"] + p["b_hh"] if "b_ih" in p else None
         G, proj = _input_projection(p, x, T, B, bf, keep, H, bias, nt, ws)
         hprev = ws("hprev", rows + (H,), x.dtype)
-        K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"]), lengths, col0,
+        K.rnn_forward(G, hprev, out, h_n, h0, p["w_hh"], _packed_t(p["w_hh"], nt), lengths, col0,
                       self.relu, reverse, bf, nt, keep=keep, **proj)
         return {"x": x, "G": G, "hprev": hprev, "lengths": lengths, "reverse": reverse, "bf": bf}
 
@@ -49,7 +49,7 @@ class RNNCell:
         G, hprev, x = cache["G"], cache["hprev"], cache["x"]
         H = G.shape[2]
         dG = ws("dG", G.shape, G.dtype)
-        K.rnn_backward(dG, dh, dout, G, p["w_hh"], cache["lengths"], _packed(p["w_hh"]), col0,
+        K.rnn_backward(dG, dh, dout, G, p["w_hh"], cache["lengths"], _packed(p["w_hh"], nt), col0,
                        self.relu, cache["reverse"], cache["bf"], nt)
         dG = dG.reshape(-1, H)
         # dW_hh += dG^T @ hprev
@@ -76,7 +76,7 @@ class LSTMCell:
         M = ws("M", rows + (H,), dt) if proj else None
         hbuf = ws("hbuf", (B, P), dt) if proj else None
         K.lstm_forward(G, hprev, cprev, cnew, M, hbuf, out, h_n, c_n, h0, c0, p["w_hh"],
-                       p.get("w_hr"), _packed_t(p["w_hh"]), _packed_t(p.get("w_hr")),
+                       p.get("w_hr"), _packed_t(p["w_hh"], nt), _packed_t(p.get("w_hr"), nt),
                        p.get("w_ci"), p.get("w_cf"), p.get("w_co"), lengths, col0, reverse, bf, nt,
                        keep=keep, **proj_in)
         return {"x": x, "G": G, "hprev": hprev, "cprev": cprev, "cnew": cnew, "M": M,
@@ -92,8 +92,8 @@ class LSTMCell:
         dmbuf = ws("dmbuf", (B, H), G.dtype) if proj else None
         tcbuf = ws("tcbuf", (B, H), G.dtype)
         K.lstm_backward(dG, dh, dc, dH, dmbuf, tcbuf, dout, G, cprev, cnew, p["w_hh"], p.get("w_hr"),
-                        p.get("w_ci"), p.get("w_cf"), p.get("w_co"), _packed(p["w_hh"]),
-                        _packed(p.get("w_hr")), cache["lengths"], col0, cache["reverse"], cache["bf"], nt)
+                        p.get("w_ci"), p.get("w_cf"), p.get("w_co"), _packed(p["w_hh"], nt),
+                        _packed(p.get("w_hr"), nt), cache["lengths"], col0, cache["reverse"], cache["bf"], nt)
         if "w_ci" in p:
             # peepholes: dw_c* = sum over t, b of dL/da_gate ⊙ (the cell state that gate saw)
             g["w_ci"] += np.einsum("tbj,tbj->j", dG[:, :, :H], cprev)
@@ -138,7 +138,7 @@ class GRUCell:
         hprev = ws("hprev", rows + (H,), dt)
         HN = ws("HN", rows + (H,), dt)
         gh = ws("gh", (B, 3 * H), dt)
-        W_t = K.pack_gru_t(p["w_hh"], self.reset_after) if own_step_gemm() else None
+        W_t = K.pack_gru_t(p["w_hh"], self.reset_after, nt) if own_step_gemm() else None
         K.gru_forward(G, hprev, HN, gh, out, h_n, h0, p["w_hh"], W_t, b_hn,
                       lengths, col0, self.reset_after, reverse, bf, nt, keep=keep, **proj)
         return {"x": x, "G": G, "hprev": hprev, "HN": HN, "lengths": lengths, "reverse": reverse,
@@ -153,7 +153,7 @@ class GRUCell:
             # dL/d(h W_hh^T + b_hh): its r and z columns are dGx's; dGhn holds the n column
             dGhn = ws("dGhn", G.shape[:2] + (H,), G.dtype)
             K.gru_backward(dGx, dGhn, dh, None, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           _packed(p["w_hh"]), col0, True, cache["reverse"], cache["bf"], nt)
+                           _packed(p["w_hh"], nt), col0, True, cache["reverse"], cache["bf"], nt)
             dGx, dGhn = dGx.reshape(-1, H3), dGhn.reshape(-1, H)
             # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dGhn^T @ hprev ; db_hn += sum(dGhn)
             K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(-1, H), trans_a=True,
@@ -161,12 +161,12 @@ class GRUCell:
             K.matmul(g["w_hh"][2 * H:], dGhn, hprev.reshape(-1, H), trans_a=True, beta=1.0,
                      num_threads=nt)
             if "b_hh" in g:
-                g["b_hh"][2 * H:] += dGhn.sum(axis=0)
+                K.colsum_add(g["b_hh"][2 * H:], dGhn, nt)
             _input_side_grads(p, g, dGx, cache["x"], dx, nt, hh_cols=2 * H)   # db_h{r,z} too
         else:
             drh = ws("drh", (B, H), G.dtype)
             K.gru_backward(dGx, None, dh, drh, dout, G, hprev, HN, p["w_hh"], cache["lengths"],
-                           _packed(p["w_hh"]), col0, False, cache["reverse"], cache["bf"], nt)
+                           _packed(p["w_hh"], nt), col0, False, cache["reverse"], cache["bf"], nt)
             dGx = dGx.reshape(-1, H3)
             # dW_h{r,z} += dG_{r,z}^T @ hprev ; dW_hn += dG_n^T @ (r ⊙ hprev)
             K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev.reshape(-1, H), trans_a=True,
@@ -177,18 +177,20 @@ class GRUCell:
         return dh, None
 
 
-def _packed_t(w):
-    """W^T packed for rnncore's own step GEMM (h @ W^T, rnncore/_rc_gemm.h), or None to use BLAS."""
+def _packed_t(w, nt):
+    """W^T packed for rnncore's own step GEMM (h @ W^T, rnncore/_rc_gemm.h) on nt threads, or None to
+    use BLAS."""
     if w is None or not own_step_gemm():
         return None
-    return K.pack_t(w)
+    return K.pack_t(w, nt)
 
 
-def _packed(w):
-    """W packed for rnncore's own step GEMM (dG @ W, the backward products), or None to use BLAS."""
+def _packed(w, nt):
+    """W packed for rnncore's own step GEMM (dG @ W, the backward products) on nt threads, or None to
+    use BLAS."""
     if w is None or not own_step_gemm():
         return None
-    return K.pack_n(w)
+    return K.pack_n(w, nt)
 
 
 def _rows(T, B, bf, keep=True):
@@ -225,7 +227,7 @@ def _input_projection(p, x, T, B, bf, keep, GH, bias, nt, ws):
     otherwise G holds x @ W_ih^T + bias for all T*B rows, one GEMM, and there are none."""
     if _step_projection(p, x, B):
         G = ws("G", _rows(T, B, bf, keep) + (GH,), x.dtype)
-        return G, {"x": x, "W_ih_t": K.pack_t(p["w_ih"]), "bias": bias}
+        return G, {"x": x, "W_ih_t": K.pack_t(p["w_ih"], nt), "bias": bias}
     G = ws("G", _rows(T, B, bf) + (GH,), x.dtype)
     # bias + x W_ih^T: each thread sets its block of rows to the bias just before its GEMM
     K.matmul(G.reshape(-1, GH), x, p["w_ih"], trans_b=True, num_threads=nt, bias=bias)
@@ -237,7 +239,8 @@ def _input_side_grads(p, g, dG, x, dx, nt, hh_cols):
     the same gradient as b_ih); dx += dG @ W_ih."""
     K.matmul(g["w_ih"], dG, x, trans_a=True, beta=1.0, num_threads=nt)
     if "b_ih" in g:
-        s = dG.sum(axis=0)
+        s = np.zeros(dG.shape[1], dG.dtype)
+        K.colsum_add(s, dG, nt)        # dG.sum(axis=0), on the team
         g["b_ih"] += s
         g["b_hh"][:hh_cols] += s[:hh_cols]
     K.matmul(dx, dG, p["w_ih"], beta=1.0, num_threads=nt)

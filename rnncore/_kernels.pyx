@@ -153,10 +153,14 @@ cdef inline Py_ssize_t _nchunks(Py_ssize_t B, int num_threads) noexcept nogil:
 # --------------------------------------------------------------------------------------------------
 
 cdef extern from "_rc_gemm.h" nogil:
-    void rc_sgemm_packed_pack_t(Py_ssize_t N, Py_ssize_t K, const float* W, Py_ssize_t ldw, float* Bp)
-    void rc_dgemm_packed_pack_t(Py_ssize_t N, Py_ssize_t K, const double* W, Py_ssize_t ldw, double* Bp)
-    void rc_sgemm_packed_pack_n(Py_ssize_t K, Py_ssize_t N, const float* W, Py_ssize_t ldw, float* Bp)
-    void rc_dgemm_packed_pack_n(Py_ssize_t K, Py_ssize_t N, const double* W, Py_ssize_t ldw, double* Bp)
+    void rc_sgemm_packed_pack_t_panels(Py_ssize_t N, Py_ssize_t K, const float* W, Py_ssize_t ldw,
+                                       float* Bp, Py_ssize_t p0, Py_ssize_t p1)
+    void rc_dgemm_packed_pack_t_panels(Py_ssize_t N, Py_ssize_t K, const double* W, Py_ssize_t ldw,
+                                       double* Bp, Py_ssize_t p0, Py_ssize_t p1)
+    void rc_sgemm_packed_pack_n_panels(Py_ssize_t K, Py_ssize_t N, const float* W, Py_ssize_t ldw,
+                                       float* Bp, Py_ssize_t p0, Py_ssize_t p1)
+    void rc_dgemm_packed_pack_n_panels(Py_ssize_t K, Py_ssize_t N, const double* W, Py_ssize_t ldw,
+                                       double* Bp, Py_ssize_t p0, Py_ssize_t p1)
 
 
 cdef extern from "_rc_gemm.h" nogil:
@@ -209,43 +213,56 @@ def empty_aligned(shape, dtype):
     return buf[off:off + nbytes].view(dtype).reshape(shape)
 
 
-def _pack(const floating[:, ::1] W, bint trans):
+cdef inline void _pack_panels(const floating* W, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t K, bint trans,
+                              floating* o, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    if floating is float:
+        if trans:
+            rc_sgemm_packed_pack_t_panels(N, K, W, ld, o, p0, p1)
+        else:
+            rc_sgemm_packed_pack_n_panels(K, N, W, ld, o, p0, p1)
+    elif trans:
+        rc_dgemm_packed_pack_t_panels(N, K, W, ld, o, p0, p1)
+    else:
+        rc_dgemm_packed_pack_n_panels(K, N, W, ld, o, p0, p1)
+
+
+def _pack(const floating[:, ::1] W, bint trans, int num_threads=1):
     """B = W^T (trans; W is (N, K)) or B = W (W is (K, N)) packed into panels (rnncore/_rc_gemm.h):
-    an array (panels * K, panel width) of W's dtype."""
+    an array (panels * K, panel width) of W's dtype. Panels are split over num_threads threads (a
+    copy: the same result on any number)."""
     cdef Py_ssize_t ld = W.shape[1], nr = panel_width(&W[0, 0])
     cdef Py_ssize_t N = W.shape[0] if trans else W.shape[1], K = W.shape[1] if trans else W.shape[0]
-    out = empty_aligned((_npanels(N, nr) * K, nr), np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t npan = _npanels(N, nr), p
+    out = empty_aligned((npan * K, nr), np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] o = out
+    if num_threads < 1 or N * K < 65536:   # below ~64K values a fork/join costs more than it saves
+        num_threads = 1
     with nogil:
-        if floating is float:
-            if trans:
-                rc_sgemm_packed_pack_t(N, K, &W[0, 0], ld, &o[0, 0])
-            else:
-                rc_sgemm_packed_pack_n(K, N, &W[0, 0], ld, &o[0, 0])
-        elif trans:
-            rc_dgemm_packed_pack_t(N, K, &W[0, 0], ld, &o[0, 0])
+        if num_threads == 1:
+            _pack_panels(&W[0, 0], ld, N, K, trans, &o[0, 0], 0, npan)
         else:
-            rc_dgemm_packed_pack_n(K, N, &W[0, 0], ld, &o[0, 0])
+            for p in prange(npan, num_threads=num_threads, schedule="static"):
+                _pack_panels(&W[0, 0], ld, N, K, trans, &o[0, 0], p, p + 1)
     return out
 
 
-def pack_t(W):
+def pack_t(W, num_threads=1):
     """W (N, K) -> W^T packed, for C (+)= A @ W^T per step (the forward products)."""
-    return _pack(W, True)
+    return _pack(W, True, num_threads)
 
 
-def pack_n(W):
+def pack_n(W, num_threads=1):
     """W (K, N) -> W packed, for C (+)= A @ W per step (the backward products)."""
-    return _pack(W, False)
+    return _pack(W, False, num_threads)
 
 
-def pack_gru_t(W_hh, bint reset_after):
+def pack_gru_t(W_hh, bint reset_after, num_threads=1):
     """The GRU's forward step weights: pack_t(W_hh) when the whole 3H-column product runs at once
     (reset_after), else W_h{r,z}^T and W_hn^T packed one after the other (two separate products)."""
     if reset_after:
-        return pack_t(W_hh)
+        return pack_t(W_hh, num_threads)
     H = W_hh.shape[1]
-    rz, n = pack_t(W_hh[:2 * H]), pack_t(W_hh[2 * H:])
+    rz, n = pack_t(W_hh[:2 * H], num_threads), pack_t(W_hh[2 * H:], num_threads)
     out = empty_aligned((rz.shape[0] + n.shape[0], rz.shape[1]), rz.dtype)
     out[:rz.shape[0]], out[rz.shape[0]:] = rz, n
     return out
@@ -368,6 +385,53 @@ cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,
                 _fill_rows(c + s0, m, s1 - s0, ldc, bias + s0)
             gemm(ta, tb, m, <int> (s1 - s0), k, alpha,
                  a, lda, b + (s0 * ldb if tb else s0), ldb, beta, c + s0, ldc)
+
+
+cdef enum:
+    COLSUM_ROWS = 256    # rows per block of the bias-gradient sums (a fixed grid: any thread count)
+
+
+cdef void _colsum_rows(double* acc, const floating* a, Py_ssize_t lda, Py_ssize_t i0, Py_ssize_t i1,
+                       Py_ssize_t n) noexcept nogil:
+    # acc[j] = sum over rows i in [i0, i1) of a[i, j], in row order, in double
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    for j in range(n):
+        acc[j] = 0
+    for i in range(i0, i1):
+        row = a + i * lda
+        for j in range(n):
+            acc[j] += row[j]
+
+
+def colsum_add(floating[::1] out, const floating[:, :] A, int num_threads=1):
+    """out += A.sum(axis=0), the bias gradients (A = dL/da over all T*B rows), on the team: blocks of
+    COLSUM_ROWS rows are summed in double (each block by one thread, rows in order), then the
+    blocks in order, and rounded once. The grid does not depend on the thread count, so neither
+    do the bits (and the sum is closer than numpy's float32 one, which adds row after row in float32)."""
+    cdef Py_ssize_t m = A.shape[0], n = A.shape[1], nblk, blk, j, lda
+    if out.shape[0] != n:
+        raise ValueError(f"colsum_add: out must have {n} values (A's columns), got {out.shape[0]}")
+    if m == 0 or n == 0:
+        return
+    if A.strides[1] != sizeof(floating):
+        raise ValueError("colsum_add: A's rows must be unit-stride")
+    lda = A.strides[0] // sizeof(floating)
+    nblk = (m + COLSUM_ROWS - 1) // COLSUM_ROWS
+    partial = np.empty((nblk, n), np.float64)
+    cdef double[:, ::1] P = partial
+    cdef double* tot
+    if num_threads < 1 or m * n < 65536:
+        num_threads = 1
+    with nogil:
+        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
+            _colsum_rows(&P[blk, 0], &A[0, 0], lda, blk * COLSUM_ROWS, min(m, (blk + 1) * COLSUM_ROWS), n)
+        tot = &P[0, 0]
+        for blk in range(1, nblk):
+            for j in range(n):
+                tot[j] += P[blk, j]
+        for j in range(n):
+            out[j] += <floating> tot[j]
 
 
 def matmul(floating[:, :] C, const floating[:, :] A, const floating[:, :] B,

@@ -173,23 +173,45 @@ static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t ld
 {                                                                                                \
     NAME##2(M, N, K, A, lda, Bp, pstride, 0, A, 0, Bp, pstride, Ci, ldci, C, ldc);                \
 }                                                                                                \
-/* pack B = W^T, W (N x K) row-major (ldw): the forward product A . W^T */                       \
+/* pack B = W^T, W (N x K) row-major (ldw): the forward product A . W^T; panels [p0, p1) only, so  \
+   that threads can pack disjoint panels. Each W row is read along k (contiguous) into its panel   \
+   column. */                                                                                    \
+static void NAME##_pack_t_panels(ptrdiff_t N, ptrdiff_t K, const T *W, ptrdiff_t ldw, T *Bp,     \
+                                 ptrdiff_t p0, ptrdiff_t p1)                                     \
+{                                                                                                \
+    ptrdiff_t p, k, c;                                                                           \
+    for (p = p0; p < p1; p++) {                                                                  \
+        T *dst = Bp + p * K * NR;                                                                \
+        const ptrdiff_t w = N - p * NR < NR ? N - p * NR : NR;                                   \
+        for (c = 0; c < w; c++) {                                                                \
+            const T *src = W + (p * NR + c) * ldw;                                               \
+            for (k = 0; k < K; k++) dst[k * NR + c] = src[k];                                    \
+        }                                                                                        \
+        for (c = w; c < NR; c++)                                                                 \
+            for (k = 0; k < K; k++) dst[k * NR + c] = (T)0;                                      \
+    }                                                                                            \
+}                                                                                                \
+/* pack B = W, W (K x N) row-major (ldw): the backward product A . W; panels [p0, p1) only */     \
+static void NAME##_pack_n_panels(ptrdiff_t K, ptrdiff_t N, const T *W, ptrdiff_t ldw, T *Bp,     \
+                                 ptrdiff_t p0, ptrdiff_t p1)                                     \
+{                                                                                                \
+    ptrdiff_t p, k, c;                                                                           \
+    for (p = p0; p < p1; p++) {                                                                  \
+        T *dst = Bp + p * K * NR;                                                                \
+        const ptrdiff_t w = N - p * NR < NR ? N - p * NR : NR;                                   \
+        for (k = 0; k < K; k++) {                                                                \
+            memcpy(dst + k * NR, W + k * ldw + p * NR, (size_t)w * sizeof(T));                  \
+            for (c = w; c < NR; c++) dst[k * NR + c] = (T)0;                                     \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
 static void NAME##_pack_t(ptrdiff_t N, ptrdiff_t K, const T *W, ptrdiff_t ldw, T *Bp)            \
 {                                                                                                \
-    ptrdiff_t p, k, c;                                                                           \
-    for (p = 0; p * NR < N; p++)                                                                 \
-        for (k = 0; k < K; k++)                                                                  \
-            for (c = 0; c < NR; c++)                                                             \
-                Bp[(p * K + k) * NR + c] = p * NR + c < N ? W[(p * NR + c) * ldw + k] : (T)0;    \
+    NAME##_pack_t_panels(N, K, W, ldw, Bp, 0, (N + NR - 1) / NR);                                \
 }                                                                                                \
-/* pack B = W, W (K x N) row-major (ldw): the backward product A . W */                          \
 static void NAME##_pack_n(ptrdiff_t K, ptrdiff_t N, const T *W, ptrdiff_t ldw, T *Bp)            \
 {                                                                                                \
-    ptrdiff_t p, k, c;                                                                           \
-    for (p = 0; p * NR < N; p++)                                                                 \
-        for (k = 0; k < K; k++)                                                                  \
-            for (c = 0; c < NR; c++)                                                             \
-                Bp[(p * K + k) * NR + c] = p * NR + c < N ? W[k * ldw + p * NR + c] : (T)0;      \
+    NAME##_pack_n_panels(K, N, W, ldw, Bp, 0, (N + NR - 1) / NR);                                \
 }
 
 RC_DEFINE_GEMM(rc_sgemm_packed, float, rc_vf, RC_NR_F)

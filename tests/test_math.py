@@ -95,3 +95,54 @@ def test_small_gemm_rejects_operands_that_do_not_fit():
         K.packed_matmul(C, A, Wp, None, np.ones((3, 2), f))
     with pytest.raises(ValueError, match="bias must have 20"):
         K.packed_matmul(C, A, Wp, np.ones(19, f))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_gradient_sums_are_exact_to_rounding_and_the_same_on_any_thread_count(dtype):
+    """colsum_add (the bias gradients: dL/da summed over all T*B rows) sums in double, so in float32 it
+    is within a rounding of the exact sum (numpy's float32 sum along axis 0 adds row after row in
+    float32 and is not), and gives the same bits on 1, 2 and 3 threads; a strided view of rows works."""
+    from rnncore import _kernels as K
+    rng = np.random.default_rng(11)
+    for m, n in ((1, 1), (7, 5), (255, 3), (257, 130), (6400, 96)):
+        A = rng.standard_normal((m, n + 4)).astype(dtype)[:, 2:n + 2]      # rows 4 values apart
+        start = rng.standard_normal(n).astype(dtype)
+        exact = start.astype(np.float64) + A.astype(np.float64).sum(axis=0)
+        outs = []
+        for nt in (1, 2, 3):
+            out = start.copy()
+            K.colsum_add(out, A, nt)
+            outs.append(out)
+        assert all(np.array_equal(outs[0], o) for o in outs[1:]), (m, n)
+        # float32: the double sum (exact to ~1e-16) rounded once, then added to start (one more
+        # rounding); float64: a double sum in blocks of 256 rows, far inside 4 eps * sum|a|
+        sums, eps = A.astype(np.float64).sum(axis=0), np.finfo(dtype).eps
+        slack = (4 if dtype == np.float64 else 1e-3) * eps * np.abs(A.astype(np.float64)).sum(axis=0)
+        bound = 2 * eps * (np.abs(sums) + np.abs(start)) + slack
+        assert np.all(np.abs(outs[0] - exact) <= bound), (m, n)
+
+
+def test_bias_gradient_sums_reject_a_wrong_output_or_strided_columns():
+    from rnncore import _kernels as K
+    A = np.ones((10, 6), np.float32)
+    with pytest.raises(ValueError, match="out must have 6 values"):
+        K.colsum_add(np.zeros(5, np.float32), A)
+    with pytest.raises(ValueError, match="unit-stride"):
+        K.colsum_add(np.zeros(3, np.float32), A[:, ::2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packing_on_several_threads_gives_the_same_panels(dtype):
+    from rnncore import _kernels as K
+    rng = np.random.default_rng(2)
+    nr = K.pack_t(np.zeros((1, 1), dtype)).shape[1]
+    for N, Kd in ((3, 2), (nr, 300), (5 * nr + 3, 257), (40 * nr, 64)):
+        W = rng.standard_normal((N, Kd)).astype(dtype)
+        one = K.pack_t(W, 1)
+        # panel p, row k holds W[p*nr + c, k] for c < nr, zero past N
+        padded = np.zeros((-(-N // nr) * nr, Kd), dtype)
+        padded[:N] = W
+        want = padded.reshape(-1, nr, Kd).transpose(0, 2, 1).reshape(-1, nr)
+        assert np.array_equal(one, want), (N, Kd)
+        for nt in (2, 3):
+            assert np.array_equal(K.pack_t(W, nt), one) and np.array_equal(K.pack_n(W.T.copy(), nt), one)
