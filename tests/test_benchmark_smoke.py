@@ -330,3 +330,26 @@ def test_thread_counts_and_dtypes_are_timed_in_one_interleaved_series(monkeypatc
     for r in range(4):
         expected += variants if r % 2 == 0 else variants[::-1]
     assert [(impl, d, n) for impl, _, d, n in timed] == expected
+
+
+def test_the_peak_is_measured_again_before_every_cell_and_the_best_is_used(monkeypatch):
+    """One short FMA measurement can land while the host slows the VM (2-thread peaks of 96 and 151
+    GFLOP/s were seen where 182 is usual), which would inflate every % of peak: the benchmark measures
+    again before every cell and shape and takes % of the best."""
+    readings = {1: iter([80.0, 90.0, 85.0]), 2: iter([150.0, 180.0, 120.0])}
+    monkeypatch.setattr(benchmark, "measure_peak", lambda n, seconds=None: next(readings[n]))
+    opts = benchmark.build_parser().parse_args(["--threads", "1,2"])
+    peaks = benchmark._peaks(opts)
+    assert peaks["fp32_gflops"] == {"1": 80.0, "2": 150.0}
+    benchmark._remeasure_peaks(peaks, [1, 2])
+    benchmark._remeasure_peaks(peaks, [1, 2])
+    assert peaks["samples"] == {"1": [80.0, 90.0, 85.0], "2": [150.0, 180.0, 120.0]}
+    assert peaks["fp32_gflops"] == {"1": 90.0, "2": 180.0}
+    rows = [{"threads": 2, "dtype": "float32", "rnncore": {"gflops": 90.0}},
+            {"threads": 2, "dtype": "float64", "rnncore": {"gflops": 45.0}},
+            {"threads": 1, "dtype": "float32", "rnncore": None}]
+    benchmark._apply_peaks(rows, peaks)
+    assert [r["peak_gflops"] for r in rows] == [180.0, 90.0, 90.0]
+    assert rows[0]["rnncore"]["pct_peak"] == pytest.approx(50.0)
+    assert rows[1]["rnncore"]["pct_peak"] == pytest.approx(50.0)
+    assert "best of 3 measurements, lowest 120" in benchmark._peak_text(peaks)
