@@ -45,6 +45,27 @@ typedef double rc_vd __attribute__((vector_size(RC_VEC_BYTES)));
 #define RC_NR_F ((ptrdiff_t)(2 * RC_VEC_BYTES / sizeof(float)))
 #define RC_NR_D ((ptrdiff_t)(2 * RC_VEC_BYTES / sizeof(double)))
 
+/* The k loop of one product in a tile: c0, c1 (MR rows, two vectors each) += A[r][k] * B[k][:] for
+ * k < KK, A rows LDA apart, B one packed panel (uses W and k of the enclosing tile). */
+#define RC_TILE_SUM(NAME, T, V, MR, KK, A, LDA, BP)                                              \
+    for (k = 0; k < (KK); k++) {                                                                 \
+        const V b0 = NAME##_load((BP) + k * 2 * W), b1 = NAME##_load((BP) + k * 2 * W + W);      \
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                   \
+            const T av = (A)[r * (LDA) + k];                                                     \
+            c0[r] += av * b0;                                                                    \
+            c1[r] += av * b1;                                                                    \
+        }                                                                                        \
+    }
+
+/* The k loop of one product for one row against 4 consecutive panels (PSTRIDE apart): acc[8] +=
+ * A[k] * B[k][:] for k < KK (uses W and k of the enclosing function). */
+#define RC_ROW4_SUM(NAME, T, KK, A, BP, PSTRIDE)                                                 \
+    for (k = 0; k < (KK); k++) {                                                                 \
+        const T av = (A)[k];                                                                     \
+        _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                      \
+            acc[q] += av * NAME##_load((BP) + (q / 2) * (PSTRIDE) + k * 2 * W + (q % 2) * W);    \
+    }
+
 /* One MR x NR tile: the sums start from ci (or zero), run over k < K of (a, bp), then over k < K2 of
  * (a2, bp2): C = Ci + A . B + A2 . B2 without storing C in between (K2 = 0: one product). */
 #define RC_TILE(NAME, T, V, MR)                                                                  \
@@ -59,22 +80,8 @@ static inline void NAME##_tile##MR(ptrdiff_t K, const T *a, ptrdiff_t lda, const
         if (ci) { c0[r] = NAME##_load(ci + r * ldci); c1[r] = NAME##_load(ci + r * ldci + W); }  \
         else { c0[r] = (V){0}; c1[r] = (V){0}; }                                                 \
     }                                                                                            \
-    for (k = 0; k < K; k++) {                                                                    \
-        const V b0 = NAME##_load(bp + k * 2 * W), b1 = NAME##_load(bp + k * 2 * W + W);          \
-        _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                   \
-            const T av = a[r * lda + k];                                                         \
-            c0[r] += av * b0;                                                                    \
-            c1[r] += av * b1;                                                                    \
-        }                                                                                        \
-    }                                                                                            \
-    for (k = 0; k < K2; k++) {                                                                   \
-        const V b0 = NAME##_load(bp2 + k * 2 * W), b1 = NAME##_load(bp2 + k * 2 * W + W);        \
-        _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                   \
-            const T av = a2[r * lda2 + k];                                                       \
-            c0[r] += av * b0;                                                                    \
-            c1[r] += av * b1;                                                                    \
-        }                                                                                        \
-    }                                                                                            \
+    RC_TILE_SUM(NAME, T, V, MR, K, a, lda, bp)                                                   \
+    RC_TILE_SUM(NAME, T, V, MR, K2, a2, lda2, bp2)                                               \
     _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                       \
         NAME##_store(c + r * ldc, c0[r]); NAME##_store(c + r * ldc + W, c1[r]);                  \
     }                                                                                            \
@@ -117,16 +124,8 @@ static inline void NAME##_row4(ptrdiff_t K, const T *a, const T *bp, ptrdiff_t p
     ptrdiff_t k;                                                                                 \
     _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                          \
         acc[q] = ci ? NAME##_load(ci + q * W) : (V){0};                                          \
-    for (k = 0; k < K; k++) {                                                                    \
-        const T av = a[k];                                                                       \
-        _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                      \
-            acc[q] += av * NAME##_load(bp + (q / 2) * pstride + k * 2 * W + (q % 2) * W);        \
-    }                                                                                            \
-    for (k = 0; k < K2; k++) {                                                                   \
-        const T av = a2[k];                                                                      \
-        _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                                      \
-            acc[q] += av * NAME##_load(bp2 + (q / 2) * pstride2 + k * 2 * W + (q % 2) * W);      \
-    }                                                                                            \
+    RC_ROW4_SUM(NAME, T, K, a, bp, pstride)                                                      \
+    RC_ROW4_SUM(NAME, T, K2, a2, bp2, pstride2)                                                  \
     _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) NAME##_store(c + q * W, acc[q]);         \
 }                                                                                                \
 /* C := Ci + A . B + A2 . B2 (K2 = 0: no second product; A2, Bp2 unused). Each element sums its    \
