@@ -604,10 +604,9 @@ def _checked_variant(cell, shape_name, shape, opts, seed, dtype, threads, inputs
     None when it could not be built or checked."""
     B, T, I, H = shape
     x, d_out, module = inputs
-    peak = _row_peak(opts.peaks, threads, dtype)
     rows = {p: {"cell": cell, "shape": shape_name, "B": B, "T": T, "I": I, "H": H, "pass": p,
                 "dtype": dtype, "threads": threads, "flops": flops(cell, shape, p),
-                "peak_gflops": peak,
+                "peak_gflops": _row_peak(opts.peaks, threads, dtype),
                 "rnncore": None, "torch": None, "reference": None, "ratio": None,
                 "check": {"status": "ERROR", "oracle": None}} for p in PASSES}
     layer = None
@@ -680,9 +679,7 @@ def bench_cell(cell, shape_name, shape, opts, seed, combos):
                 row["rnncore"] = None
             if row["rnncore"] and row["torch"]:
                 row["ratio"] = row["torch"]["median_ms"] / row["rnncore"]["median_ms"]
-            if row["rnncore"]:
-                peak = row["peak_gflops"]
-                row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / peak if peak else None
+            _apply_peaks([row], opts.peaks)
             if opts.reference and shape_name in opts.reference_shapes:
                 x, d_out, module = inputs[c[0]]
                 with _threads(c[1]):
