@@ -63,6 +63,7 @@ SCHEMA = "rnncore-benchmark/2"
 BUSY = 0.2                  # cores used by other processes above which a time is flagged unreliable
 RETRIES = 3                 # with --wait-idle, times a cell is timed again after others interfered
 CORETYPE = "OPENBLAS_CORETYPE"
+CONTROL_SIZE = 1024         # the control: numpy's float32 GEMM of two CONTROL_SIZE^2 matrices
 # The scaling sweep (--sweep): one variable at a time varies around SWEEP_BASE (B, T, I, H); the base
 # value of each variable is among its points, and the base shape is timed once for all three.
 SWEEP_BASE = SHAPES["M"]
@@ -230,6 +231,9 @@ def _apply_peaks(rows, peaks):
         row["peak_gflops"] = peak = _row_peak(peaks, row["threads"], row["dtype"])
         if row["rnncore"]:
             row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / peak if peak else None
+        if row.get("control"):    # a float32 GEMM: % of the FP32 peak, whatever the row's dtype
+            fp32 = _row_peak(peaks, row["threads"], "float32")
+            row["control"]["pct_peak"] = 100.0 * row["control"]["gflops"] / fp32 if fp32 else None
 
 
 def _row_peak(peaks, threads, dtype):
@@ -607,7 +611,7 @@ def _checked_variant(cell, shape_name, shape, opts, seed, dtype, threads, inputs
     rows = {p: {"cell": cell, "shape": shape_name, "B": B, "T": T, "I": I, "H": H, "pass": p,
                 "dtype": dtype, "threads": threads, "flops": flops(cell, shape, p),
                 "peak_gflops": _row_peak(opts.peaks, threads, dtype),
-                "rnncore": None, "torch": None, "reference": None, "ratio": None,
+                "rnncore": None, "torch": None, "reference": None, "ratio": None, "control": None,
                 "check": {"status": "ERROR", "oracle": None}} for p in PASSES}
     layer = None
     try:
@@ -633,7 +637,9 @@ def bench_cell(cell, shape_name, shape, opts, seed, combos):
 
     Every variant of a pass (rnncore and torch at each dtype and thread count) is timed in one
     interleaved series, so the thread speed-ups and the float64/float32 ratios compare samples taken
-    side by side, like the torch/rnncore ratios."""
+    side by side, like the torch/rnncore ratios. Unless --no-control, the series also times a control on
+    each thread count: numpy's float32 GEMM of two CONTROL_SIZE^2 matrices (BLAS), whose GFLOP/s tell how
+    fast this machine ran a well-tuned GEMM at the very moments the row was timed (`row["control"]`)."""
     B, T, I, H = shape
     torch = None if opts.no_torch else _import_torch()
     inputs = {}
@@ -650,7 +656,7 @@ def bench_cell(cell, shape_name, shape, opts, seed, combos):
 
     for p in PASSES:
         fns, setups, last = {}, {}, {c: {} for c in combos}
-        for c, (rows, layer) in variants.items():
+        for i, (c, (rows, layer)) in enumerate(variants.items()):
             x, d_out, module = inputs[c[0]]
             if layer is not None and rows[p]["check"]["status"] in ("ok", "unchecked"):
                 fns[("rnncore",) + c] = _rnncore_fn(layer, x, d_out, p, last[c])
@@ -658,6 +664,10 @@ def bench_cell(cell, shape_name, shape, opts, seed, combos):
                 fns[("torch",) + c] = _torch_fn(module, x, d_out, p, last[c])
             for impl in ("rnncore", "torch"):
                 setups[(impl,) + c] = lambda n=c[1]: _threads(n)
+            if opts.control and (i + 1 == len(combos) or combos[i + 1][1] != c[1]):
+                # after the last variant on c[1] threads: the control on as many
+                fns[("control", "float32", c[1])] = _control_fn()
+                setups[("control", "float32", c[1])] = lambda n=c[1]: _threads(n)
         times, error = {}, None
         if fns:
             try:
@@ -673,6 +683,10 @@ def bench_cell(cell, shape_name, shape, opts, seed, combos):
                 if t is not None:
                     t["gflops"] = row["flops"] / (t["median_ms"] * 1e6)
                     row[impl] = t
+            t = times.get(("control", "float32", c[1]))
+            if t is not None:
+                row["control"] = dict(t, gflops=2.0 * CONTROL_SIZE ** 3 / (t["median_ms"] * 1e6),
+                                      what="numpy float32 matmul %d^3, in this row's series" % CONTROL_SIZE)
             if "rnncore" in last[c] and "torch" in last[c]:
                 _check_full(row, last[c], c[0])
             if row["check"]["status"] not in ("ok", "unchecked"):
@@ -716,6 +730,18 @@ def _torch_fn(module, x, d_out, pass_, last):
             out, h = module(xt)
             out.backward(dt)
             last["torch"] = (out, xt.grad)
+    return run
+
+
+def _control_fn():
+    """The control of a series: numpy's float32 GEMM, CONTROL_SIZE^2 by CONTROL_SIZE^2 (BLAS, on the
+    thread count its setup sets)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((CONTROL_SIZE, CONTROL_SIZE)).astype(np.float32) for _ in range(2))
+    c = np.empty_like(a)
+
+    def run():
+        np.matmul(a, b, out=c)
     return run
 
 
@@ -855,19 +881,20 @@ def _check_label(check):
 
 def render_table(rows):
     lines = ["| cell | shape (B,T,I,H) | pass | check | rnncore ms | torch ms | ratio | rnncore GFLOP/s "
-             "| % peak | numpy ref ms |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| % peak | BLAS GEMM % peak | numpy ref ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        r, t, ref = row["rnncore"], row["torch"], row["reference"]
+        r, t, ref, ctl = row["rnncore"], row["torch"], row["reference"], row.get("control")
         status = row["check"]["status"]
         rn = _ms(r["median_ms"]) if r else ("FAIL" if status == "FAIL" else
                                             "ERROR" if status == "ERROR" else "–")
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["cell"], _shape_label(row), row["pass"], _check_label(row["check"]), rn,
             _ms(t["median_ms"]) if t else "–",
             "%.2f" % row["ratio"] if row["ratio"] else "–",
             "%.1f" % r["gflops"] if r else "–",
             "%.0f%%" % r["pct_peak"] if r and r.get("pct_peak") is not None else "–",
+            "%.0f%%" % ctl["pct_peak"] if ctl and ctl.get("pct_peak") is not None else "–",
             _ms(ref["median_ms"]) if ref and "median_ms" in ref else ("error" if ref else "–")))
     return "\n".join(lines)
 
@@ -998,12 +1025,18 @@ def render_comparison(entries, label, value_key, title):
     return "\n".join(lines)
 
 
-def _target(name, values, ok, worst_of):
+def _target(name, values, ok, worst_of, control=None):
+    """A target's values (row name -> value), worst value and verdict; `control` (row name -> % of peak
+    of the control GEMM in that row's series), where the target is a % of peak."""
     values = {k: v for k, v in values.items() if v is not None}
     if not values:
         return None
     worst = worst_of(values.values())
-    return {"target": name, "values": values, "worst": worst, "met": ok(worst)}
+    out = {"target": name, "values": values, "worst": worst, "met": ok(worst)}
+    control = {k: v for k, v in (control or {}).items() if v is not None and k in values}
+    if control:
+        out["control"] = control
+    return out
 
 
 def targets(rows, scaling, f64, memory=()):
@@ -1029,7 +1062,9 @@ def targets(rows, scaling, f64, memory=()):
                 lambda w: w >= TARGET_TRAIN_RATIO, min),
         _target("forward at M and L >= %g%% of the measured FP32 peak (float32, %d thr)" % (TARGET_PCT_PEAK, tt),
                 {name(r): r["rnncore"].get("pct_peak") for r in main if r["pass"] == "fwd" and r["shape"] in large},
-                lambda w: w >= TARGET_PCT_PEAK, min),
+                lambda w: w >= TARGET_PCT_PEAK, min,
+                control={name(r): (r.get("control") or {}).get("pct_peak") for r in main
+                         if r["pass"] == "fwd" and r["shape"] in large}),
         _target("2 threads >= %gx faster than 1 thread at M and L (rnncore, float32)" % TARGET_THREAD_SPEEDUP,
                 {"%s %s %s" % (e["cell"], e["shape"], e["pass"]): e["rnncore"]["speedup"]
                  for e in scaling if e["rnncore"] and e["shape"] in large and e["base"] == 1 and e["threads"] == 2
@@ -1048,11 +1083,14 @@ def targets(rows, scaling, f64, memory=()):
 
 
 def render_targets(items):
-    lines = ["| target | rows | worst | met |", "|---|---:|---|---|"]
+    lines = ["| target | rows | worst | met | the control GEMM, same series |", "|---|---:|---|---|---|"]
     for t in items:
         key = [k for k, v in t["values"].items() if v == t["worst"]][0]
-        lines.append("| %s | %d | %.2f (%s) | %s |" % (t["target"], len(t["values"]), t["worst"], key,
-                                                        "yes" if t["met"] else "**no**"))
+        control = t.get("control")
+        lines.append("| %s | %d | %.2f (%s) | %s | %s |" % (
+            t["target"], len(t["values"]), t["worst"], key, "yes" if t["met"] else "**no**",
+            "%.0f–%.0f%% of peak (%s: %.0f%%)" % (min(control.values()), max(control.values()), key,
+                                                   control[key]) if control and key in control else "–"))
     return "\n".join(lines)
 
 
@@ -1346,6 +1384,9 @@ def build_parser():
     p.add_argument("--no-torch", action="store_true",
                    help="do not time PyTorch (the check then uses the numpy reference)")
     p.add_argument("--no-reference", action="store_true", help="do not time the numpy reference")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="do not time the control (numpy's float32 GEMM of two %d^2 matrices, sampled in every "
+                        "series to show how fast the machine ran BLAS while each row was timed)" % CONTROL_SIZE)
     p.add_argument("--reference-shapes", type=lambda s: _parse_list(s, list(SHAPES), "shape"), default=None,
                    help="time the numpy reference only at these shapes (e.g. S,B1 to skip the large ones)")
     p.add_argument("--reference-repeats", type=int, default=3, help="repeats of the numpy reference (default 3)")

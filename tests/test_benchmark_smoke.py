@@ -8,6 +8,7 @@ import math
 import os
 
 import pytest
+from threadpoolctl import ThreadpoolController
 
 import rnncore
 from rnncore import benchmark
@@ -247,6 +248,13 @@ def test_growth_exponent_thread_speedup_and_targets_from_known_times():
     rows[-1]["torch"]["median_ms"] = 14.0                     # ratio 1.4: under 1.5 for RNN training
     got = {t["target"].split()[0]: (t["worst"], t["met"]) for t in benchmark.targets(rows, scaling, f64)}
     assert got["RNN"] == (1.4, False) and got["every"] == (1.4, True)
+    # the % of peak target shows the control GEMM of the same rows' series beside it
+    rows[1]["control"] = {"pct_peak": 61.0}
+    items = benchmark.targets(rows, scaling, f64)
+    pct = [t for t in items if t["target"].startswith("forward")][0]
+    assert pct["control"] == {"GRU M fwd": 61.0}
+    assert [t for t in items if t["target"].startswith("every")][0].get("control") is None
+    assert "| 61–61% of peak (GRU M fwd: 61%) |" in benchmark.render_targets(items)
 
     # time ~ T^1 exactly: the exponent is 1
     sweep_rows = [dict(cell="RNN", vary=["T"], T=t, rnncore={"median_ms": 0.5 * t}, torch=None, **{"pass": "fwd"})
@@ -308,8 +316,20 @@ def test_thread_counts_and_dtypes_are_timed_in_one_interleaved_series(monkeypatc
                 samples.append((impl, pass_, x.dtype.name, threads_of[impl]()))
             return call
         return make
+    real_control_fn = benchmark._control_fn
+    blas = ThreadpoolController().select(user_api="blas")
+
+    def recording_control():
+        run = real_control_fn()
+
+        def call():
+            run()
+            samples.append(("control", None, "float32", blas.info()[0]["num_threads"]))
+        return call
     monkeypatch.setattr(benchmark, "_rnncore_fn", recording("rnncore", real_rnncore_fn))
     monkeypatch.setattr(benchmark, "_torch_fn", recording("torch", real_torch_fn))
+    monkeypatch.setattr(benchmark, "_control_fn", recording_control)
+    monkeypatch.setattr(benchmark, "CONTROL_SIZE", 64)
     opts = benchmark.build_parser().parse_args(["--quick", "--no-reference"])
     opts.repeats, opts.warmup, opts.min_time, opts.reference = 4, 1, 0.0, False
     opts.peaks = {"source": "given", "fp32_gflops": {"1": 100.0, "2": 100.0}}
@@ -322,9 +342,19 @@ def test_thread_counts_and_dtypes_are_timed_in_one_interleaved_series(monkeypatc
         assert r["check"]["status"] == "ok", r["check"]
         assert r["rnncore"]["median_ms"] > 0 and r["torch"]["median_ms"] > 0
         assert len(r["rnncore"]["samples_ms"]) == 4
-    timed = [s for s in samples if s[1] == "fwd"][8:]          # after one warm-up call per variant
+        # the control of the row's thread count, from the same series; % of the FP32 peak (100)
+        control = r["control"]
+        assert len(control["samples_ms"]) == 4
+        assert control["gflops"] == pytest.approx(2 * 64 ** 3 / (control["median_ms"] * 1e6))
+        assert control["pct_peak"] == pytest.approx(control["gflops"])
+    # the forward pass's series: one warm-up call per function (8 variants, 2 controls), then 4 rounds
+    timed = samples[10:50]
+    assert all(s[1] in ("fwd", None) for s in timed) and samples[50][1] != "fwd"
     variants = [(impl, d, n) for n, d in ((1, "float32"), (1, "float64"), (2, "float32"), (2, "float64"))
                 for impl in ("rnncore", "torch")]
+    # the control of a thread count right after that count's last variant
+    variants.insert(4, ("control", "float32", 1))
+    variants.append(("control", "float32", 2))
     # round r samples every variant once, in this order or reversed, each on its variant's thread count
     expected = []
     for r in range(4):
