@@ -981,8 +981,9 @@ def compare_rows(rows, attr, base):
             continue
         entry = {k: r[k] for k in ROW_KEY}
         entry["base"] = base
-        for impl in ("rnncore", "torch"):
-            t0, t1 = b[impl], r[impl]
+        # the control GEMM is float32 whatever the row's dtype: it compares across thread counts only
+        for impl in ("rnncore", "torch") + (("control",) if attr == "threads" else ()):
+            t0, t1 = b.get(impl), r.get(impl)
             entry[impl] = None if not (t0 and t1) else {
                 "base_ms": t0["median_ms"], "ms": t1["median_ms"], "time_ratio": t1["median_ms"] / t0["median_ms"]}
         out.append(entry)
@@ -996,7 +997,7 @@ def thread_scaling(rows):
         return []
     out = compare_rows(rows, "threads", counts[0])
     for e in out:
-        for impl in ("rnncore", "torch"):
+        for impl in ("rnncore", "torch", "control"):
             if e[impl]:
                 e[impl]["speedup"] = 1.0 / e[impl]["time_ratio"]
     return out
@@ -1009,9 +1010,12 @@ def dtype_ratio(rows):
 
 
 def render_comparison(entries, label, value_key, title):
-    """A table of compare_rows entries: the two times and `value_key` for rnncore and torch."""
-    lines = ["| cell | shape | pass | %s | rnncore ms | rnncore %s | torch ms | torch %s |" % (label, title, title),
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    """A table of compare_rows entries: the two times and `value_key` for rnncore and torch (and the
+    control GEMM's `value_key`, when the entries have it)."""
+    control = any(e.get("control") for e in entries)
+    lines = ["| cell | shape | pass | %s | rnncore ms | rnncore %s | torch ms | torch %s |%s" % (
+                 label, title, title, " BLAS GEMM %s |" % title if control else ""),
+             "|---|---|---|---|---:|---:|---:|---:|%s" % ("---:|" if control else "")]
 
     def cells(t):
         if not t:
@@ -1021,13 +1025,15 @@ def render_comparison(entries, label, value_key, title):
         compared = ("%s vs %s, %s" % (e["threads"], e["base"], e["dtype"]) if label == "threads" else
                     "%s vs %s, %s thr" % (e["dtype"], e["base"], e["threads"]))
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            (e["cell"], e["shape"], e["pass"], compared) + cells(e["rnncore"]) + cells(e["torch"])))
+            (e["cell"], e["shape"], e["pass"], compared) + cells(e["rnncore"]) + cells(e["torch"]))
+            + (" %s |" % cells(e.get("control"))[1] if control else ""))
     return "\n".join(lines)
 
 
-def _target(name, values, ok, worst_of, control=None):
-    """A target's values (row name -> value), worst value and verdict; `control` (row name -> % of peak
-    of the control GEMM in that row's series), where the target is a % of peak."""
+def _target(name, values, ok, worst_of, control=None, control_unit=None):
+    """A target's values (row name -> value), worst value and verdict; with `control`, the same measure
+    of the control GEMM in each row's series (row name -> value, in `control_unit`: "%" of peak or "x"
+    speed-up), where the target has one."""
     values = {k: v for k, v in values.items() if v is not None}
     if not values:
         return None
@@ -1035,7 +1041,7 @@ def _target(name, values, ok, worst_of, control=None):
     out = {"target": name, "values": values, "worst": worst, "met": ok(worst)}
     control = {k: v for k, v in (control or {}).items() if v is not None and k in values}
     if control:
-        out["control"] = control
+        out["control"], out["control_unit"] = control, control_unit
     return out
 
 
@@ -1054,6 +1060,8 @@ def targets(rows, scaling, f64, memory=()):
 
     def ratio(r):
         return r["torch"]["median_ms"] / r["rnncore"]["median_ms"] if r.get("torch") else None
+    speedups = [e for e in scaling if e["shape"] in large and e["base"] == 1 and e["threads"] == 2
+                and e["dtype"] == "float32"]
     out = [
         _target("every speed ratio torch/rnncore >= %g (float32, %d thr)" % (TARGET_RATIO, tt),
                 {name(r): ratio(r) for r in main}, lambda w: w >= TARGET_RATIO, min),
@@ -1064,12 +1072,12 @@ def targets(rows, scaling, f64, memory=()):
                 {name(r): r["rnncore"].get("pct_peak") for r in main if r["pass"] == "fwd" and r["shape"] in large},
                 lambda w: w >= TARGET_PCT_PEAK, min,
                 control={name(r): (r.get("control") or {}).get("pct_peak") for r in main
-                         if r["pass"] == "fwd" and r["shape"] in large}),
+                         if r["pass"] == "fwd" and r["shape"] in large}, control_unit="%"),
         _target("2 threads >= %gx faster than 1 thread at M and L (rnncore, float32)" % TARGET_THREAD_SPEEDUP,
-                {"%s %s %s" % (e["cell"], e["shape"], e["pass"]): e["rnncore"]["speedup"]
-                 for e in scaling if e["rnncore"] and e["shape"] in large and e["base"] == 1 and e["threads"] == 2
-                 and e["dtype"] == "float32"},
-                lambda w: w >= TARGET_THREAD_SPEEDUP, min),
+                {name(e): e["rnncore"]["speedup"] for e in speedups if e["rnncore"]},
+                lambda w: w >= TARGET_THREAD_SPEEDUP, min,
+                control={name(e): (e.get("control") or {}).get("speedup") for e in speedups},
+                control_unit="x"),
         _target("peak memory of a training step at L <= torch's (rnncore MB / torch MB)",
                 {"%s L" % m["cell"]: m["rnncore"]["peak_mb"] / m["torch"]["peak_mb"] for m in memory
                  if m["shape"] == "L" and "peak_mb" in (m.get("rnncore") or {})
@@ -1086,11 +1094,11 @@ def render_targets(items):
     lines = ["| target | rows | worst | met | the control GEMM, same series |", "|---|---:|---|---|---|"]
     for t in items:
         key = [k for k, v in t["values"].items() if v == t["worst"]][0]
-        control = t.get("control")
+        control, fmt = t.get("control"), {"%": "%.0f%%", "x": "%.2fx"}.get(t.get("control_unit"), "%.2f")
         lines.append("| %s | %d | %.2f (%s) | %s | %s |" % (
             t["target"], len(t["values"]), t["worst"], key, "yes" if t["met"] else "**no**",
-            "%.0f–%.0f%% of peak (%s: %.0f%%)" % (min(control.values()), max(control.values()), key,
-                                                   control[key]) if control and key in control else "–"))
+            ("%s–%s (%s: %s)" % (fmt % min(control.values()), fmt % max(control.values()), key,
+                                 fmt % control[key])) if control and key in control else "–"))
     return "\n".join(lines)
 
 

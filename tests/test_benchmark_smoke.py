@@ -248,13 +248,19 @@ def test_growth_exponent_thread_speedup_and_targets_from_known_times():
     rows[-1]["torch"]["median_ms"] = 14.0                     # ratio 1.4: under 1.5 for RNN training
     got = {t["target"].split()[0]: (t["worst"], t["met"]) for t in benchmark.targets(rows, scaling, f64)}
     assert got["RNN"] == (1.4, False) and got["every"] == (1.4, True)
-    # the % of peak target shows the control GEMM of the same rows' series beside it
-    rows[1]["control"] = {"pct_peak": 61.0}
-    items = benchmark.targets(rows, scaling, f64)
-    pct = [t for t in items if t["target"].startswith("forward")][0]
-    assert pct["control"] == {"GRU M fwd": 61.0}
-    assert [t for t in items if t["target"].startswith("every")][0].get("control") is None
-    assert "| 61–61% of peak (GRU M fwd: 61%) |" in benchmark.render_targets(items)
+    # the % of peak and speed-up targets show the control GEMM of the same rows' series beside them
+    rows[0]["control"] = {"median_ms": 12.0, "pct_peak": 40.0}
+    rows[1]["control"] = {"median_ms": 8.0, "pct_peak": 61.0}
+    scaling = benchmark.thread_scaling(rows)
+    assert [e["control"]["speedup"] for e in scaling if e["dtype"] == "float32"] == [1.5]
+    assert [e["control"] for e in benchmark.dtype_ratio(rows) if "control" in e] == []
+    assert "| 1.50 |" in benchmark.render_comparison(scaling, "threads", "speedup", "speed-up")
+    items = {t["target"].split()[0]: t for t in benchmark.targets(rows, scaling, f64)}
+    assert items["forward"]["control"] == {"GRU M fwd": 61.0}
+    assert items["2"]["control"] == {"GRU M fwd": 1.5}
+    assert items["every"].get("control") is None
+    text = benchmark.render_targets(list(items.values()))
+    assert "| 61%–61% (GRU M fwd: 61%) |" in text and "| 1.50x–1.50x (GRU M fwd: 1.50x) |" in text
 
     # time ~ T^1 exactly: the exponent is 1
     sweep_rows = [dict(cell="RNN", vary=["T"], T=t, rnncore={"median_ms": 0.5 * t}, torch=None, **{"pass": "fwd"})
