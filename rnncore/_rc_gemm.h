@@ -203,14 +203,6 @@ static void NAME##_pack_n_panels(ptrdiff_t K, ptrdiff_t N, const T *W, ptrdiff_t
             for (c = w; c < NR; c++) dst[k * NR + c] = (T)0;                                     \
         }                                                                                        \
     }                                                                                            \
-}                                                                                                \
-static void NAME##_pack_t(ptrdiff_t N, ptrdiff_t K, const T *W, ptrdiff_t ldw, T *Bp)            \
-{                                                                                                \
-    NAME##_pack_t_panels(N, K, W, ldw, Bp, 0, (N + NR - 1) / NR);                                \
-}                                                                                                \
-static void NAME##_pack_n(ptrdiff_t K, ptrdiff_t N, const T *W, ptrdiff_t ldw, T *Bp)            \
-{                                                                                                \
-    NAME##_pack_n_panels(K, N, W, ldw, Bp, 0, (N + NR - 1) / NR);                                \
 }
 
 RC_DEFINE_GEMM(rc_sgemm_packed, float, rc_vf, RC_NR_F)
