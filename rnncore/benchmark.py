@@ -654,20 +654,19 @@ def bench_cell(cell, shape_name, shape, opts, seed, combos):
     variants = {c: _checked_variant(cell, shape_name, shape, opts, seed, c[0], c[1], inputs[c[0]])
                 for c in combos}
 
+    control = _control_fn() if opts.control else None
     for p in PASSES:
-        fns, setups, last = {}, {}, {c: {} for c in combos}
+        fns, last = {}, {c: {} for c in combos}
         for i, (c, (rows, layer)) in enumerate(variants.items()):
             x, d_out, module = inputs[c[0]]
             if layer is not None and rows[p]["check"]["status"] in ("ok", "unchecked"):
                 fns[("rnncore",) + c] = _rnncore_fn(layer, x, d_out, p, last[c])
             if module is not None:
                 fns[("torch",) + c] = _torch_fn(module, x, d_out, p, last[c])
-            for impl in ("rnncore", "torch"):
-                setups[(impl,) + c] = lambda n=c[1]: _threads(n)
-            if opts.control and (i + 1 == len(combos) or combos[i + 1][1] != c[1]):
-                # after the last variant on c[1] threads: the control on as many
-                fns[("control", "float32", c[1])] = _control_fn()
-                setups[("control", "float32", c[1])] = lambda n=c[1]: _threads(n)
+            if control and (i + 1 == len(combos) or combos[i + 1][1] != c[1]):
+                fns[("control", "float32", c[1])] = control   # after the last variant on c[1] threads
+        # every sample runs on its variant's thread count, the last item of its name
+        setups = {name: (lambda n=name[-1]: _threads(n)) for name in fns}
         times, error = {}, None
         if fns:
             try:
