@@ -74,13 +74,14 @@ class BuildExt(build_ext):
 
 
 def extensions():
+    import numpy
     from Cython.Build import cythonize
 
     debug = os.environ.get("RNNCORE_BOUNDSCHECK", "0") not in ("", "0")
     ext = Extension(
         "rnncore._kernels",
         sources=["rnncore/_kernels.pyx"],
-        include_dirs=["rnncore"],
+        include_dirs=["rnncore", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     directives = {

@@ -23,9 +23,9 @@ import rnncore
 from rnncore import _cells
 from rnncore.benchmark import GATES, SHAPES
 
-PARTS = {"rnn_forward": "fwd loop", "lstm_forward": "fwd loop", "gru_forward": "fwd loop",
-         "rnn_backward": "bwd loop", "lstm_backward": "bwd loop", "gru_backward": "bwd loop",
-         "matmul": "GEMMs", "pack_t": "packing", "pack_n": "packing", "pack_gru_t": "packing"}
+# the forward scan includes the input projection when it runs before the loop; Cell packs the weights
+PARTS = {"forward": "fwd loop", "backward": "bwd loop", "matmul": "GEMMs", "Cell": "packing",
+         "lstm_peephole_grads": "GEMMs", "colsum_add": "GEMMs"}
 
 
 class _Timed:
@@ -77,7 +77,8 @@ def profile(cell, shape, repeats, acc, dtype):
     flops = 2 * T * B * GATES[cell] * H * (I + H)            # forward matrix products, as bench counts
     loop_flops = 2 * T * B * GATES[cell] * H * H              # the per-step recurrent product
     # the input projection runs inside the forward loop, or as a large GEMM before it
-    in_loop = _cells._step_projection(layer._short(layer.params, 0), x.reshape(B * T, I), B)
+    in_loop = _cells._step_projection(layer._short(layer.params, 0), x.reshape(B * T, I), B,
+                                      rnncore.get_config())
     return rows, flops, loop_flops, in_loop
 
 
@@ -104,11 +105,11 @@ def main(argv=None):
                 for shape in args.shapes.split(","):
                     rows, flops, loop_flops, in_loop = profile(cell, shape, args.repeats, acc, args.dtype)
                     proj_flops = flops - loop_flops
-                    fwd_loop_flops = loop_flops + (proj_flops if in_loop else 0)
+                    # the forward scan runs the input projection, inside its loop or before it
+                    fwd_loop_flops = loop_flops + proj_flops
                     for what, r in rows.items():
                         # after the loops: dW_ih, dx (2 x proj_flops) and dW_hh (loop_flops)
-                        gemm_flops = ((0 if in_loop else proj_flops)
-                                      + (2 * proj_flops + loop_flops if what == "train" else 0))
+                        gemm_flops = 2 * proj_flops + loop_flops if what == "train" else 0
 
                         def rate(ms, fl):
                             return f"{ms:.2f} ({fl / ms / 1e6:.0f})" if ms > 0 else "–"

@@ -8,6 +8,7 @@ Layers with torch.nn's arguments, parameter names, shapes and defaults, numpy in
     >>> dx, (dh0, dc0) = backprop(np.ones_like(out))      # parameter gradients land in lstm.grads
 """
 from rnncore import _kernels
+from rnncore._config import config_context, get_config, set_config
 from rnncore._threads import get_num_threads, set_num_threads, threads
 from rnncore.layers import GRU, LSTM, RNN
 from rnncore.models import SequenceModel
@@ -17,5 +18,17 @@ __version__ = "0.1.0"
 
 openmp_enabled = _kernels.openmp_enabled
 
+
+
+def get_include():
+    """The folder that holds the rnncore package's .pxd files, for an outside Cython extension that
+    cimports rnncore._kernels: ``cythonize(ext, include_path=[rnncore.get_include()])`` (needed when
+    rnncore is installed in editable mode; a regular install is also found on sys.path). See the
+    README's "Embedding rnncore in Cython code"."""
+    import os
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 __all__ = ["RNN", "LSTM", "GRU", "SequenceModel", "Trainer", "NonFiniteError", "load_model",
-           "set_num_threads", "get_num_threads", "threads", "openmp_enabled", "__version__"]
+           "set_num_threads", "get_num_threads", "threads", "openmp_enabled", "config_context",
+           "get_config", "set_config", "get_include", "__version__"]

@@ -1,75 +1,56 @@
 # cython: language_level=3
 """rnncore._kernels: the compiled core.
 
-What lives here, for each cell type (vanilla RNN, LSTM, GRU), side by side:
+    _scan.pxi          the scan: one forward and one backward time loop for every cell (direction,
+                       lengths and the carry past the end, row layout, workspace slots, the threads'
+                       row blocks, the input projection, the per-step recurrent product)
+    _cell_rnn.pxi      each cell's step, forward and backward side by side, equations numbered as in
+    _cell_lstm.pxi     rnncore/reference.py
+    _cell_gru.pxi
+    _kernels.pxd       the public nogil API (rc_cell, rc_seq, rc_arrays, rc_forward_*, rc_backward_*,
+                       rc_step_*, Cell) that outside Cython extensions cimport
+    this file          Cell (a layer-direction's weights, packed), `forward` / `backward` / `step`
+                       (the Python entries, which check every array before the nogil code runs),
+                       `matmul` (every large GEMM: the weight and input gradients of all timesteps
+                       after the loop), `colsum_add` (bias gradients) and the weight packing
 
-    <cell>_forward(...)   the time loop of one layer in one direction
-    <cell>_backward(...)  backpropagation through time over the same loop
-
-plus `matmul` (every large GEMM: the input projection of all timesteps when it runs before the loop,
-the weight and input gradients of all timesteps after it). The Python layer driver
-(rnncore/layers.py) calls them; it validates everything first, so nothing here checks shapes or
+The Python adapters (rnncore/_cells.py) call these; nothing below the Python entries checks shapes or
 touches a Python object while computing. All kernels release the GIL.
 
-Notation (one layer, one direction; arrays are row-major; shown time-major, but every (T, B, .) or
-(T*B, .) array may instead be batch-major, (B, T, .), when the layer is batch_first: see "Row layout"):
+Notation (one layer, one direction; row-major; shown time-major, but every (T, B, .) or (T*B, .)
+array may instead be batch-major, (B, T, .), when the layer is batch_first: see _scan.pxi):
     T steps, B sequences, I input features, H hidden units, P = H (or proj_size for LSTM),
-    G = number of gates (RNN 1, LSTM 4 in order i,f,g,o, GRU 3 in order r,z,n).
+    G = number of gates (RNN 1, LSTM 4 in order i,f,g,o, GRU 3 in order r,z,n), GH = G * H.
     x_t     (B, I)     input at step t
     h_t     (B, P)     hidden state after step t (h_{-1} = h0)
     c_t     (B, H)     LSTM cell state after step t
-    a_t     (B, G*H)   gate pre-activations x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
-    G[t]    (B, G*H)   x_t W_ih^T + biases (computed by `matmul` before the loop, or by the loop
-                       itself step by step: "The input projection, step by step"), then
-                       on exit the gate activations of step t (what backward needs)
+    a_t     (B, GH)    gate pre-activations x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
+    G[t]    (B, GH)    a_t, then on exit the gate activations of step t (what backward needs)
     hprev   (T, B, P)  the state *entering* step t (h_{t-1} forward, h_{t+1} for the reverse direction)
     out     (T*B, ldo) layer output; a direction writes columns [col0, col0 + P)
     lengths (B,)       valid steps per sequence; step t of sequence b is active iff t < lengths[b].
                        An inactive step leaves the state unchanged and outputs 0, so the reverse
                        direction starts at step lengths[b]-1 from h0, as pack_padded_sequence.
-    dG[t]   (B, G*H)   dL/da_t, written by backward for the weight-gradient GEMMs after the loop.
+    dG[t]   (B, GH)    dL/da_t, written by backward for the weight-gradient GEMMs after the loop.
     dh      (B, P)     on entry dL/dh_n, on exit dL/dh0 (likewise dc for LSTM).
-
-Parallelism: the batch is cut into one contiguous block of rows per thread; each thread runs the whole
-time loop for its rows (rows are independent), calling BLAS on one thread for its block, so no barrier
-is needed inside the loop. The caller limits BLAS to one thread around every kernel call
-(rnncore/_threads.py), so OpenMP and BLAS thread pools never run at the same time.
 """
 
 from cython.parallel cimport prange
 import numpy as np
+cimport numpy as cnp
 from libc.string cimport memcpy, memset
 
 from rnncore._blas cimport (RC_NR_F, floating, gemm, mm_packed, mm_packed_bias, mm_packed2_bias,
                             panel_width)
+
+cnp.import_array()
 
 cdef extern from "_rc_math.h" nogil:
     void rc_sigmoidf_span(float* x, Py_ssize_t n)
     void rc_tanhf_span(float* x, Py_ssize_t n)
     void rc_sigmoid_span(double* x, Py_ssize_t n)
     void rc_tanh_span(double* x, Py_ssize_t n)
-    void rc_lstm_cell_backward_f(Py_ssize_t n, const float* gi, const float* gf, const float* gg,
-                                 const float* go, const float* cp, const float* tc, const float* dm,
-                                 float* dc, float* dai, float* daf, float* dag, float* dao,
-                                 const float* wci, const float* wcf, const float* wco)
-    void rc_lstm_cell_backward_d(Py_ssize_t n, const double* gi, const double* gf,
-                                 const double* gg, const double* go, const double* cp,
-                                 const double* tc, const double* dm, double* dc, double* dai,
-                                 double* daf, double* dag, double* dao, const double* wci,
-                                 const double* wcf, const double* wco)
-    void rc_gru_cell_backward_f(Py_ssize_t n, const float* dout, const float* gr, const float* gz,
-                                const float* gn, const float* hp, const float* hn, float* dh,
-                                float* dar, float* daz, float* dan, float* dq)
-    void rc_gru_cell_backward_d(Py_ssize_t n, const double* dout, const double* gr,
-                                const double* gz, const double* gn, const double* hp,
-                                const double* hn, double* dh, double* dar, double* daz, double* dan,
-                                double* dq)
-    void rc_rnn_cell_backward_f(Py_ssize_t n, const float* dout, const float* h, float* dh,
-                                float* da, int relu)
-    void rc_rnn_cell_backward_d(Py_ssize_t n, const double* dout, const double* h, double* dh,
-                                double* da, int relu)
     int rc_openmp_enabled()
-
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
@@ -92,42 +73,6 @@ cdef inline void _tanh_span(floating* x, Py_ssize_t n) noexcept nogil:
         rc_tanh_span(x, n)
 
 
-cdef inline void _rnn_cell_backward(Py_ssize_t n, const floating* dout, const floating* h,
-                                    floating* dh, floating* da, bint relu) noexcept nogil:
-    """rc_rnn_cell_backward (rnncore/_rc_math.h) for this dtype."""
-    if floating is float:
-        rc_rnn_cell_backward_f(n, dout, h, dh, da, relu)
-    else:
-        rc_rnn_cell_backward_d(n, dout, h, dh, da, relu)
-
-
-cdef inline void _lstm_cell_backward(Py_ssize_t H, const floating* g, const floating* cp,
-                                     const floating* tc, const floating* dm, floating* dc,
-                                     floating* da, const floating* wci, const floating* wcf,
-                                     const floating* wco) noexcept nogil:
-    """rc_lstm_cell_backward (rnncore/_rc_math.h) for this dtype, over one row of H units; g and da
-    hold the row's four gates, H apart."""
-    if floating is float:
-        rc_lstm_cell_backward_f(H, g, g + H, g + 2 * H, g + 3 * H, cp, tc, dm, dc,
-                                da, da + H, da + 2 * H, da + 3 * H, wci, wcf, wco)
-    else:
-        rc_lstm_cell_backward_d(H, g, g + H, g + 2 * H, g + 3 * H, cp, tc, dm, dc,
-                                da, da + H, da + 2 * H, da + 3 * H, wci, wcf, wco)
-
-
-cdef inline void _gru_cell_backward(Py_ssize_t H, const floating* dout, const floating* g,
-                                    const floating* hp, const floating* hn, floating* dh,
-                                    floating* dx, floating* dq) noexcept nogil:
-    """rc_gru_cell_backward (rnncore/_rc_math.h) for this dtype, over one row of H units; g and dx
-    hold the row's three gates, H apart; hn and dq NULL (and dL/da_r not written) with reset
-    before."""
-    cdef floating* dar = dx if hn != NULL else NULL
-    if floating is float:
-        rc_gru_cell_backward_f(H, dout, g, g + H, g + 2 * H, hp, hn, dh, dar, dx + H, dx + 2 * H,
-                               dq)
-    else:
-        rc_gru_cell_backward_d(H, dout, g, g + H, g + 2 * H, hp, hn, dh, dar, dx + H, dx + 2 * H,
-                               dq)
 
 
 def activation(floating[::1] x, str name):
@@ -142,10 +87,6 @@ def activation(floating[::1] x, str name):
         _tanh_span(&x[0], x.shape[0])
 
 
-cdef inline Py_ssize_t _nchunks(Py_ssize_t B, int num_threads) noexcept nogil:
-    if num_threads < 1:
-        return 1
-    return B if B < num_threads else num_threads
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,697 +425,284 @@ cdef void _scale_rows(floating* c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ldc,
             c[i * ldc + j] = 0 if beta == 0 else beta * c[i * ldc + j]
 
 
+
+
+include "_scan.pxi"
+include "_cell_rnn.pxi"
+include "_cell_lstm.pxi"
+include "_cell_gru.pxi"
+
+
 # --------------------------------------------------------------------------------------------------
-# Row layout. Every (T*B)-row array of a layer (G, hprev, cprev, cnew, M, HN, dG, dH, out, dout) has
-# the layer's row order: row (t, b) is at t * ts + b * rs, with (ts, rs) = (B, 1) time-major or
-# (1, T) batch_first, so batch_first input and output need no transposing copies. Within one step,
-# a thread's rows are rs rows apart: the step GEMMs read and write them with that leading dimension.
-# Per-step buffers (h0, h_n, c_n, dh, dc, gh, hbuf, dmbuf, tcbuf) are (B, .) and contiguous.
+# Cell: a layer-direction's weights as the scan reads them, and the Python entries into the scan.
 # --------------------------------------------------------------------------------------------------
 
-cdef inline void _row_strides(bint batch_first, Py_ssize_t T, Py_ssize_t B,
-                              Py_ssize_t* ts, Py_ssize_t* rs) noexcept nogil:
+KINDS = {"rnn_tanh": RC_RNN_TANH, "rnn_relu": RC_RNN_RELU, "lstm": RC_LSTM, "gru": RC_GRU,
+         "gru_reset_before": RC_GRU_RESET_BEFORE}
+_GATES = {RC_RNN_TANH: 1, RC_RNN_RELU: 1, RC_LSTM: 4, RC_GRU: 3, RC_GRU_RESET_BEFORE: 3}
+
+
+cdef void* _data(object a, str name, object dtype, tuple shape, bint optional=False) except? NULL:
+    """The data pointer of a, after checking that it is a C-contiguous array of dtype and shape (a
+    None shape entry takes any size); NULL for a None when optional."""
+    if a is None and optional:
+        return NULL
+    if a is None:
+        raise ValueError(f"{name} must be an array of shape "
+                         f"{tuple('.' if w is None else w for w in shape)}, got None")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+    got = a.shape
+    if len(got) != len(shape) or any(w is not None and w != n for w, n in zip(shape, got)):
+        raise ValueError(f"{name} must have shape {tuple('.' if w is None else w for w in shape)}, "
+                         f"got {got}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+cdef class Cell:
+    """One layer-direction's cell as the compiled core reads it: its kind, sizes and weights, with
+    the copies the chosen path needs (W^T packed into panels for rnncore's own step GEMM, the summed
+    biases). Packing happens here, once, outside the time loop.
+
+    Cell(kind, params, *, own_gemm=True, in_loop=False, backward=False, num_threads=1)
+        kind      "rnn_tanh", "rnn_relu", "lstm", "gru" (reset after) or "gru_reset_before"
+        params    {"w_ih", "w_hh", ["b_ih", "b_hh"], ["w_hr"], ["w_ci", "w_cf", "w_co"]}: arrays of
+                  one float dtype, PyTorch's shapes
+        own_gemm  the per-step products on rnncore's own small GEMM (else BLAS)
+        in_loop   the input projection inside the time loop (needs own_gemm), else before it
+        backward  pack what the backward pass reads instead of what the forward pass reads
+
+    The Cell keeps its arrays alive (`arrays`); `c` is the rc_cell that outside Cython code passes
+    to rc_step_* / rc_forward_* (rnncore/_kernels.pxd).
+    """
+
+    def __init__(self, str kind, dict params, *, bint own_gemm=True, bint in_loop=False,
+                 bint backward=False, int num_threads=1):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+        cdef int k = KINDS[kind]
+        w_ih, w_hh = params.get("w_ih"), params.get("w_hh")
+        if not isinstance(w_hh, np.ndarray) or w_hh.dtype not in (np.float32, np.float64) \
+                or w_hh.ndim != 2:
+            raise TypeError("params['w_hh'] must be a 2-D float32 or float64 array")
+        dtype = w_hh.dtype
+        gates = _GATES[k]
+        GH, P = w_hh.shape
+        H = GH // gates
+        if GH % gates or H < 1 or P < 1 or (k != RC_LSTM or "w_hr" not in params) and P != H:
+            raise ValueError(f"params['w_hh'] must be ({gates} * hidden, hidden), got {w_hh.shape}")
+        if not isinstance(w_ih, np.ndarray) or w_ih.ndim != 2:
+            raise TypeError("params['w_ih'] must be a 2-D array")
+        I = w_ih.shape[1]
+        if in_loop and (not own_gemm or I == 0):
+            raise ValueError("in_loop needs own_gemm and at least one input")
+        arrays = {"w_ih": w_ih, "w_hh": w_hh}
+        if "b_ih" in params:
+            b_ih, b_hh = params["b_ih"], params["b_hh"]
+            _data(b_ih, "params['b_ih']", dtype, (GH,))
+            _data(b_hh, "params['b_hh']", dtype, (GH,))
+            if gates == 3:
+                # b_hr and b_hz fold into the projection; b_hn stays inside r ⊙ (...)
+                bias = b_ih.copy()
+                bias[:2 * H] += b_hh[:2 * H]
+                arrays["b_hn"] = np.ascontiguousarray(b_hh[2 * H:])
+            else:
+                bias = b_ih + b_hh
+            arrays["bias"] = bias
+        if k == RC_LSTM:
+            for name in ("w_hr", "w_ci", "w_cf", "w_co"):
+                if name in params:
+                    arrays[name] = params[name]
+        if own_gemm:
+            if backward:
+                arrays["w_hh_n"] = pack_n(w_hh, num_threads)
+                if "w_hr" in arrays:
+                    arrays["w_hr_n"] = pack_n(arrays["w_hr"], num_threads)
+            else:
+                arrays["w_hh_t"] = (pack_gru_t(w_hh, k == RC_GRU, num_threads) if gates == 3
+                                    else pack_t(w_hh, num_threads))
+                if "w_hr" in arrays:
+                    arrays["w_hr_t"] = pack_t(arrays["w_hr"], num_threads)
+                if in_loop:
+                    arrays["w_ih_t"] = pack_t(w_ih, num_threads)
+        self.c.in_loop = in_loop
+        self.c.kind, self.c.n_in, self.c.H, self.c.P, self.c.GH = k, I, H, P, GH
+        self.c.w_ih = _data(w_ih, "params['w_ih']", dtype, (GH, I))
+        self.c.w_hh = _data(w_hh, "params['w_hh']", dtype, (GH, P))
+        self.c.w_hh_t = _data(arrays.get("w_hh_t"), "w_hh_t", dtype, (None, None), True)
+        self.c.w_hh_n = _data(arrays.get("w_hh_n"), "w_hh_n", dtype, (None, None), True)
+        self.c.w_ih_t = _data(arrays.get("w_ih_t"), "w_ih_t", dtype, (None, None), True)
+        self.c.bias = _data(arrays.get("bias"), "bias", dtype, (GH,), True)
+        self.c.b_hn = _data(arrays.get("b_hn"), "b_hn", dtype, (H,), True)
+        self.c.w_hr = _data(arrays.get("w_hr"), "params['w_hr']", dtype, (P, H), True)
+        self.c.w_hr_t = _data(arrays.get("w_hr_t"), "w_hr_t", dtype, (None, None), True)
+        self.c.w_hr_n = _data(arrays.get("w_hr_n"), "w_hr_n", dtype, (None, None), True)
+        self.c.w_ci = _data(arrays.get("w_ci"), "params['w_ci']", dtype, (H,), True)
+        self.c.w_cf = _data(arrays.get("w_cf"), "params['w_cf']", dtype, (H,), True)
+        self.c.w_co = _data(arrays.get("w_co"), "params['w_co']", dtype, (H,), True)
+        if (self.c.w_ci == NULL) != (self.c.w_cf == NULL) or (self.c.w_ci == NULL) != (self.c.w_co == NULL):
+            raise ValueError("peepholes need all of w_ci, w_cf and w_co")
+        self.arrays, self.dtype = arrays, dtype
+
+    @property
+    def kind(self):
+        return next(name for name, k in KINDS.items() if k == self.c.kind)
+
+    @property
+    def sizes(self):
+        """(I, H, P, GH): inputs, hidden units, state width, gate columns."""
+        return self.c.n_in, self.c.H, self.c.P, self.c.GH
+
+    def workspace_size(self, Py_ssize_t batch):
+        """Values of the cell's dtype that `step` (rc_step_*) needs as work for `batch` rows."""
+        return rc_step_workspace(&self.c, batch)
+
+    def step(self, x, h, c, h_out, c_out, work):
+        """h_out, c_out := one step of the cell (inference) at x (B, I), h (B, P), c (B, H, LSTM only,
+        else None); work: workspace_size(B) values. h_out may be h and c_out c."""
+        cdef Py_ssize_t B = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
+        if B < 1:
+            raise ValueError(f"x must be a 2-D array (batch, {self.c.n_in}), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        lstm = self.c.kind == RC_LSTM
+        cdef void* px = _data(x, "x", self.dtype, (B, self.c.n_in))
+        cdef void* ph = _data(h, "h", self.dtype, (B, self.c.P))
+        cdef void* pc = NULL
+        cdef void* pco = NULL
+        if lstm:
+            pc = _data(c, "c", self.dtype, (B, self.c.H))
+            pco = _data(c_out, "c_out", self.dtype, (B, self.c.H))
+        cdef void* pho = _data(h_out, "h_out", self.dtype, (B, self.c.P))
+        cdef void* pw = _data(work, "work", self.dtype, (rc_step_workspace(&self.c, B),))
+        cdef bint f32 = self.dtype == np.float32
+        with nogil:
+            if f32:
+                rc_step_f(&self.c, B, <float*> px, <float*> ph, <float*> pc, <float*> pho,
+                          <float*> pco, <float*> pw)
+            else:
+                rc_step_d(&self.c, B, <double*> px, <double*> ph, <double*> pc, <double*> pho,
+                          <double*> pco, <double*> pw)
+
+
+cdef int _sequence(rc_seq* q, Cell cell, object lengths, Py_ssize_t rows, bint reverse,
+                   bint batch_first, bint keep) except -1:
+    q.B = lengths.shape[0] if isinstance(lengths, np.ndarray) else -1
+    if q.B < 1 or rows % q.B:
+        raise ValueError(f"lengths must be an int32 array of the batch's sequences, got "
+                         f"{getattr(lengths, 'shape', lengths)} for {rows} rows")
+    q.lengths = <const int*> _data(lengths, "lengths", np.int32, (q.B,))
+    q.T = rows // q.B
+    q.reverse, q.keep = reverse, keep
     if batch_first:
-        ts[0] = 1
-        rs[0] = T
+        q.ts, q.rs = 1, q.T
     else:
-        ts[0] = B
-        rs[0] = 1
-
-
-# Workspace rows. Training keeps what backward needs for every step: G, hprev, cprev, cnew, M and HN
-# have the layer's row layout (row (t, b) at t * ts + b * rs). Inference (keep False) needs only the
-# current step and the next: those arrays are (2, B, .) (time-major: ts = B, rs = 1), step s uses
-# slot s % 2 and writes the next step's state into slot (s+1) % 2, so the time loop works on a few
-# hundred KB that stay in cache instead of writing tens of MB. G has its own layout: it is kept whole
-# whenever it arrives holding the projection of every step (W_ih_t NULL: the GEMM before the loop),
-# even without keep.
-
-cdef struct _Layout:
-    bint keep           # every step has its own rows; else two slots, step s in slot s % 2
-    Py_ssize_t ts, rs   # row (time index, b) at index * ts + b * rs
-
-
-cdef inline Py_ssize_t _row(_Layout L, Py_ssize_t s, Py_ssize_t t, Py_ssize_t b) noexcept nogil:
-    # the row of sequence b at step s (time t) in an array of layout L
-    return (t if L.keep else s % 2) * L.ts + b * L.rs
-
-
-cdef int _layout(str name, a, Py_ssize_t T, Py_ssize_t B, bint batch_first, bint keep,
-                 _Layout* L) except -1:
-    """L := the layout of a (every step kept, or two slots), after checking a's leading shape."""
-    want = ((B, T) if batch_first else (T, B)) if keep else (min(T, 2), B)
-    if tuple(a.shape[:2]) != want:
-        raise ValueError(f"{name} must be {want} + (.,) "
-                         f"({'every step' if keep else 'the current and next step'}), "
-                         f"got {tuple(a.shape[:2])} + (.,)")
-    L.keep = keep
-    if keep and batch_first:
-        L.ts, L.rs = 1, T
-    else:
-        L.ts, L.rs = B, 1
+        q.ts, q.rs = q.B, 1
     return 0
 
 
-# --------------------------------------------------------------------------------------------------
-# The input projection, step by step. With rnncore's own step GEMM (W_ih_t = W_ih^T packed) each step
-# starts its gate pre-activations from x_t W_ih^T + biases inside the time loop, just before the
-# recurrent product adds to them: G[t] is written while in cache and read back at once, instead of one
-# (T*B, gates*H) GEMM before the loop (a pass over an array of tens of MB, then a cache miss on every
-# row of G in the loop). With W_ih_t NULL (the BLAS path) G holds the projection on entry, computed
-# by `matmul` before the loop, and nothing happens here.
-# --------------------------------------------------------------------------------------------------
-
-cdef inline void _project_step(floating* g, Py_ssize_t sG, const floating* x, Py_ssize_t ldx,
-                               Py_ssize_t row0, Py_ssize_t rs, Py_ssize_t nb, Py_ssize_t I,
-                               Py_ssize_t GH, const floating* W_ih_t,
-                               const floating* bias) noexcept nogil:
-    # g (nb rows, sG apart) := bias + x_t W_ih^T for the rows from (t, b0) = row0, rs rows apart
-    if W_ih_t != NULL:
-        mm_packed_bias(nb, GH, I, x + row0 * ldx, rs * ldx, W_ih_t, bias, g, sG)
+cdef void* _rows(object a, str name, Cell cell, const rc_seq* q, bint keep,
+                 Py_ssize_t width) except? NULL:
+    # a workspace array: every step in the layer's order, or the two slots (2, B, width)
+    cdef Py_ssize_t T = q.T, B = q.B
+    want = ((B, T) if q.ts == 1 and q.rs == T else (T, B)) if keep else (min(T, 2), B)
+    return _data(a, name, cell.dtype, want + (width,))
 
 
-cdef inline void _step_products(floating* g, Py_ssize_t sG, const floating* x, Py_ssize_t ldx,
-                                Py_ssize_t row0, Py_ssize_t rs, Py_ssize_t nb, Py_ssize_t I,
-                                Py_ssize_t GH, const floating* W_ih_t, const floating* bias,
-                                const floating* hp, Py_ssize_t sP, Py_ssize_t P,
-                                const floating* W_hh, const floating* W_t) noexcept nogil:
-    # a_t = G[t] + h_{t-1} W_hh^T into g, G[t] being bias + x_t W_ih^T (the step projection) or G on
-    # entry. With both products on rnncore's own GEMM they run as one pass (C stored once).
-    if W_ih_t != NULL and W_t != NULL:
-        mm_packed2_bias(nb, GH, I, x + row0 * ldx, rs * ldx, W_ih_t, P, hp, sP, W_t, bias, g, sG)
-    else:
-        _project_step(g, sG, x, ldx, row0, rs, nb, I, GH, W_ih_t, bias)
-        mm_packed(nb, GH, P, hp, sP, True, W_hh, P, W_t, P, 0, True, g, sG)
+cdef void* _cols(object a, str name, Cell cell, const rc_seq* q, Py_ssize_t col0,
+                 Py_ssize_t width, Py_ssize_t* ld) except? NULL:
+    # a (T*B, ld) array of which this direction uses columns [col0, col0 + width)
+    if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[0] != q.T * q.B \
+            or col0 < 0 or col0 + width > a.shape[1]:
+        raise ValueError(f"{name} must be ({q.T * q.B}, >= {col0 + width}), got "
+                         f"{getattr(a, 'shape', type(a).__name__)}")
+    ld[0] = a.shape[1]
+    cdef char* p = <char*> _data(a, name, cell.dtype, (None, None))
+    return p + col0 * <Py_ssize_t> cell.dtype.itemsize
 
 
-def _step_projection_inputs(const floating[:, :, ::1] G, Py_ssize_t rows, const floating[:, ::1] x,
-                            const floating[:, ::1] W_ih_t, const floating[::1] bias):
-    """I, the input width of a step-by-step projection (0 without one), after checking that x, the
-    packed W_ih^T and the bias fit G (a mismatch would read out of bounds)."""
-    if W_ih_t is None:
-        return 0
-    cdef Py_ssize_t GH = G.shape[2]
-    if x is None or x.shape[0] != rows:
-        raise ValueError(f"step projection: x must have {rows} rows, got "
-                         f"{None if x is None else x.shape[0]}")
-    cdef Py_ssize_t I = x.shape[1], nr = panel_width(&G[0, 0, 0])
-    if I == 0:
-        raise ValueError("step projection: x has no columns (nothing to project)")
-    if W_ih_t.shape[0] != _npanels(GH, nr) * I or W_ih_t.shape[1] != nr:
-        raise ValueError(f"step projection: W_ih_t must be pack_t of a ({GH}, {I}) matrix, got "
-                         f"shape {tuple(W_ih_t.shape)}")
-    if bias is not None and bias.shape[0] != GH:
-        raise ValueError(f"step projection: bias must have {GH} values, got {bias.shape[0]}")
-    return I
+def forward(Cell cell, *, x, out, Py_ssize_t col0, h0, c0=None, h_n, c_n=None, lengths,
+            bint reverse=False, bint batch_first=False, bint keep=True, dict ws, int num_threads=1):
+    """One layer-direction through every step (the scan, _scan.pxi).
 
-
-# --------------------------------------------------------------------------------------------------
-# Vanilla (Elman) RNN:  h_t = f(a_t),  a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,  f = tanh | relu
-# --------------------------------------------------------------------------------------------------
-
-cdef void _rnn_forward_rows(floating* G, floating* hprev, floating* out, floating* h_n,
-                            const floating* h0, const floating* W_hh, const floating* W_t,
-                            const int* lengths, const floating* x, Py_ssize_t ldx, Py_ssize_t I,
-                            const floating* W_ih_t, const floating* bias,
-                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, _Layout WL, _Layout GL,
-                            Py_ssize_t H, Py_ssize_t ldo,
-                            bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # G, hprev: workspace rows of H; out: rows of ldo at its column offset; h_n, h0 (B,H); W_hh (H,H)
-    # W_t = W_hh^T packed (pack_t) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, sH = WL.rs * H, sd, wnext
-    cdef Py_ssize_t sG = GL.rs * H
-    cdef floating* g
-    cdef floating* gb
-    cdef floating* hp
-    cdef floating* dst
-    cdef floating* o
-    hp = hprev + _row(WL, 0, T - 1 if reverse else 0, b0) * H
-    for b in range(nb):
-        memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        g = G + _row(GL, s, t, b0) * H
-        hp = hprev + _row(WL, s, t, b0) * H
-        # (1) a_t = G[t] + h_{t-1} W_hh^T          # g += hp @ W_hh.T (G[t] = bias + x_t W_ih^T)
-        _step_products(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H, W_ih_t, bias, hp, sH, H, W_hh, W_t)
-        # where h_t goes: the next step's hprev, or h_n after the last step
-        if s == T - 1:
-            dst, sd = h_n + b0 * H, H
+    x (T*B, I) and out (T*B, ldo; this direction writes columns [col0, col0 + P)) in the layer's row
+    order (batch-major when batch_first); h0, h_n (B, P); c0, c_n (B, H) for an LSTM; lengths (B,)
+    int32. ws: the workspace, {"G", "hprev", and per cell "cprev", "cnew", "M" (LSTM with
+    projection), "HN" (GRU), "buf"} with every step's rows when keep (what backward reads), else two
+    slots (2, B, .); G always has every step's rows unless the cell projects inside the loop."""
+    cdef rc_seq q
+    cdef rc_arrays a
+    memset(&q, 0, sizeof(q))
+    memset(&a, 0, sizeof(a))
+    cdef Py_ssize_t I = cell.c.n_in, H = cell.c.H, P = cell.c.P, GH = cell.c.GH
+    cdef bint lstm = cell.c.kind == RC_LSTM, gru = _GATES[cell.c.kind] == 3
+    _sequence(&q, cell, lengths, out.shape[0] if isinstance(out, np.ndarray) else -1, reverse,
+              batch_first, keep)
+    a.x = _data(x, "x", cell.dtype, (q.T * q.B, I))
+    a.ldx = I
+    a.out = _cols(out, "out", cell, &q, col0, P, &a.ldo)
+    a.h0 = _data(h0, "h0", cell.dtype, (q.B, P))
+    a.h_n = _data(h_n, "h_n", cell.dtype, (q.B, P))
+    if lstm:
+        a.c0 = _data(c0, "c0", cell.dtype, (q.B, H))
+        a.c_n = _data(c_n, "c_n", cell.dtype, (q.B, H))
+        a.cprev = _rows(ws["cprev"], "cprev", cell, &q, keep, H)
+        a.cnew = _rows(ws["cnew"], "cnew", cell, &q, keep, H)
+        if cell.c.w_hr != NULL:
+            a.M = _rows(ws["M"], "M", cell, &q, keep, H)
+            a.buf = _data(ws["buf"], "buf", cell.dtype, (q.B, P))
+    if gru:
+        a.HN = _rows(ws["HN"], "HN", cell, &q, keep, H)
+        a.buf = _data(ws["buf"], "buf", cell.dtype, (q.B, GH))
+    a.G = _rows(ws["G"], "G", cell, &q, keep or not cell.c.in_loop, GH)
+    a.hprev = _rows(ws["hprev"], "hprev", cell, &q, keep, P)
+    cdef bint f32 = cell.dtype == np.float32
+    with nogil:
+        if f32:
+            rc_forward_f(&cell.c, &q, &a, num_threads)
         else:
-            wnext = _row(WL, s + 1, t - 1 if reverse else t + 1, b0)
-            dst, sd = hprev + wnext * H, sH
-        for b in range(nb):
-            gb = g + b * sG
-            # (2) h_t = f(a_t), kept in G[t] for backward
-            if relu:
-                for j in range(H):
-                    gb[j] = gb[j] if gb[j] > 0 else 0
-            else:
-                _tanh_span(gb, H)
-            o = out + (t * ts + (b0 + b) * rs) * ldo
-            if t < lengths[b0 + b]:
-                memcpy(dst + b * sd, gb, H * sizeof(floating))
-                memcpy(o, gb, H * sizeof(floating))
-            else:  # past the sequence's end: state carried, output 0
-                memset(gb, 0, H * sizeof(floating))
-                memcpy(dst + b * sd, hp + b * sH, H * sizeof(floating))
-                memset(o, 0, H * sizeof(floating))
+            rc_forward_d(&cell.c, &q, &a, num_threads)
 
 
-cdef void _rnn_backward_rows(floating* dG, floating* dh, const floating* dout, const floating* G,
-                             const floating* W_hh, const int* lengths,
-                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
-                             const floating* W_p,
-                             bint relu, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # dG rows of H out; dh (B,H) in dL/dh_n, out dL/dh0; dout rows of ldo; G rows of H = h_t
-    # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, sH = rs * H
-    cdef floating* dg
-    cdef const floating* g
-    cdef const floating* do
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        dg = dG + (t * ts + b0 * rs) * H
-        g = G + (t * ts + b0 * rs) * H
-        for b in range(nb):
-            if t < lengths[b0 + b]:
-                do = dout + (t * ts + (b0 + b) * rs) * ldo
-                # (2) dL/da_t = (dL/dh_t) * f'(a_t), dh := 0; the recurrent part of dh is added in
-                # (1). The elementwise loop is rc_rnn_cell_backward in rnncore/_rc_math.h.
-                _rnn_cell_backward(H, do, g + b * sH, dh + (b0 + b) * H, dg + b * sH, relu)
-            else:
-                memset(dg + b * sH, 0, H * sizeof(floating))
-        # (1) dL/dh_{t-1} = dL/da_t W_hh              # dh += dg @ W_hh
-        mm_packed(nb, H, H, dg, sH, False, W_hh, H, W_p, H, 0, True, dh + b0 * H, H)
-
-
-def rnn_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, ::1] out,
-                floating[:, ::1] h_n,
-                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
-                const int[::1] lengths, Py_ssize_t col0, bint relu, bint reverse,
-                bint batch_first, int num_threads, const floating[:, ::1] x=None,
-                const floating[:, ::1] W_ih_t=None, const floating[::1] bias=None, bint keep=True):
-    """Vanilla RNN layer, one direction. keep: G and hprev are kept for backward (see "Workspace rows";
-    without keep they are (2, B, .)). G (T,B,H) (batch_first: (B,T,H)) holds
-    x W_ih^T + b_ih + b_hh on entry, or, given x (T*B, I) and W_ih_t = pack_t(W_ih) (and bias =
-    b_ih + b_hh or None), is computed step by step. W_t = pack_t(W_hh) selects rnncore's own step
-    GEMM; None BLAS."""
-    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1)
-    cdef _Layout WL, GL
-    _layout("hprev", hprev, T, B, batch_first, keep, &WL)
-    _layout("G", G, T, B, batch_first, keep or W_ih_t is None, &GL)
-    cdef Py_ssize_t H = G.shape[2], ldo = out.shape[1], ts, rs
-    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
-    cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
-    cdef Py_ssize_t I = _step_projection_inputs(G, T * B, x, W_ih_t, bias), ldx = I
-    cdef const floating* px = &x[0, 0] if I > 0 else NULL
-    cdef const floating* pW_ih_t = &W_ih_t[0, 0] if I > 0 else NULL
-    cdef const floating* pbias = &bias[0] if I > 0 and bias is not None else NULL
-    _row_strides(batch_first, T, B, &ts, &rs)
+def backward(Cell cell, *, dout, Py_ssize_t col0, dh, dc=None, saved, lengths,
+             bint reverse=False, bint batch_first=False, dict ws, int num_threads=1):
+    """Backpropagation through time over `forward` (which ran with keep=True): writes ws["dG"] =
+    dL/da in G's layout (GRU: of the input-side pre-activations, and with reset after ws["dGh"] =
+    dL/d(h W_hn^T + b_hn); an LSTM with projection also ws["dH"] = dL/dh_t); dh (B, P) and dc (B, H)
+    go from dL/dh_n, dL/dc_n to dL/dh0, dL/dc0. saved: forward's workspace. ws["buf"]: an LSTM's
+    (2, B, H), a GRU's with reset before (B, H)."""
+    cdef rc_seq q
+    cdef rc_arrays a
+    memset(&q, 0, sizeof(q))
+    memset(&a, 0, sizeof(a))
+    cdef Py_ssize_t H = cell.c.H, P = cell.c.P, GH = cell.c.GH
+    cdef bint lstm = cell.c.kind == RC_LSTM
+    _sequence(&q, cell, lengths, dout.shape[0] if isinstance(dout, np.ndarray) else -1, reverse,
+              batch_first, True)
+    a.dout = _cols(dout, "dout", cell, &q, col0, P, &a.ldo)
+    a.dh = _data(dh, "dh", cell.dtype, (q.B, P))
+    a.G = _rows(saved["G"], "G", cell, &q, True, GH)
+    a.hprev = _rows(saved["hprev"], "hprev", cell, &q, True, P)
+    a.dG = _rows(ws["dG"], "dG", cell, &q, True, GH)
+    if lstm:
+        a.dc = _data(dc, "dc", cell.dtype, (q.B, H))
+        a.cprev = _rows(saved["cprev"], "cprev", cell, &q, True, H)
+        a.cnew = _rows(saved["cnew"], "cnew", cell, &q, True, H)
+        a.buf = _data(ws["buf"], "buf", cell.dtype, (2, q.B, H))
+        if cell.c.w_hr != NULL:
+            a.dH = _rows(ws["dH"], "dH", cell, &q, True, P)
+    elif cell.c.kind == RC_GRU:
+        a.HN = _rows(saved["HN"], "HN", cell, &q, True, H)
+        a.dGh = _rows(ws["dGh"], "dGh", cell, &q, True, H)
+    elif cell.c.kind == RC_GRU_RESET_BEFORE:
+        a.HN = _rows(saved["HN"], "HN", cell, &q, True, H)
+        a.buf = _data(ws["buf"], "buf", cell.dtype, (q.B, H))
+    cdef bint f32 = cell.dtype == np.float32
     with nogil:
-        for ci in prange(nc, num_threads=nc, schedule="static"):
-            _rnn_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &out[0, col0], &h_n[0, 0], &h0[0, 0],
-                              &W_hh[0, 0], pW_t, &lengths[0], px, ldx, I, pW_ih_t, pbias,
-                              T, ts, rs, WL, GL, H, ldo, relu, reverse,
-                              ci * B // nc, (ci + 1) * B // nc)
-
-
-def rnn_backward(floating[:, :, ::1] dG, floating[:, ::1] dh,
-                 const floating[:, ::1] dout, const floating[:, :, ::1] G,
-                 const floating[:, ::1] W_hh, const int[::1] lengths,
-                 const floating[:, ::1] W_p,
-                 Py_ssize_t col0, bint relu, bint reverse, bint batch_first, int num_threads):
-    """BPTT through `rnn_forward`: writes dG = dL/da (G's layout); dh goes from dL/dh_n to dL/dh0.
-    W_p = pack_n(W_hh) selects rnncore's step GEMM; None selects BLAS."""
-    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
-    cdef Py_ssize_t H = G.shape[2], ldo = dout.shape[1], ts, rs
-    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
-    cdef const floating* pW_p = &W_p[0, 0] if W_p is not None else NULL
-    _row_strides(batch_first, T, B, &ts, &rs)
-    with nogil:
-        for ci in prange(nc, num_threads=nc, schedule="static"):
-            _rnn_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dout[0, col0], &G[0, 0, 0], &W_hh[0, 0],
-                               &lengths[0], T, ts, rs, H, ldo, pW_p, relu, reverse,
-                               ci * B // nc, (ci + 1) * B // nc)
-
-
-# --------------------------------------------------------------------------------------------------
-# LSTM (PyTorch's, gate order i, f, g, o), optional peepholes and projection:
-#   i = σ(a_i + w_ci ⊙ c_{t-1})   f = σ(a_f + w_cf ⊙ c_{t-1})   g = tanh(a_g)
-#   c_t = f ⊙ c_{t-1} + i ⊙ g     o = σ(a_o + w_co ⊙ c_t)       m_t = o ⊙ tanh(c_t)
-#   h_t = m_t (or m_t W_hr^T with proj_size > 0; then h has P = proj_size units)
-# Peephole terms are present only with peepholes (w_c* pointers non-NULL).
-# --------------------------------------------------------------------------------------------------
-
-cdef void _lstm_forward_rows(floating* G, floating* hprev, floating* cprev, floating* cnew,
-                             floating* M, floating* hbuf, floating* out, floating* h_n, floating* c_n,
-                             const floating* h0, const floating* c0, const floating* W_hh,
-                             const floating* W_hr, const floating* W_t, const floating* W_hr_t,
-                             const floating* w_ci, const floating* w_cf,
-                             const floating* w_co, const int* lengths,
-                             const floating* x, Py_ssize_t ldx, Py_ssize_t I,
-                             const floating* W_ih_t, const floating* bias,
-                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, _Layout WL, _Layout GL,
-                             Py_ssize_t H, Py_ssize_t P,
-                             Py_ssize_t ldo, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # workspace rows of: G 4H; hprev P; cprev, cnew, M H (M only with projection); out: rows of ldo
-    # at its column offset; hbuf (B,P) work; h_n (B,P); c_n (B,H); W_hh (4H,P); W_hr (P,H)
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H4 = 4 * H, tfirst, wnext, row, w0
-    cdef Py_ssize_t sH = WL.rs * H, sP = WL.rs * P, shd, scd
-    cdef Py_ssize_t sG = GL.rs * H4
-    cdef bint proj = W_hr != NULL
-    cdef bint peep = w_ci != NULL
-    cdef floating* g
-    cdef floating* hp
-    cdef floating* cp
-    cdef floating* cw
-    cdef floating* hdst
-    cdef floating* cdst
-    cdef floating* o
-    cdef floating* m
-    cdef floating* gb
-    cdef floating* cpb
-    cdef floating* cwb
-    tfirst = T - 1 if reverse else 0
-    for b in range(nb):
-        row = _row(WL, 0, tfirst, b0 + b)
-        memcpy(hprev + row * P, h0 + (b0 + b) * P, P * sizeof(floating))
-        memcpy(cprev + row * H, c0 + (b0 + b) * H, H * sizeof(floating))
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        w0 = _row(WL, s, t, b0)       # this thread's first workspace row of step t
-        g = G + _row(GL, s, t, b0) * H4
-        hp = hprev + w0 * P
-        cp = cprev + w0 * H
-        cw = cnew + w0 * H
-        # (1) a_t = G[t] + h_{t-1} W_hh^T             # g += hp @ W_hh.T (G[t] = bias + x_t W_ih^T)
-        _step_products(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H4, W_ih_t, bias, hp, sP, P, W_hh,
-                       W_t)
-        if s == T - 1:
-            hdst, shd = h_n + b0 * P, P
-            cdst, scd = c_n + b0 * H, H
+        if f32:
+            rc_backward_f(&cell.c, &q, &a, num_threads)
         else:
-            wnext = _row(WL, s + 1, t - 1 if reverse else t + 1, b0)
-            hdst, shd = hprev + wnext * P, sP
-            cdst, scd = cprev + wnext * H, sH
-        # (2) gates, cell state and m_t; gate activations replace a_t in G[t]
-        for b in range(nb):
-            gb = g + b * sG
-            cpb = cp + b * sH
-            cwb = cw + b * sH
-            if peep:
-                for j in range(H):
-                    gb[j] = gb[j] + w_ci[j] * cpb[j]
-                    gb[H + j] = gb[H + j] + w_cf[j] * cpb[j]
-            _sigmoid_span(gb, 2 * H)                    # i, f
-            _tanh_span(gb + 2 * H, H)                   # g
-            for j in range(H):                          # c_t = f ⊙ c_{t-1} + i ⊙ g
-                cwb[j] = gb[H + j] * cpb[j] + gb[j] * gb[2 * H + j]
-            if peep:
-                for j in range(H):
-                    gb[3 * H + j] = gb[3 * H + j] + w_co[j] * cwb[j]
-            _sigmoid_span(gb + 3 * H, H)                # o
-            m = (M + (w0 + b * WL.rs) * H) if proj else (out + (t * ts + (b0 + b) * rs) * ldo)
-            memcpy(m, cwb, H * sizeof(floating))
-            _tanh_span(m, H)
-            for j in range(H):                          # m_t = o ⊙ tanh(c_t)
-                m[j] = gb[3 * H + j] * m[j]
-        for b in range(nb):
-            row = t * ts + (b0 + b) * rs
-            o = out + row * ldo
-            if t < lengths[b0 + b]:
-                memcpy(cdst + b * scd, cw + b * sH, H * sizeof(floating))
-                if not proj:
-                    memcpy(hdst + b * shd, o, P * sizeof(floating))
-            else:  # past the sequence's end: state carried, output 0
-                memset(g + b * sG, 0, H4 * sizeof(floating))
-                memcpy(cw + b * sH, cp + b * sH, H * sizeof(floating))
-                memcpy(cdst + b * scd, cp + b * sH, H * sizeof(floating))
-                memcpy(hdst + b * shd, hp + b * sP, P * sizeof(floating))
-                memset(o, 0, P * sizeof(floating))
-                if proj:
-                    memset(M + (w0 + b * WL.rs) * H, 0, H * sizeof(floating))
-        if proj:
-            # (3) h_t = m_t W_hr^T                    # hbuf = M[t] @ W_hr.T
-            mm_packed(nb, P, H, M + w0 * H, sH, True, W_hr, H, W_hr_t, H, 0, False,
-                      hbuf + b0 * P, P)
-            for b in range(nb):
-                if t < lengths[b0 + b]:
-                    memcpy(hdst + b * shd, hbuf + (b0 + b) * P, P * sizeof(floating))
-                    memcpy(out + (t * ts + (b0 + b) * rs) * ldo, hbuf + (b0 + b) * P,
-                           P * sizeof(floating))
-
-
-cdef void _lstm_backward_rows(floating* dG, floating* dh, floating* dc, floating* dH, floating* dmbuf,
-                              floating* tcbuf,
-                              const floating* dout, const floating* G, const floating* cprev,
-                              const floating* cnew, const floating* W_hh, const floating* W_hr,
-                              const floating* w_ci, const floating* w_cf, const floating* w_co,
-                              const int* lengths,
-                              Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t P,
-                              Py_ssize_t ldo, const floating* W_p, const floating* W_hr_p,
-                              bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # W_p = W_hh packed, W_hr_p = W_hr packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    # rows of: dG 4H out; dH P out (total dL/dh_t, projection only); dout ldo; G 4H gate activations;
-    # cprev, cnew H. dh (B,P), dc (B,H) carried; dmbuf (B,H) work (projection only); tcbuf (B,H) work
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, k, H4 = 4 * H, row, sG = rs * H4, sP = rs * P
-    cdef bint proj = W_hr != NULL
-    cdef floating* dg
-    cdef floating* dgb
-    cdef const floating* g
-    cdef const floating* gb
-    cdef const floating* do
-    cdef const floating* dm
-    cdef const floating* cpb
-    cdef floating* dhb
-    cdef floating* dcb
-    cdef floating* tcb
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        dg = dG + (t * ts + b0 * rs) * H4
-        g = G + (t * ts + b0 * rs) * H4
-        # (3) dL/dh_t = carried + output gradient, for active rows
-        for b in range(nb):
-            dhb = dh + (b0 + b) * P
-            row = t * ts + (b0 + b) * rs
-            if t < lengths[b0 + b]:
-                do = dout + row * ldo
-                for k in range(P):
-                    dhb[k] = dhb[k] + do[k]
-                if proj:
-                    memcpy(dH + row * P, dhb, P * sizeof(floating))
-            elif proj:
-                memset(dH + row * P, 0, P * sizeof(floating))
-        if proj:
-            # dL/dm_t = dL/dh_t W_hr                     # dmbuf = dH[t] @ W_hr
-            mm_packed(nb, H, P, dH + (t * ts + b0 * rs) * P, sP, False, W_hr, H, W_hr_p, P, 0, False,
-                      dmbuf + b0 * H, H)
-        # (2) through m_t = o ⊙ tanh(c_t), c_t = f ⊙ c_{t-1} + i ⊙ g, and the gates
-        for b in range(nb):
-            dgb = dg + b * sG
-            if t < lengths[b0 + b]:
-                row = t * ts + (b0 + b) * rs
-                gb = g + b * sG
-                cpb = cprev + row * H
-                dcb = dc + (b0 + b) * H
-                dm = (dmbuf + (b0 + b) * H) if proj else (dh + (b0 + b) * P)
-                tcb = tcbuf + (b0 + b) * H
-                memcpy(tcb, cnew + row * H, H * sizeof(floating))
-                _tanh_span(tcb, H)
-                # dL/da of the gates from dL/dm_t and dL/dc_t; dc becomes dL/dc_{t-1}
-                # (the elementwise loop: rc_lstm_cell_backward in rnncore/_rc_math.h)
-                _lstm_cell_backward(H, gb, cpb, tcb, dm, dcb, dgb, w_ci, w_cf, w_co)
-                memset(dh + (b0 + b) * P, 0, P * sizeof(floating))
-            else:
-                memset(dgb, 0, H4 * sizeof(floating))
-        # (1) dL/dh_{t-1} = dL/da_t W_hh                # dh += dg @ W_hh
-        mm_packed(nb, P, H4, dg, sG, False, W_hh, P, W_p, H4, 0, True, dh + b0 * P, P)
-
-
-def lstm_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] cprev,
-                 floating[:, :, ::1] cnew, floating[:, :, ::1] M, floating[:, ::1] hbuf,
-                 floating[:, ::1] out, floating[:, ::1] h_n, floating[:, ::1] c_n,
-                 const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, ::1] W_hh,
-                 const floating[:, ::1] W_hr, const floating[:, ::1] W_t,
-                 const floating[:, ::1] W_hr_t, const floating[::1] w_ci, const floating[::1] w_cf,
-                 const floating[::1] w_co, const int[::1] lengths,
-                 Py_ssize_t col0, bint reverse, bint batch_first, int num_threads,
-                 const floating[:, ::1] x=None, const floating[:, ::1] W_ih_t=None,
-                 const floating[::1] bias=None, bint keep=True):
-    """LSTM layer, one direction. keep: G, hprev, cprev, cnew and M are kept for backward (see
-    "Workspace rows"; without keep they are (2, B, .)). M, hbuf, W_hr are None without projection;
-    w_c* None without peepholes. G (T,B,4H) (batch_first: (B,T,4H)) holds x W_ih^T + b_ih + b_hh on entry, or, given
-    x (T*B, I) and W_ih_t = pack_t(W_ih) (and bias = b_ih + b_hh or None), is computed step by step.
-    W_t = pack_t(W_hh) and W_hr_t = pack_t(W_hr) select rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1)
-    cdef _Layout WL, GL
-    _layout("hprev", hprev, T, B, batch_first, keep, &WL)
-    _layout("G", G, T, B, batch_first, keep or W_ih_t is None, &GL)
-    cdef Py_ssize_t H = cnew.shape[2], P = hprev.shape[2], ts, rs
-    cdef Py_ssize_t ldo = out.shape[1], nc = _nchunks(B, num_threads), ci
-    cdef floating* pM = &M[0, 0, 0] if M is not None else NULL
-    cdef floating* phbuf = &hbuf[0, 0] if hbuf is not None else NULL
-    cdef const floating* pW_hr = &W_hr[0, 0] if W_hr is not None else NULL
-    cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
-    cdef const floating* pW_hr_t = &W_hr_t[0, 0] if W_hr_t is not None else NULL
-    cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
-    cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
-    cdef const floating* pco = &w_co[0] if w_co is not None else NULL
-    cdef Py_ssize_t I = _step_projection_inputs(G, T * B, x, W_ih_t, bias), ldx = I
-    cdef const floating* px = &x[0, 0] if I > 0 else NULL
-    cdef const floating* pW_ih_t = &W_ih_t[0, 0] if I > 0 else NULL
-    cdef const floating* pbias = &bias[0] if I > 0 and bias is not None else NULL
-    _row_strides(batch_first, T, B, &ts, &rs)
-    with nogil:
-        for ci in prange(nc, num_threads=nc, schedule="static"):
-            _lstm_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], pM,
-                               phbuf, &out[0, col0], &h_n[0, 0], &c_n[0, 0], &h0[0, 0], &c0[0, 0],
-                               &W_hh[0, 0], pW_hr, pW_t, pW_hr_t, pci, pcf, pco, &lengths[0],
-                               px, ldx, I, pW_ih_t, pbias, T, ts, rs, WL, GL, H, P, ldo,
-                               reverse, ci * B // nc, (ci + 1) * B // nc)
-
-
-def lstm_backward(floating[:, :, ::1] dG, floating[:, ::1] dh, floating[:, ::1] dc,
-                  floating[:, :, ::1] dH, floating[:, ::1] dmbuf, floating[:, ::1] tcbuf,
-                  const floating[:, ::1] dout, const floating[:, :, ::1] G,
-                  const floating[:, :, ::1] cprev, const floating[:, :, ::1] cnew,
-                  const floating[:, ::1] W_hh, const floating[:, ::1] W_hr,
-                  const floating[::1] w_ci, const floating[::1] w_cf, const floating[::1] w_co,
-                  const floating[:, ::1] W_p, const floating[:, ::1] W_hr_p,
-                  const int[::1] lengths, Py_ssize_t col0, bint reverse, bint batch_first,
-                  int num_threads):
-    """BPTT through `lstm_forward`: writes dG = dL/da (G's layout) (and dH = dL/dh_t with
-    projection); dh, dc go from dL/dh_n, dL/dc_n to dL/dh0, dL/dc0."""
-    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
-    cdef Py_ssize_t H = cnew.shape[2], P = dh.shape[1], ts, rs
-    cdef Py_ssize_t ldo = dout.shape[1], nc = _nchunks(B, num_threads), ci
-    cdef floating* pdH = &dH[0, 0, 0] if dH is not None else NULL
-    cdef floating* pdm = &dmbuf[0, 0] if dmbuf is not None else NULL
-    cdef const floating* pW_hr = &W_hr[0, 0] if W_hr is not None else NULL
-    cdef const floating* pci = &w_ci[0] if w_ci is not None else NULL
-    cdef const floating* pcf = &w_cf[0] if w_cf is not None else NULL
-    cdef const floating* pco = &w_co[0] if w_co is not None else NULL
-    _row_strides(batch_first, T, B, &ts, &rs)
-    with nogil:
-        for ci in prange(nc, num_threads=nc, schedule="static"):
-            _lstm_backward_rows(&dG[0, 0, 0], &dh[0, 0], &dc[0, 0], pdH, pdm, &tcbuf[0, 0],
-                                &dout[0, col0],
-                                &G[0, 0, 0], &cprev[0, 0, 0], &cnew[0, 0, 0], &W_hh[0, 0], pW_hr,
-                                pci, pcf, pco, &lengths[0], T, ts, rs, H, P, ldo,
-                                &W_p[0, 0] if W_p is not None else NULL,
-                                &W_hr_p[0, 0] if W_hr_p is not None else NULL, reverse,
-                                ci * B // nc, (ci + 1) * B // nc)
-
-
-# --------------------------------------------------------------------------------------------------
-# GRU, gate order r, z, n:
-#   r = σ(a_r)   z = σ(a_z)   h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
-#   reset_after (PyTorch):  n = tanh(x W_in^T + b_in + r ⊙ (h_{t-1} W_hn^T + b_hn))
-#   reset before (Cho et al., Keras reset_after=False):  n = tanh(x W_in^T + b_in + (r ⊙ h_{t-1}) W_hn^T + b_hn)
-# G[t] holds x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry; b_hn is added here.
-# HN keeps h_{t-1} W_hn^T + b_hn (reset_after) or r ⊙ h_{t-1} (reset before) for backward.
-# --------------------------------------------------------------------------------------------------
-
-cdef void _gru_forward_rows(floating* G, floating* hprev, floating* HN, floating* gh,
-                            floating* out, floating* h_n,
-                            const floating* h0, const floating* W_hh, const floating* W_t,
-                            const floating* b_hn, const int* lengths,
-                            const floating* x, Py_ssize_t ldx, Py_ssize_t I,
-                            const floating* W_ih_t, const floating* bias,
-                            Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, _Layout WL, _Layout GL,
-                            Py_ssize_t H, Py_ssize_t ldo,
-                            bint reset_after, bint reverse, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # workspace rows of: G 3H; hprev, HN H; out: rows of ldo at its column offset. gh (B,3H) work
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sH = WL.rs * H, sd, w0, wnext
-    cdef Py_ssize_t sG = GL.rs * H3
-    cdef floating* g
-    cdef floating* gb
-    cdef floating* hp
-    cdef floating* hn
-    cdef floating* q
-    cdef floating* dst
-    cdef floating* o
-    cdef floating z, hv
-    hp = hprev + _row(WL, 0, T - 1 if reverse else 0, b0) * H
-    for b in range(nb):
-        memcpy(hp + b * sH, h0 + (b0 + b) * H, H * sizeof(floating))
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        w0 = _row(WL, s, t, b0)       # this thread's first workspace row of step t
-        g = G + _row(GL, s, t, b0) * H3
-        hp = hprev + w0 * H
-        hn = HN + w0 * H
-        q = gh + b0 * H3
-        _project_step(g, sG, x, ldx, t * ts + b0 * rs, rs, nb, I, H3, W_ih_t, bias)
-        if s == T - 1:
-            dst, sd = h_n + b0 * H, H
-        else:
-            wnext = _row(WL, s + 1, t - 1 if reverse else t + 1, b0)
-            dst, sd = hprev + wnext * H, sH
-        # (1) q_rz = h_{t-1} W_h{r,z}^T (and q_n = h_{t-1} W_hn^T when reset_after)
-        mm_packed(nb, H3 if reset_after else 2 * H, H, hp, sH, True, W_hh, H, W_t, H, 0, False, q, H3)
-        # (2) r = σ(a_r), z = σ(a_z)
-        for b in range(nb):
-            gb = g + b * sG
-            for j in range(2 * H):
-                gb[j] = gb[j] + q[b * H3 + j]
-            _sigmoid_span(gb, 2 * H)
-        if reset_after:
-            # (3) HN = h_{t-1} W_hn^T + b_hn;  a_n = G_n + r ⊙ HN
-            for b in range(nb):
-                gb = g + b * sG
-                for j in range(H):
-                    hv = q[b * H3 + 2 * H + j] + (b_hn[j] if b_hn != NULL else 0)
-                    hn[b * sH + j] = hv
-                    gb[2 * H + j] = gb[2 * H + j] + gb[j] * hv
-        else:
-            # (3) HN = r ⊙ h_{t-1};  a_n = G_n + HN W_hn^T + b_hn
-            for b in range(nb):
-                for j in range(H):
-                    hn[b * sH + j] = g[b * sG + j] * hp[b * sH + j]
-            # W_t packs W_hr,z^T and W_hn^T separately (pack_gru_t): the n-part starts after the
-            # r,z-part's panels
-            mm_packed(nb, H, H, hn, sH, True, W_hh + 2 * H * H, H,
-                      (W_t + _npanels(2 * H, panel_width(W_t)) * H * panel_width(W_t)) if W_t != NULL else NULL,
-                      H, 0, False, q + 2 * H, H3)
-            for b in range(nb):
-                gb = g + b * sG
-                for j in range(H):
-                    gb[2 * H + j] = (gb[2 * H + j] + q[b * H3 + 2 * H + j]
-                                     + (b_hn[j] if b_hn != NULL else 0))
-        # (4) n = tanh(a_n);  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
-        for b in range(nb):
-            _tanh_span(g + b * sG + 2 * H, H)
-        for b in range(nb):
-            gb = g + b * sG
-            o = out + (t * ts + (b0 + b) * rs) * ldo
-            if t < lengths[b0 + b]:
-                for j in range(H):
-                    z = gb[H + j]
-                    hv = (1 - z) * gb[2 * H + j] + z * hp[b * sH + j]
-                    dst[b * sd + j] = hv
-                    o[j] = hv
-            else:  # past the sequence's end: state carried, output 0
-                memset(gb, 0, H3 * sizeof(floating))
-                memset(hn + b * sH, 0, H * sizeof(floating))
-                memcpy(dst + b * sd, hp + b * sH, H * sizeof(floating))
-                memset(o, 0, H * sizeof(floating))
-
-
-cdef void _gru_backward_rows(floating* dGx, floating* dGh, floating* dh, floating* drh,
-                             const floating* dout, const floating* G, const floating* hprev,
-                             const floating* HN, const floating* W_hh, const int* lengths,
-                             Py_ssize_t T, Py_ssize_t ts, Py_ssize_t rs, Py_ssize_t H, Py_ssize_t ldo,
-                             const floating* W_p, bint reset_after, bint reverse,
-                             Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # W_p = W_hh packed (pack_n) for rnncore's own step GEMM, or NULL for BLAS
-    # rows of: dGx 3H out: dL/d(input-side pre-activations); dGh H out (reset_after only):
-    # dL/d(h W_hn^T + b_hn) (its r and z parts, dL/d(h W_h{r,z}^T + b_h{r,z}), are dGx's);
-    # G 3H; hprev, HN H. dh (B,H) carried; drh (B,H) work (reset before only)
-    cdef Py_ssize_t nb = b1 - b0, s, t, b, j, H3 = 3 * H, sG = rs * 3 * H, sH = rs * H
-    cdef floating* dx
-    cdef floating* dq
-    cdef floating* dxb
-    cdef floating* dqb
-    cdef floating* dhb
-    cdef const floating* g
-    cdef const floating* gb
-    cdef const floating* hp
-    cdef const floating* hn
-    cdef const floating* do
-    cdef floating r
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        dx = dGx + (t * ts + b0 * rs) * H3
-        dq = (dGh + (t * ts + b0 * rs) * H) if reset_after else dx
-        g = G + (t * ts + b0 * rs) * H3
-        hp = hprev + (t * ts + b0 * rs) * H
-        hn = HN + (t * ts + b0 * rs) * H
-        # (2) through h_t = (1 - z) ⊙ n + z ⊙ h_{t-1} and n, z (and r when reset_after)
-        for b in range(nb):
-            dhb = dh + (b0 + b) * H
-            dxb = dx + b * sG
-            dqb = dq + b * sH
-            if t < lengths[b0 + b]:
-                do = dout + (t * ts + (b0 + b) * rs) * ldo
-                gb = g + b * sG
-                # dL/da_{z,n} (and dL/da_r, dL/dq_n with reset_after; without, r's gradient needs
-                # the product (2') first); dh := d z. The loop: rc_gru_cell_backward, rnncore/_rc_math.h
-                _gru_cell_backward(H, do, gb, hp + b * sH, (hn + b * sH) if reset_after else NULL,
-                                   dhb, dxb, dqb if reset_after else NULL)
-            else:
-                memset(dxb, 0, H3 * sizeof(floating))
-                if reset_after:
-                    memset(dqb, 0, H * sizeof(floating))
-        if reset_after:
-            # (1) dL/dh_{t-1} += dL/da_{r,z} W_h{r,z} + dL/dq_n W_hn
-            #                                             # dh += dx[:, :2H] @ W_hh[:2H] + dq @ W_hh[2H:]
-            mm_packed(nb, H, 2 * H, dx, sG, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
-            mm_packed(nb, H, H, dq, sH, False, W_hh + 2 * H * H, H, W_p, H3, 2 * H, True, dh + b0 * H, H)
-        else:
-            # (2') dL/d(r ⊙ h_{t-1}) = dL/da_n W_hn        # drh = dx[:, 2H:] @ W_hh[2H:]
-            mm_packed(nb, H, H, dx + 2 * H, sG, False, W_hh + 2 * H * H, H, W_p, H3, 2 * H, False,
-                      drh + b0 * H, H)
-            for b in range(nb):
-                if t < lengths[b0 + b]:
-                    for j in range(H):
-                        r = g[b * sG + j]
-                        dx[b * sG + j] = drh[(b0 + b) * H + j] * hp[b * sH + j] * r * (1 - r)
-                        dh[(b0 + b) * H + j] += drh[(b0 + b) * H + j] * r
-            # (1) dL/dh_{t-1} += dL/da_{r,z} W_h{r,z}      # dh += dx[:, :2H] @ W_hh[:2H]
-            mm_packed(nb, H, 2 * H, dx, sG, False, W_hh, H, W_p, H3, 0, True, dh + b0 * H, H)
-
-
-def gru_forward(floating[:, :, ::1] G, floating[:, :, ::1] hprev, floating[:, :, ::1] HN,
-                floating[:, ::1] gh, floating[:, ::1] out, floating[:, ::1] h_n,
-                const floating[:, ::1] h0, const floating[:, ::1] W_hh, const floating[:, ::1] W_t,
-                const floating[::1] b_hn, const int[::1] lengths, Py_ssize_t col0, bint reset_after,
-                bint reverse, bint batch_first, int num_threads, const floating[:, ::1] x=None,
-                const floating[:, ::1] W_ih_t=None, const floating[::1] bias=None, bint keep=True):
-    """GRU layer, one direction. keep: G, hprev and HN are kept for backward (see "Workspace rows";
-    without keep they are (2, B, .)). G (T,B,3H) (batch_first: (B,T,3H)) holds
-    x W_ih^T + b_ih + [b_hr, b_hz, 0] on entry, or, given x (T*B, I) and W_ih_t = pack_t(W_ih) (and
-    bias = b_ih + [b_hr, b_hz, 0] or None), is computed step by step; b_hn is None without bias.
-    W_t = pack_gru_t(W_hh, reset_after) selects rnncore's own step GEMM; None selects BLAS."""
-    cdef Py_ssize_t B = lengths.shape[0], T = out.shape[0] // max(B, 1)
-    cdef _Layout WL, GL
-    _layout("hprev", hprev, T, B, batch_first, keep, &WL)
-    _layout("G", G, T, B, batch_first, keep or W_ih_t is None, &GL)
-    cdef Py_ssize_t H = hprev.shape[2], ldo = out.shape[1], ts, rs
-    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
-    cdef const floating* pb = &b_hn[0] if b_hn is not None else NULL
-    cdef const floating* pW_t = &W_t[0, 0] if W_t is not None else NULL
-    cdef Py_ssize_t I = _step_projection_inputs(G, T * B, x, W_ih_t, bias), ldx = I
-    cdef const floating* px = &x[0, 0] if I > 0 else NULL
-    cdef const floating* pW_ih_t = &W_ih_t[0, 0] if I > 0 else NULL
-    cdef const floating* pbias = &bias[0] if I > 0 and bias is not None else NULL
-    _row_strides(batch_first, T, B, &ts, &rs)
-    with nogil:
-        for ci in prange(nc, num_threads=nc, schedule="static"):
-            _gru_forward_rows(&G[0, 0, 0], &hprev[0, 0, 0], &HN[0, 0, 0], &gh[0, 0], &out[0, col0],
-                              &h_n[0, 0], &h0[0, 0], &W_hh[0, 0], pW_t, pb, &lengths[0],
-                              px, ldx, I, pW_ih_t, pbias, T, ts, rs, WL, GL, H, ldo,
-                              reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
-
-
-def gru_backward(floating[:, :, ::1] dGx, floating[:, :, ::1] dGh, floating[:, ::1] dh,
-                 floating[:, ::1] drh, const floating[:, ::1] dout, const floating[:, :, ::1] G,
-                 const floating[:, :, ::1] hprev, const floating[:, :, ::1] HN,
-                 const floating[:, ::1] W_hh, const int[::1] lengths,
-                 const floating[:, ::1] W_p,
-                 Py_ssize_t col0, bint reset_after, bint reverse, bint batch_first, int num_threads):
-    """BPTT through `gru_forward`. dGh (T,B,H) (batch_first (B,T,H)), dL/d(h W_hn^T + b_hn), is used
-    (and required) only with reset_after; drh only without."""
-    cdef Py_ssize_t T = G.shape[1 if batch_first else 0], B = G.shape[0 if batch_first else 1]
-    cdef Py_ssize_t H = hprev.shape[2], ldo = dout.shape[1], ts, rs
-    cdef Py_ssize_t nc = _nchunks(B, num_threads), ci
-    cdef floating* pdGh = &dGh[0, 0, 0] if dGh is not None else NULL
-    cdef floating* pdrh = &drh[0, 0] if drh is not None else NULL
-    _row_strides(batch_first, T, B, &ts, &rs)
-    with nogil:
-        for ci in prange(nc, num_threads=nc, schedule="static"):
-            _gru_backward_rows(&dGx[0, 0, 0], pdGh, &dh[0, 0], pdrh, &dout[0, col0], &G[0, 0, 0],
-                               &hprev[0, 0, 0], &HN[0, 0, 0], &W_hh[0, 0], &lengths[0],
-                               T, ts, rs, H, ldo, &W_p[0, 0] if W_p is not None else NULL,
-                               reset_after, reverse, ci * B // nc, (ci + 1) * B // nc)
+            rc_backward_d(&cell.c, &q, &a, num_threads)

@@ -11,6 +11,8 @@ import threading
 
 from threadpoolctl import ThreadpoolController
 
+from rnncore._config import get_config
+
 __all__ = ["set_num_threads", "get_num_threads", "threads"]
 
 
@@ -24,17 +26,7 @@ def _default_num_threads():
         return max(1, os.cpu_count() or 1)
 
 
-_state = {
-    "num_threads": _default_num_threads(),
-    # the per-step recurrent product: rnncore's own small GEMM ("own", default) or BLAS ("blas",
-    # the reference path, kept tested). RNNCORE_STEP_GEMM=blas selects BLAS.
-    "step_gemm": "blas" if os.environ.get("RNNCORE_STEP_GEMM", "").lower() == "blas" else "own",
-}
-
-
-def own_step_gemm():
-    """True when the time loops use rnncore's own small GEMM rather than BLAS."""
-    return _state["step_gemm"] == "own"
+_state = {"num_threads": _default_num_threads()}
 
 
 def _check_num_threads(n):
@@ -64,15 +56,10 @@ def get_num_threads():
     return _state["num_threads"] if n is None else n
 
 
-# Below this many floating-point operations a layer call runs on one thread: splitting it would
-# save less than OpenMP's fork/join costs, and on a loaded machine a team whose threads spin-wait
-# for a descheduled partner can make a tiny call 100x slower.
-SMALL_WORK_FLOPS = 2e6
-
-
 def threads_for(flops):
-    """The thread count for a call of about `flops` operations."""
-    return 1 if flops < SMALL_WORK_FLOPS else get_num_threads()
+    """The thread count for a call of about `flops` operations: one below the configuration's
+    small_work_flops (rnncore/_config.py)."""
+    return 1 if flops < get_config()["small_work_flops"] else get_num_threads()
 
 
 @contextlib.contextmanager

@@ -257,8 +257,8 @@ def test_thread_settings():
 
 @pytest.mark.parametrize("cls", CELLS)
 def test_thread_count_does_not_change_results(cls, monkeypatch):
-    # small problems normally run on one thread (rnncore._threads.SMALL_WORK_FLOPS); force the split
-    monkeypatch.setattr(rnncore._threads, "SMALL_WORK_FLOPS", 0)
+    # small problems normally run on one thread (the configuration's small_work_flops); force the split
+    monkeypatch.setitem(rnncore._config._defaults, "small_work_flops", 0)
     rng = np.random.default_rng(0)
     layer = cls(7, 9, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
     x = rng.standard_normal((6, 5, 7))

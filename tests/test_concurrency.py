@@ -104,13 +104,8 @@ def assert_bits_equal(got, want, what):
 def threads_everywhere(n):
     """rnncore.threads(n), even for the small problems here (the single-thread cut-off lifted), so
     each Python thread's calls run an OpenMP team of their own."""
-    old = rnncore._threads.SMALL_WORK_FLOPS
-    rnncore._threads.SMALL_WORK_FLOPS = 0
-    try:
-        with rnncore.threads(n):
-            yield
-    finally:
-        rnncore._threads.SMALL_WORK_FLOPS = old
+    with rnncore.config_context(small_work_flops=0), rnncore.threads(n):
+        yield
 
 
 # ------------------------------------------------------------------------------------------------

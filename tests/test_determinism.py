@@ -32,7 +32,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import rnncore  # noqa: E402
-from rnncore import _cells  # noqa: E402
 from rnncore import _kernels as K  # noqa: E402
 from rnncore import _threads  # noqa: E402
 
@@ -47,12 +46,12 @@ CELLS = {
     "gru_reset_before": (rnncore.GRU, dict(reset_after=False)),
 }
 DTYPES = {"f32": np.float32, "f64": np.float64}
-# "own": rnncore's own step GEMM (B = 13 is below rnncore._cells.STEP_PROJECTION_ROWS, so the input
+# "own": rnncore's own step GEMM (B = 13 is below the configuration's step_projection_min_rows, so the input
 # projection is one GEMM before the time loop); "own-step-projection": the same with the projection
 # inside the time loop (forced for this batch); "blas": the BLAS reference path
 STEP_GEMMS = ["own", "own-step-projection", "blas"]
 
-# T*B*(work per row) is above rnncore's single-thread cut-off (rnncore._threads.SMALL_WORK_FLOPS)
+# T*B*(work per row) is above rnncore's single-thread cut-off (the configuration's small_work_flops)
 # for every cell, and B = 13 leaves uneven blocks for 2 and 3 threads.
 T, B, I, H, NUM_LAYERS = 20, 13, 16, 32, 2
 LENGTHS = [20, 7, 1, 20, 13, 2, 19, 20, 5, 11, 1, 16, 9]
@@ -93,11 +92,10 @@ def train_trace(cell, dtype, num_threads, step_gemm="own"):
     """Plain SGD for STEPS steps; returns the list of (quantity name, array copy) in the order they
     were produced: per step the output, h_n, dropout masks, dx, dhx, every grad, every param after
     the update."""
-    old = _threads._state["step_gemm"], _cells.STEP_PROJECTION_ROWS
-    _threads._state["step_gemm"] = "blas" if step_gemm == "blas" else "own"
+    path = {"step_gemm": "blas" if step_gemm == "blas" else "own"}
     if step_gemm == "own-step-projection":
-        _cells.STEP_PROJECTION_ROWS = 1
-    try:
+        path["step_projection_min_rows"] = 1
+    with rnncore.config_context(**path):
         layer = make_layer(cell, dtype)
         x, hx, y, y_h = problem(layer)
         trace = []
@@ -126,8 +124,6 @@ def train_trace(cell, dtype, num_threads, step_gemm="own"):
         for name, a in trace:   # a diverged run (inf, NaN everywhere) would prove little
             assert np.all(np.isfinite(a)), f"{cell}: {name} is not finite; the training loop diverged"
         return [(name, np.array(a, copy=True)) for name, a in trace]
-    finally:
-        _threads._state["step_gemm"], _cells.STEP_PROJECTION_ROWS = old
 
 
 def digest(trace):

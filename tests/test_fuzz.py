@@ -141,13 +141,8 @@ def as_received(a, dtype):
 @contextlib.contextmanager
 def kernel_threads(n):
     """rnncore on n threads, even for these tiny problems (the single-thread cut-off lifted)."""
-    old = _threads.SMALL_WORK_FLOPS
-    _threads.SMALL_WORK_FLOPS = 0
-    try:
-        with rnncore.threads(n):
-            yield
-    finally:
-        _threads.SMALL_WORK_FLOPS = old
+    with rnncore.config_context(small_work_flops=0), rnncore.threads(n):
+        yield
 
 
 # ------------------------------------------------------------------------------------------------

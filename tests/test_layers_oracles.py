@@ -318,8 +318,8 @@ def test_layer_central_differences(variant, final_state_only, rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm_proj", "lstm_peephole", "gru", "gru_reset_before"])
 def test_layer_same_result_on_one_and_two_threads(cell, dtype, rng, monkeypatch):
-    # small problems normally run on one thread (rnncore._threads.SMALL_WORK_FLOPS); force the split
-    monkeypatch.setattr(rnncore._threads, "SMALL_WORK_FLOPS", 0)
+    # small problems normally run on one thread (the configuration's small_work_flops); force the split
+    monkeypatch.setitem(rnncore._config._defaults, "small_work_flops", 0)
     overrides = dict(CELLS + VARIANTS)[cell]
     config = make_config(num_layers=2, bidirectional=True, **overrides)
     lengths = [5, 1, 3, 4, 2, 5, 3, 1, 4]
@@ -349,7 +349,7 @@ PATH_TOL = {np.float32: (2e-4, 2e-4), np.float64: (1e-10, 1e-11)}   # float32 ro
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", [c[0] for c in PATH_VARIANTS])
 def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
-    from rnncore import _cells, _threads
+    from rnncore import _threads
     lengths = [20, 7, 1, 20, 13, 2, 19, 20, 5, 11, 1, 16, 9]
     results = {}
     base = make_config(**dict(dict(PATH_VARIANTS)[cell], input_size=16, hidden_size=32, num_layers=2,
@@ -368,17 +368,16 @@ def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
         wide = [wide_tm[0], swap(wide_tm[1]), wide_tm[2], swap(wide_tm[3]), wide_tm[4]]
         want = reference_run(config, *wide[:3], lengths, *wide[3:])
         layer = make_layer(config, dtype)
-        old = _threads._state["step_gemm"], _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS
-        try:
+        if True:
             # rnncore's own step GEMM with the input projection inside the time loop (forced on for
             # any batch) and before it; the BLAS path (always before it)
             for path, step_gemm, step_projection in (("own", "own", True),
                                                      ("own, projection before the loop", "own", False),
                                                      ("blas", "blas", True)):
-                _threads._state["step_gemm"] = step_gemm
-                _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS = step_projection, 1
                 for nt in (1, 3):
-                    with rnncore.threads(nt):
+                    with rnncore.threads(nt), rnncore.config_context(
+                            step_gemm=step_gemm, step_projection=step_projection,
+                            step_projection_min_rows=1):
                         assert _threads.threads_for(layer._flops(20, 13)) == nt  # really nt threads
                         got = layer_run(layer, params, x, hx, lengths, d_output, d_h_n)
                         # inference keeps only the current and next step of its workspace arrays:
@@ -394,8 +393,6 @@ def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
                         assert np.array_equal(a, b), \
                             f"inference {name} differs from forward_train's ({path}, bf={bf}, {nt} thr)"
                     results[bf, path, nt] = got
-        finally:
-            _threads._state["step_gemm"], _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS = old
     # batch_first results are the time-major ones transposed, to rounding (BLAS may round a row of the
     # input projection differently by its place in a block), and both paths agree to rounding
     tight = 1e-4 if dtype == np.float32 else 1e-12
@@ -406,24 +403,45 @@ def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
             assert_close(a, tm[what], tight, tight, f"{what} {key} vs time-major own 1 thread")
 
 
-def test_step_projection_inputs_that_do_not_fit_are_refused():
-    """The kernels' step-by-step input projection reads x rows and a packed W_ih^T for every row of
-    G: arrays that do not fit are a ValueError naming what was expected, never an out-of-bounds read."""
+def test_scan_inputs_that_do_not_fit_are_refused():
+    """The compiled scan reads x rows, the state and every workspace row through raw pointers: arrays
+    that do not fit the cell are a ValueError/TypeError naming what was expected, never an
+    out-of-bounds read."""
     from rnncore import _kernels as K
     T_, B_, I_, H_ = 4, 3, 5, 6
     f = np.float32
-    G = np.zeros((T_, B_, H_), f)
-    args = lambda: (G, np.zeros((T_, B_, H_), f), np.zeros((T_ * B_, H_), f), np.zeros((B_, H_), f),
-                    np.zeros((B_, H_), f), np.zeros((H_, H_), f), K.pack_t(np.zeros((H_, H_), f)),
-                    np.full(B_, T_, np.int32), 0, False, False, False, 1)
-    W_ih_t = K.pack_t(np.ones((H_, I_), f))
+    rng = np.random.default_rng(0)
+    p = {"w_ih": np.ones((H_, I_), f), "w_hh": np.zeros((H_, H_), f),
+         "b_ih": np.full(H_, 0.25, f), "b_hh": np.full(H_, 0.25, f)}
+    cell = K.Cell("rnn_tanh", p, own_gemm=True, in_loop=True)
     x = np.ones((T_ * B_, I_), f)
-    K.rnn_forward(*args(), x=x, W_ih_t=W_ih_t, bias=np.full(H_, 0.5, f))
-    np.testing.assert_allclose(G[0], np.tanh(I_ + 0.5))        # the projection did run
-    for kw, words in [(dict(x=x[:-1]), "x must have 12 rows, got 11"),
-                      (dict(x=None), "x must have 12 rows, got None"),
-                      (dict(W_ih_t=K.pack_t(np.ones((H_, I_ + 1), f))), "pack_t of a (6, 5) matrix"),
-                      (dict(bias=np.zeros(H_ + 1, f)), "bias must have 6 values, got 7")]:
-        call = dict(dict(x=x, W_ih_t=W_ih_t, bias=None), **kw)
-        with pytest.raises(ValueError, match=re.escape(words)):
-            K.rnn_forward(*args(), **call)
+
+    def call(**kw):
+        args = dict(x=x, out=np.zeros((T_ * B_, H_), f), col0=0, h0=np.zeros((B_, H_), f),
+                    h_n=np.zeros((B_, H_), f), lengths=np.full(B_, T_, np.int32),
+                    ws={"G": np.zeros((T_, B_, H_), f), "hprev": np.zeros((T_, B_, H_), f)})
+        args.update(kw)
+        K.forward(cell, **args)
+        return args
+
+    got = call()
+    np.testing.assert_allclose(got["ws"]["G"][0], np.tanh(I_ + 0.5), rtol=1e-6)  # the projection ran
+    for kw, err, words in [
+            (dict(x=x[:-1]), ValueError, "x must have shape (12, 5), got (11, 5)"),
+            (dict(x=None), ValueError, "x must be an array of shape (12, 5), got None"),
+            (dict(x=x.astype(np.float64)), TypeError, "x must be float32, got float64"),
+            (dict(x=np.ones((I_, T_ * B_), f).T), ValueError, "x must be C-contiguous"),
+            (dict(h0=np.zeros((B_, H_ + 1), f)), ValueError, "h0 must have shape (3, 6)"),
+            (dict(out=np.zeros((T_ * B_, H_), f), col0=1), ValueError, "out must be (12, >= 7)"),
+            (dict(lengths=np.full(B_, T_, np.int64)), TypeError, "lengths must be int32"),
+            (dict(ws={"G": np.zeros((T_, B_, H_ + 1), f), "hprev": np.zeros((T_, B_, H_), f)}),
+             ValueError, "G must have shape (4, 3, 6)"),
+            (dict(ws={"G": np.zeros((T_, B_, H_), f)}), KeyError, "hprev")]:
+        with pytest.raises(err, match=re.escape(words)):
+            call(**kw)
+    with pytest.raises(ValueError, match="in_loop needs own_gemm"):
+        K.Cell("rnn_tanh", p, own_gemm=False, in_loop=True)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        K.Cell("lstn", p)
+    with pytest.raises(ValueError, match=re.escape("params['b_ih'] must have shape (6,)")):
+        K.Cell("rnn_tanh", dict(p, b_ih=np.zeros(7, f)))
