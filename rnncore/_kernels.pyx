@@ -527,7 +527,7 @@ cdef class Cell:
                                     else pack_t(w_hh, num_threads))
                 if "w_hr" in arrays:
                     arrays["w_hr_t"] = pack_t(arrays["w_hr"], num_threads)
-                if in_loop:
+                if I > 0:    # the projection, inside the loop or before it
                     arrays["w_ih_t"] = pack_t(w_ih, num_threads)
         self.c.in_loop = in_loop
         self.c.kind, self.c.n_in, self.c.H, self.c.P, self.c.GH = k, I, H, P, GH
