@@ -18,10 +18,11 @@ import numpy as np
 from rnncore import _cells
 from rnncore import _kernels
 from rnncore import _threads
+from rnncore._config import get_config
 from rnncore._validate import (as_float_array, check_bool, check_float_dtype, check_int,
                                check_lengths, check_shape)
 
-__all__ = ["RNN", "LSTM", "GRU"]
+__all__ = ["RNN", "LSTM", "GRU", "StreamState"]
 
 _INITS = ("default", "orthogonal", "identity")
 
@@ -268,6 +269,72 @@ class _RecurrentStack:
         backprop = _Backprop(self, caches, masks, T, B, unbatched, bf, scratch)
         return output, state, backprop
 
+    # ------------------------------------------------------------------------------ streaming
+    def cell(self, layer=0, direction=0):
+        """The compiled cell of one layer and direction (rnncore._kernels.Cell) with the current
+        weights, packed for stepping: what `step` runs, and what an outside Cython extension passes
+        to rnncore._kernels.rc_step_f/_d (see the README's "Embedding rnncore in Cython code").
+        It holds copies (the packed weights): take a new one after changing the weights."""
+        layer = check_int(layer, "layer", 0)
+        direction = check_int(direction, "direction", 0)
+        if layer >= self.num_layers or direction >= self.num_directions:
+            raise ValueError(f"this {type(self).__name__} has {self.num_layers} layer(s) and "
+                             f"{self.num_directions} direction(s), got layer={layer}, "
+                             f"direction={direction}")
+        own = get_config()["step_gemm"] == "own"
+        p = self._short(self.params, layer * self.num_directions + direction)
+        return _kernels.Cell(self._cell.kind, p, own_gemm=own, in_loop=own)
+
+    def initial_state(self, batch_size=1, hx=None):
+        """Start streaming: ``state = layer.initial_state(batch_size)``, then
+        ``y_t, state = layer.step(x_t, state)`` one step at a time (inference).
+
+        hx: the initial state as in ``layer(x, hx)`` (default zeros). The returned StreamState holds
+        ``h`` (num_layers, batch, P) (and ``c`` for an LSTM) and the layer's weights packed once for
+        the stream: after changing the weights, start a new stream. A bidirectional layer cannot
+        stream (its reverse direction starts at the end of the sequence)."""
+        if self.bidirectional:
+            raise ValueError(f"a bidirectional {type(self).__name__} cannot stream step by step: its "
+                             f"reverse direction starts from the end of the sequence; call it on "
+                             f"the whole sequence instead")
+        B = check_int(batch_size, "batch_size", 1)
+        h0, c0 = self._check_hx(hx, B, False)
+        cells = [self.cell(layer) for layer in range(self.num_layers)]
+        work = [np.empty(cell.workspace_size(B), self.dtype) for cell in cells]
+        return StreamState(np.array(h0, copy=True), None if c0 is None else np.array(c0, copy=True),
+                           cells, work)
+
+    def step(self, x_t, state):
+        """One step of a stream: ``y_t, state = layer.step(x_t, state)``, x_t (batch, input_size)
+        (or (input_size,) for a stream of one sequence), y_t (batch, hidden_size or proj_size).
+
+        Bit for bit what ``layer(x)`` computes at that step from the same state (on rnncore's own
+        step GEMM, the default path). The state passed in is left as it was (a new one comes back),
+        so a stream can branch."""
+        if not isinstance(state, StreamState):
+            raise TypeError(f"state must be the StreamState that initial_state() or step() returned, "
+                            f"got {type(state).__name__}")
+        h, c = state.h, state.c
+        B = h.shape[1]
+        x = x_t
+        if not (isinstance(x, np.ndarray) and x.dtype == self.dtype and x.flags.c_contiguous
+                and x.shape == (B, self.input_size)):
+            x = as_float_array(x_t, "x_t", self.dtype, f"(batch={B}, input_size={self.input_size})")
+            if x.ndim == 1 and B == 1:
+                x = x[None]
+            check_shape(x, "x_t", (B, self.input_size), f"(batch={B}, input_size={self.input_size})")
+            x = np.ascontiguousarray(x)
+        h_new = np.empty_like(h)
+        c_new = None if c is None else np.empty_like(c)
+        for layer, cell in enumerate(state._cells):
+            cell.step(x, h[layer], None if c is None else c[layer], h_new[layer],
+                      None if c is None else c_new[layer], state._work[layer])
+            x = h_new[layer]
+        y = h_new[-1].copy()
+        if x_t is not None and np.ndim(x_t) == 1:
+            y = y[0]
+        return y, StreamState(h_new, c_new, state._cells, state._work)
+
     def _flops(self, T, B):
         """Multiply-adds x 2 of the forward pass's matrix products (gate math not counted)."""
         GH = self._cell.gates * self.hidden_size
@@ -307,6 +374,24 @@ class _RecurrentStack:
 # Training workspaces a layer keeps for reuse (two: a forward_train may start before the previous
 # backprop has given its workspace back, e.g. when gradients of two batches are taken together).
 _POOL_SIZE = 2
+
+
+class StreamState:
+    """A stream's state (layer.initial_state / layer.step): ``h`` (num_layers, batch, P) and, for an
+    LSTM, ``c`` (num_layers, batch, hidden_size); ``hx`` gives them as ``layer(x, hx)`` takes them.
+    It also carries the stream's packed weights and work buffers (shared by the states of one
+    stream, which therefore run one step at a time: use one stream per Python thread)."""
+    __slots__ = ("h", "c", "_cells", "_work")
+
+    def __init__(self, h, c, cells, work):
+        self.h, self.c, self._cells, self._work = h, c, cells, work
+
+    @property
+    def hx(self):
+        return self.h if self.c is None else (self.h, self.c)
+
+    def __repr__(self):
+        return f"StreamState(batch={self.h.shape[1]}, layers={self.h.shape[0]})"
 
 
 class _Scratch:
