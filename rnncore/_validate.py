@@ -86,3 +86,13 @@ def check_lengths(lengths, T, B):
     if B and (arr.min() < 1 or arr.max() > T):
         raise ValueError(f"lengths must be between 1 and T={T}, got values from {arr.min()} to {arr.max()}")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+REDUCTIONS = ("mean", "sum")
+
+
+def check_reduction(reduction):
+    """How a loss sums over its targets: "mean" (divided by their count) or "sum"."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    return reduction

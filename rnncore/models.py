@@ -16,7 +16,9 @@ params in place from grads.
 """
 import numpy as np
 
+from rnncore.data import tbptt_chunks
 from rnncore.layers import GRU, LSTM, RNN
+from rnncore.losses import mse, softmax_cross_entropy
 
 __all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "generate", "select_state"]
 
@@ -195,7 +197,13 @@ class SequenceModel(_ParamDicts):
         proj_size, peephole, reset_after, init, forget_bias).
     seed: one seed for every initialisation (embedding, recurrent stack, head).
     All arrays are time-major, as the layers' default.
+
+    It follows rnncore.trainer's model protocol, with both optional parts: it carries its state
+    across truncated-BPTT chunks (chunk_loss) and is scored by the Trainer's loss (loss_fn).
     """
+
+    carries_state = True        # chunk_loss: truncated BPTT, state carried from chunk to chunk
+    uses_trainer_loss = True    # batch_loss / chunk_loss take the Trainer's loss as loss_fn
 
     def __init__(self, cell="lstm", hidden_size=128, num_layers=1, vocab_size=None, embedding_dim=None,
                  input_size=None, output_size=None, head="many_to_many", dropout=0.0, bidirectional=False,
@@ -304,6 +312,49 @@ class SequenceModel(_ParamDicts):
             return dE
 
         return Y, _Backprop(backprop, h_n)
+
+    # ------------------------------------------------------------------------------ trainer protocol
+    @property
+    def targets_per_step(self):
+        """True: a target at every step (cut into chunks with X); False: one per sequence."""
+        return self.head_kind != "many_to_one"
+
+    def _default_loss(self):
+        return mse if self.head_kind == "regression" else softmax_cross_entropy
+
+    def batch_loss(self, batch, reduction="mean", is_train=True, loss_fn=None):
+        """Loss of one Batch(X, Y, lengths): (loss, count, backward); backward() adds the gradients
+        (None if not is_train). loss_fn: ``loss, dY = loss_fn(Y_hat, Y, lengths=, mask=, reduction=)``
+        (None: mean squared error for head="regression", softmax cross-entropy otherwise)."""
+        chunk, = tbptt_chunks(batch, None, self.targets_per_step)
+        return self.chunk_loss(chunk, None, reduction, is_train, loss_fn)[:3]
+
+    def chunk_loss(self, chunk, state=None, reduction="mean", is_train=True, loss_fn=None):
+        """Loss of one truncated-BPTT chunk (rnncore.data.Chunk), starting from `state`, the final
+        state of the previous chunk of the same batch (None: zeros): (loss, count, backward, state).
+
+        state out: this chunk's final state (``backprop.h_n``), to hand to the next chunk; no
+        gradient flows back across the boundary. A many_to_one target is scored in the chunk where
+        its sequence ends; a chunk with nothing to score runs without dropout and returns count 0
+        and backward None (no step to take). count: the targets (for mse, the values) the mean is
+        over."""
+        loss_fn = self._default_loss() if loss_fn is None else loss_fn
+        X, Y, lens = chunk.batch
+        hx = None if state is None or chunk.keep is None else select_state(state, chunk.keep)
+        if self.targets_per_step:
+            mask = None
+            n = int(lens.sum()) if lens is not None else X.shape[0] * X.shape[1]
+        else:
+            mask, n = chunk.ends, int(chunk.ends.sum())
+        if n == 0:
+            _, bp = self.forward(X, lengths=lens, hx=hx, is_train=False)
+            return 0.0, 0, None, bp.h_n
+        Yhat, bp = self.forward(X, lengths=lens, hx=hx, is_train=is_train)
+        loss, dY = loss_fn(Yhat, Y, lengths=lens if self.targets_per_step else None, mask=mask,
+                           reduction=reduction)
+        if loss_fn is mse:
+            n *= Yhat.shape[-1]
+        return loss, n, ((lambda: bp(dY)) if is_train else None), bp.h_n
 
     def predict(self, X, lengths=None, hx=None):
         """Inference output only (no backward pass, no dropout)."""
