@@ -23,6 +23,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from rnncore._validate import check_lengths
+
 __all__ = ["Batch", "CharVocab", "DataError", "read_text", "stdlib_corpus", "split_text",
            "unigram_entropy", "SequenceDataset", "TextStreams", "pad_sequences", "Chunk", "tbptt_chunks"]
 
@@ -168,9 +170,8 @@ def pad_sequences(seqs, pad_value=0, dtype=None):
     seqs = [np.asarray(s) if dtype is None else np.asarray(s, dtype=dtype) for s in seqs]
     if not seqs:
         raise ValueError("pad_sequences: expected at least one sequence, got 0")
-    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    if (lengths < 1).any():
-        raise ValueError("every sequence needs at least one step")
+    lengths = check_lengths([len(s) for s in seqs], max(len(s) for s in seqs), len(seqs), "sequence lengths",
+                            dtype=np.int64)
     tail = seqs[0].shape[1:]
     out = np.full((int(lengths.max()), len(seqs)) + tail, pad_value, dtype=seqs[0].dtype)
     for b, s in enumerate(seqs):

@@ -42,6 +42,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from rnncore.data import Batch
+from rnncore.losses import softmax
 from rnncore.models import CELLS, SequenceModel
 from rnncore.optim import OPTIMIZERS
 from rnncore.trainer import Trainer
@@ -120,12 +121,6 @@ class _PaddedSource:
             lens = self.lengths[idx]
             T = int(lens.max())
             yield Batch(self.X[:T, idx], self.Y[idx], None if (lens == T).all() else lens)
-
-
-def _softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +347,7 @@ class RNNClassifier(ClassifierMixin, _BaseRNN):
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of classes_."""
-        return _softmax(self._forward(X))
+        return softmax(self._forward(X), axis=1)
 
     def predict(self, X):
         """The most probable class of each sequence (n_samples,)."""

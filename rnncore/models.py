@@ -16,9 +16,10 @@ params in place from grads.
 """
 import numpy as np
 
+from rnncore._validate import check_choice, check_ids
 from rnncore.data import tbptt_chunks
 from rnncore.layers import GRU, LSTM, RNN
-from rnncore.losses import mse, softmax_cross_entropy
+from rnncore.losses import mse, softmax, softmax_cross_entropy
 
 __all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "generate", "select_state"]
 
@@ -39,15 +40,6 @@ class _Backprop:
         return self._fn(dY)
 
 
-def _check_ids(ids, num_classes, name="X"):
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
-        raise ValueError(f"{name}: expected token ids in [0, {num_classes}), got min {ids.min()}, max {ids.max()}")
-    return ids
-
-
 class Embedding:
     """Token id -> learned vector. weight (num_embeddings, dim), initialised N(0, 1) as torch.nn."""
 
@@ -59,7 +51,7 @@ class Embedding:
 
     def forward(self, ids, is_train=True):
         # ids (...,) -> E (..., dim)
-        ids = _check_ids(ids, self.num_embeddings)
+        ids = check_ids(ids, self.num_embeddings, "X")
         W = self.params["weight"]
         E = W[ids]
 
@@ -82,7 +74,7 @@ class OneHot:
         self.params, self.grads = {}, {}
 
     def forward(self, ids, is_train=True):
-        ids = _check_ids(ids, self.num_classes)
+        ids = check_ids(ids, self.num_classes, "X")
         E = np.zeros(ids.shape + (self.num_classes,), self.dtype)
         np.put_along_axis(E, ids[..., None], 1, axis=-1)
         return E, lambda dE: None
@@ -208,10 +200,8 @@ class SequenceModel(_ParamDicts):
     def __init__(self, cell="lstm", hidden_size=128, num_layers=1, vocab_size=None, embedding_dim=None,
                  input_size=None, output_size=None, head="many_to_many", dropout=0.0, bidirectional=False,
                  dtype=np.float32, seed=None, rnn_options=None):
-        if cell not in CELLS:
-            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {cell!r}")
-        if head not in HEADS:
-            raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
+        check_choice(cell, "cell", CELLS)
+        check_choice(head, "head", HEADS)
         if (vocab_size is None) == (input_size is None):
             raise ValueError("expected exactly one of vocab_size (token ids in) or input_size (vectors in)")
         if output_size is None:
@@ -388,9 +378,7 @@ def generate(model, prime_ids, length, temperature=1.0, rng=None):
     state, last = bp.h_n, logits[-1, 0]
     out = np.empty(length, dtype=np.int64)
     for i in range(length):
-        z = last.astype(np.float64) / temperature
-        p = np.exp(z - z.max())
-        p /= p.sum()
+        p = softmax(last.astype(np.float64) / temperature)
         out[i] = rng.choice(len(p), p=p)
         logits, bp = model.forward(out[i:i + 1, None], hx=state, is_train=False)
         state, last = bp.h_n, logits[0, 0]

@@ -66,7 +66,7 @@ import time
 import numpy as np
 
 from rnncore import checkpoint as ckpt
-from rnncore._validate import check_reduction
+from rnncore._validate import check_choice, check_reduction
 from rnncore.data import Chunk, tbptt_chunks
 from rnncore.losses import mse, softmax_cross_entropy
 from rnncore.optim import make_optimizer
@@ -113,8 +113,7 @@ class Trainer:
             if not hasattr(model, name):
                 raise TypeError(f"model: expected a SequenceModel or an object with params, grads, zero_grad() "
                                 f"and batch_loss(); got {type(model).__name__} without {name!r}")
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+        check_choice(on_nonfinite, "on_nonfinite", ("raise", "skip"))
         self._carries_state = bool(getattr(model, "carries_state", False))
         if not self._carries_state and tbptt is not None:
             raise ValueError(f"tbptt: {type(model).__name__} trains on whole batches (no carried state, "
