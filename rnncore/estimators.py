@@ -41,6 +41,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
+from rnncore._validate import check_choice
 from rnncore.data import Batch
 from rnncore.losses import softmax
 from rnncore.models import CELLS, SequenceModel
@@ -164,14 +165,12 @@ class _BaseRNN(BaseEstimator):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
 
-        if self.cell not in CELLS:
-            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
+        check_choice(self.cell, "cell", CELLS)
         for name in ("hidden_size", "num_layers", "max_iter", "batch_size"):
             positive_int(name)
         if self.tbptt is not None:
             positive_int("tbptt")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
         if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
             raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
         if self.clip is not None and not (isinstance(self.clip, numbers.Real) and self.clip > 0):
