@@ -152,6 +152,12 @@ class _ParamDicts:
         return cls(**config)
 
     @property
+    def dropout_rng(self):
+        """The generator the recurrent stack draws its dropout masks from (a checkpoint saves its
+        state, for an exact resume), or None."""
+        return getattr(getattr(self, "rnn", None), "_rng", None)
+
+    @property
     def num_params(self):
         return sum(p.size for p in self.params.values())
 

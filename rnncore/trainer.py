@@ -26,6 +26,9 @@ and two optional parts, each announced by a class attribute:
                                tuple of two arrays (h, c), carried to the next chunk (and saved in
                                checkpoints). targets_per_step says how tbptt_chunks cuts the targets.
 
+A model that draws random numbers while training (dropout) exposes that generator as
+``model.dropout_rng``: checkpoints save and restore its state.
+
 One optimizer step per chunk:
 
     model.zero_grad()
@@ -456,7 +459,7 @@ def load_model(path):
 
 
 def _layer_rng(model):
-    return getattr(getattr(model, "rnn", None), "_rng", None)
+    return getattr(model, "dropout_rng", None)
 
 
 def _class_path(model):

@@ -303,3 +303,24 @@ def test_diagnose_checks_lengths_and_ids_now():
         diagnose(model, X, X, lengths=[4, 1])
     with pytest.raises(ValueError, match=r"X: expected token ids in \[0, 5\), got min -1"):
         diagnose(model, X - 1, X)
+
+
+def test_dropout_generator_is_saved_through_the_protocol(tmp_path, rng):
+    """SequenceModel exposes its dropout generator as dropout_rng: a resumed run with dropout draws
+    the same masks as an uninterrupted one."""
+    from rnncore.data import TextStreams
+    from rnncore.models import SequenceModel
+    data = TextStreams(rng.integers(0, 9, 400), 4)
+
+    def make(path=None):
+        model = SequenceModel("lstm", hidden_size=6, num_layers=2, dropout=0.4, vocab_size=9, embedding_dim=3, seed=0)
+        return Trainer(model, Adam(model.params, model.grads, lr=0.01), tbptt=5, seed=2, checkpoint_path=path)
+
+    assert isinstance(make().model.dropout_rng, np.random.Generator)
+    full = make().fit(data, max_steps=12)["loss"]
+    path = tmp_path / "drop.npz"
+    make(path).fit(data, max_steps=6)
+    fresh = make()
+    fresh.model.dropout_rng.random(7)                # a generator elsewhere than where the checkpoint was
+    fresh.load_checkpoint(path)
+    assert fresh.fit(data, max_steps=12)["loss"] == full[6:]
