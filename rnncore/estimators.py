@@ -43,7 +43,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d,
 
 from rnncore._validate import check_choice
 from rnncore.data import Batch
-from rnncore.losses import softmax
+from rnncore.losses import length_mask, softmax
 from rnncore.models import CELLS, SequenceModel
 from rnncore.optim import OPTIMIZERS
 from rnncore.trainer import Trainer
@@ -245,7 +245,7 @@ class _BaseRNN(BaseEstimator):
         Xp, lengths = X
         self._dtype = np.dtype(self.dtype)
         if self.scale_inputs:
-            valid = (np.arange(Xp.shape[0])[:, None] < lengths[None, :])
+            valid = length_mask(lengths, *Xp.shape[:2])
             v = Xp[valid].astype(np.float64)
             mean, std = v.mean(axis=0), v.std(axis=0)
             std[std < 1e-12] = 1.0
@@ -279,7 +279,7 @@ class _BaseRNN(BaseEstimator):
         """(X - mean) / scale at valid steps; padding stays 0."""
         if not self.scale_inputs:
             return Xp
-        valid = (np.arange(Xp.shape[0])[:, None] < lengths[None, :])[..., None]
+        valid = length_mask(lengths, *Xp.shape[:2])[..., None]
         out = (Xp - self.input_mean_) / self.input_scale_
         return np.where(valid, out, 0).astype(self._dtype)
 

@@ -38,7 +38,7 @@ import numpy as np
 from rnncore import reference
 from rnncore._validate import check_choice, check_float_dtype, check_ids, check_int, check_reduction
 from rnncore.architectures import ProtocolModel, _as_lengths, _rng_from, _stop_at_eos, _uniform, _unpack
-from rnncore.losses import log_softmax, softmax, softmax_backward, softmax_cross_entropy
+from rnncore.losses import length_mask, log_softmax, softmax, softmax_backward, softmax_cross_entropy
 from rnncore.models import CELLS, Embedding, Linear
 
 __all__ = ["Seq2Seq", "Decoded", "ATTENTIONS", "make_batches"]
@@ -145,8 +145,7 @@ class Seq2Seq(ProtocolModel):
         Z = np.tanh(A)
         s0 = np.ascontiguousarray(Z[:, :K])
         c0 = np.ascontiguousarray(Z[:, K:]) if self._lstm else None
-        valid = np.ones((B, S), dtype=bool) if src_lengths is None else \
-            np.arange(S)[None, :] < np.asarray(src_lengths)[:, None]
+        valid = length_mask(src_lengths, S, B).T                                  # (B, S)
         keys = None
         if self.attention == "bahdanau":
             # W_k h_s + b_a, for every s at once                                  (S, B, A)

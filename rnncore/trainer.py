@@ -351,12 +351,15 @@ class Trainer:
         if self.carry is not None and self.chunk_start > 0:
             cols, h = self.carry
             arrays["carry/cols"] = np.asarray(cols, dtype=np.int64)
-            if isinstance(h, tuple):
+            if isinstance(h, tuple) and len(h) == 2:
                 arrays["carry/h"], arrays["carry/c"] = h
                 carry_kind = "hc"
-            else:
+            elif isinstance(h, np.ndarray):
                 arrays["carry/h"] = h
                 carry_kind = "h"
+            else:
+                raise TypeError(f"carried state: expected an array or a tuple of two arrays (h, c) from "
+                                f"{type(self.model).__name__}.chunk_loss, got {type(h).__name__}")
         layer_rng = _layer_rng(self.model)  # dropout masks are drawn from it
         meta = {
             **self.metadata,

@@ -324,3 +324,17 @@ def test_dropout_generator_is_saved_through_the_protocol(tmp_path, rng):
     fresh.model.dropout_rng.random(7)                # a generator elsewhere than where the checkpoint was
     fresh.load_checkpoint(path)
     assert fresh.fit(data, max_steps=12)["loss"] == full[6:]
+
+
+def test_a_carried_state_a_checkpoint_cannot_hold_is_refused(tmp_path, rng):
+    class ListState(_Leaky):
+        def chunk_loss(self, chunk, state, reduction="mean", is_train=True):
+            out = super().chunk_loss(chunk, None if state is None else np.asarray(state), reduction, is_train)
+            return out[:3] + (list(out[3]),)
+
+    model = ListState()
+    trainer = Trainer(model, SGD(model.params, model.grads, lr=0.01), tbptt=3, checkpoint_path=tmp_path / "c.npz",
+                      checkpoint_every=1)
+    with pytest.raises(TypeError, match=r"carried state: expected an array or a tuple of two arrays \(h, c\) "
+                                        r"from ListState.chunk_loss, got list"):
+        trainer.fit(_leaky_batches(rng), epochs=1)
