@@ -69,20 +69,56 @@ def check_shape(arr, name, expected, doc):
     return arr
 
 
-def check_lengths(lengths, T, B):
-    """lengths: B integers in [1, T], any order -> int32 array."""
+def check_lengths(lengths, T, B, name="lengths", minimum=1, dtype=np.int32):
+    """lengths: B integers in [minimum, T], any order -> C-contiguous array of dtype (int32 for the
+    kernels). minimum=0 allows empty sequences (a mask over padding)."""
     lengths = _to_numpy(lengths)
     try:
         arr = np.asarray(lengths)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"lengths must be a 1-D array of {B} integers, could not convert: {exc}") from None
+        raise ValueError(f"{name} must be a 1-D array of {B} integers, could not convert: {exc}") from None
     if arr.dtype == object or arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
         else:
-            raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), one length per sequence, got shape {arr.shape}")
-    if B and (arr.min() < 1 or arr.max() > T):
-        raise ValueError(f"lengths must be between 1 and T={T}, got values from {arr.min()} to {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+        raise ValueError(f"{name} must have shape ({B},), one length per sequence, got shape {arr.shape}")
+    if B and (arr.min() < minimum or arr.max() > T):
+        raise ValueError(f"{name} must be between {minimum} and T={T}, got values from {arr.min()} "
+                         f"to {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_ids(ids, num_classes, name, what="token ids", ndim=None, doc="", where=None):
+    """Integer ids in [0, num_classes) -> int64 array. ndim: the number of dims expected (None: any);
+    doc: the expected layout, for messages; where: a boolean mask of the ids that must be in range
+    (padding may hold anything)."""
+    arr = np.asarray(_to_numpy(ids))
+    layout = f" {doc}" if doc else ""
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer {what}{layout}, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims{layout}, got shape {arr.shape}")
+    checked = arr if where is None else arr[where]
+    if checked.size and (checked.min() < 0 or checked.max() >= num_classes):
+        raise ValueError(f"{name}: expected {what} in [0, {num_classes}), got min {checked.min()}, "
+                         f"max {checked.max()}")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_choice(value, name, choices):
+    """ValueError unless value is one of choices (a tuple, or a dict's keys: listed sorted)."""
+    if value not in choices:
+        shown = sorted(choices) if isinstance(choices, dict) else choices
+        raise ValueError(f"{name}: expected one of {shown}, got {value!r}")
+    return value
+
+REDUCTIONS = ("mean", "sum")
+
+
+def check_reduction(reduction):
+    """How a loss sums over its targets: "mean" (divided by their count) or "sum"."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    return reduction

@@ -13,7 +13,7 @@ rnncore.trainer.Trainer.
                          x_{<=t} with SequenceModel(head="regression"), forecast recursively
     encoder -> decoder   rnncore.seq2seq.Seq2Seq (attention: additive / multiplicative)
 
-Models other than SequenceModel follow the trainer's model protocol:
+Every model here (and SequenceModel) follows the trainer's model protocol (rnncore/trainer.py):
 
     model.params, model.grads      dicts name -> array (same keys, shapes); backward passes add (+=)
     model.zero_grad()
@@ -26,9 +26,10 @@ float64); inputs are converted to it.
 """
 import numpy as np
 
-from rnncore._validate import check_float_dtype, check_int
+from rnncore._validate import (check_choice, check_float_dtype, check_ids, check_int, check_lengths,
+                               check_reduction)
 from rnncore.data import Batch
-from rnncore.losses import mse, softmax_cross_entropy
+from rnncore.losses import mse, softmax, softmax_backward, softmax_cross_entropy
 from rnncore.models import CELLS, Embedding, Linear, SequenceModel, _ParamDicts
 
 __all__ = ["ProtocolModel", "OneToMany", "OutputFeedbackRNN", "AutonomousRNN",
@@ -60,12 +61,6 @@ class ProtocolModel(_ParamDicts):
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
-
-
-def softmax(z, axis=-1):
-    """softmax(z) = exp(z - max z) / Σ exp(z - max z) along axis."""
-    e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 def sample_logits(logits, temperature=1.0, greedy=False, rng=None):
@@ -104,24 +99,9 @@ def _as_floats(x, name, dtype, ndim, doc):
     return np.ascontiguousarray(_as_array(x, name, "fiu", "real numbers", ndim, doc), dtype=dtype)
 
 
-def _as_ids(x, name, num_classes, ndim, doc):
-    arr = _as_array(x, name, "iu", "integer token ids", ndim, doc)
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        raise ValueError(f"{name}: expected ids in [0, {num_classes}), got min {arr.min()}, max {arr.max()}")
-    return arr.astype(np.int64)
-
-
 def _as_lengths(lengths, T, B, name="lengths"):
-    if lengths is None:
-        return None
-    arr = np.asarray(lengths)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected integers, got dtype {arr.dtype}")
-    if arr.shape != (B,):
-        raise ValueError(f"{name}: expected shape ({B},), got {arr.shape}")
-    if B and (arr.min() < 1 or arr.max() > T):
-        raise ValueError(f"{name}: expected values in [1, {T}], got min {arr.min()}, max {arr.max()}")
-    return arr.astype(np.int64)
+    """None, or lengths in [1, T] as int64 (rnncore._validate.check_lengths)."""
+    return None if lengths is None else check_lengths(lengths, T, B, name, dtype=np.int64)
 
 
 def _unpack(batch, names, required):
@@ -145,18 +125,6 @@ def _stop_at_eos(y, eos, done, lengths, t):
     lengths[ended] = t + 1
     done |= ended
     return y
-
-
-def _check_choice(value, name, choices):
-    """ValueError unless value is one of choices (a tuple, or a dict's keys: listed sorted)."""
-    if value not in choices:
-        shown = sorted(choices) if isinstance(choices, dict) else choices
-        raise ValueError(f"{name}: expected one of {shown}, got {value!r}")
-
-
-def _check_reduction(reduction):
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,8 +155,8 @@ class OneToMany(ProtocolModel):
 
     def __init__(self, feature_size, vocab_size, hidden_size=64, embedding_dim=32, cell="lstm",
                  num_layers=1, condition="init", bos=0, eos=None, dtype=np.float32, seed=None):
-        _check_choice(cell, "cell", CELLS)
-        _check_choice(condition, "condition", self.CONDITIONS)
+        check_choice(cell, "cell", CELLS)
+        check_choice(condition, "condition", self.CONDITIONS)
         self.feature_size = check_int(feature_size, "feature_size", 1)
         self.vocab_size = check_int(vocab_size, "vocab_size", 1)
         self.hidden_size = check_int(hidden_size, "hidden_size", 1)
@@ -261,7 +229,7 @@ class OneToMany(ProtocolModel):
         V = _as_floats(features, "features", self.dtype, 2, "(batch, feature_size)")
         if V.shape[1] != self.feature_size:
             raise ValueError(f"features: expected (batch, {self.feature_size}), got shape {V.shape}")
-        ids = _as_ids(tokens, "tokens", self.vocab_size, 2, "(T+1, batch), tokens[0] = bos")
+        ids = check_ids(tokens, self.vocab_size, "tokens", ndim=2, doc="(T+1, batch), tokens[0] = bos")
         if ids.shape[1] != V.shape[0] or ids.shape[0] < 2:
             raise ValueError(f"tokens: expected (T+1, {V.shape[0]}) with T >= 1 (bos then the targets), "
                              f"got shape {ids.shape}")
@@ -293,7 +261,7 @@ class OneToMany(ProtocolModel):
 
     def batch_loss(self, batch, reduction="mean", is_train=True):
         """Cross-entropy of the targets tokens[1:] under teacher forcing: (loss, count, backward)."""
-        _check_reduction(reduction)
+        check_reduction(reduction)
         features, tokens, lengths = _unpack(batch, ("features", "tokens", "lengths"), 2)
         V, ids, lengths = self._check(features, tokens, lengths)
         logits, bp = self.forward(V, ids[:-1], lengths, is_train)
@@ -359,8 +327,8 @@ class OutputFeedbackRNN(ProtocolModel):
 
     def __init__(self, input_size, hidden_size, output_size, output="regression",
                  mode="teacher_forcing", dtype=np.float32, seed=None):
-        _check_choice(output, "output", self.OUTPUTS)
-        _check_choice(mode, "mode", self.MODES)
+        check_choice(output, "output", self.OUTPUTS)
+        check_choice(mode, "mode", self.MODES)
         self.input_size = check_int(input_size, "input_size", 1)
         self.hidden_size = check_int(hidden_size, "hidden_size", 1)
         self.output_size = check_int(output_size, "output_size", 1)
@@ -388,7 +356,7 @@ class OutputFeedbackRNN(ProtocolModel):
     def _feedback_backward(self, F, dF):
         """dO = J_g(o)^T dF: dF itself, or for the softmax p * (dF - Σ p dF)."""
         if self.output == "classification":
-            return F * (dF - (F * dF).sum(axis=-1, keepdims=True))
+            return softmax_backward(F, dF)
         return dF
 
     def _targets_fed(self, Y):
@@ -405,7 +373,7 @@ class OutputFeedbackRNN(ProtocolModel):
             raise ValueError(f"X: expected (T >= 1, batch, {self.input_size}), got shape {X.shape}")
         if Y is not None:
             if self.output == "classification":
-                Y = _as_ids(Y, "Y", self.output_size, 2, "(T, batch) class ids")
+                Y = check_ids(Y, self.output_size, "Y", what="class ids", ndim=2, doc="(T, batch)")
                 want = (T, B)
             else:
                 Y = _as_floats(Y, "Y", self.dtype, 3, "(T, batch, output_size)")
@@ -425,7 +393,7 @@ class OutputFeedbackRNN(ProtocolModel):
         Returns the outputs O (T, B, O) (logits for classification) and ``backprop(dO) -> (dX, dy0)``
         (None if not is_train), which adds the parameter gradients into grads."""
         mode = self.mode if mode is None else mode
-        _check_choice(mode, "mode", self.MODES)
+        check_choice(mode, "mode", self.MODES)
         X, Y, _, y0 = self._check(X, Y, None, y0)
         if mode == "teacher_forcing" and Y is None:
             raise ValueError("teacher forcing feeds the previous target: expected Y, got None")
@@ -491,7 +459,7 @@ class OutputFeedbackRNN(ProtocolModel):
 
     def batch_loss(self, batch, reduction="mean", is_train=True, mode=None):
         """Loss of the outputs against Y in `mode` (default self.mode): (loss, count, backward)."""
-        _check_reduction(reduction)
+        check_reduction(reduction)
         X, Y, lengths, y0 = _unpack(batch, ("X", "Y", "lengths", "y0"), 2)
         X, Y, lengths, y0 = self._check(X, Y, lengths, y0)
         O, bp = self.forward(X, Y, y0, mode, is_train)
@@ -522,8 +490,7 @@ class AutonomousRNN(ProtocolModel):
     """
 
     def __init__(self, hidden_size, output_size, nonlinearity="tanh", dtype=np.float32, seed=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
         self.hidden_size = check_int(hidden_size, "hidden_size", 1)
         self.output_size = check_int(output_size, "output_size", 1)
         self.nonlinearity, self.seed = nonlinearity, seed
@@ -596,7 +563,7 @@ class AutonomousRNN(ProtocolModel):
 
     def batch_loss(self, batch, reduction="mean", is_train=True):
         """Mean squared error of the trajectory against Y: (loss, count, backward)."""
-        _check_reduction(reduction)
+        check_reduction(reduction)
         Y, h0 = _unpack(batch, ("Y", "h0"), 1)
         Y = _as_floats(Y, "Y", self.dtype, 3, "(T, batch, output_size)")
         if Y.shape[2] != self.output_size or Y.shape[0] < 1:

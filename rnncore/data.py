@@ -11,6 +11,10 @@ Two sources, both with ``batches(rng)`` (one epoch, in an order drawn from rng; 
     SequenceDataset   independent sequences of any lengths, shuffled and padded per batch
     TextStreams       one long text cut into batch_size parallel streams (each a long sequence:
                       the trainer's truncated BPTT carries the hidden state along it, chunk by chunk)
+
+Truncated BPTT cuts a batch's time axis into chunks: ``tbptt_chunks(batch, k)`` yields them, each a
+``Chunk`` (its time range, the sequences still running, the chunk's own Batch), for any model that
+carries its state from one chunk to the next (rnncore.trainer's protocol).
 """
 import math
 import os
@@ -19,10 +23,25 @@ from collections import namedtuple
 
 import numpy as np
 
+from rnncore._validate import check_lengths
+
 __all__ = ["Batch", "CharVocab", "DataError", "read_text", "stdlib_corpus", "split_text",
-           "unigram_entropy", "SequenceDataset", "TextStreams", "pad_sequences"]
+           "unigram_entropy", "SequenceDataset", "TextStreams", "pad_sequences", "Chunk", "tbptt_chunks"]
 
 Batch = namedtuple("Batch", ["X", "Y", "lengths"])
+
+# One truncated-BPTT chunk of a Batch, time steps [start, end):
+#   rows   (R,) int64, sorted: the batch's sequences still running at `start` (finished ones drop out,
+#          since the layers need lengths >= 1)
+#   keep   (R,) int64: where each of `rows` sits in the previous chunk's rows, i.e. which part of the
+#          state carried out of the previous chunk continues here; None at the start of a batch
+#          (the state is reset: batches hold independent sequences)
+#   batch  Batch(X[start:end, rows], Y[start:end, rows] (per-step targets) or Y[rows] (one per
+#          sequence), lengths within the chunk or None when the batch has none)
+#   ends   (R,) bool: the sequence's last valid step is in this chunk (where a one-per-sequence
+#          target is scored)
+#   last   True for the batch's last chunk
+Chunk = namedtuple("Chunk", ["start", "end", "rows", "keep", "batch", "ends", "last"])
 
 
 class DataError(ValueError):
@@ -151,9 +170,8 @@ def pad_sequences(seqs, pad_value=0, dtype=None):
     seqs = [np.asarray(s) if dtype is None else np.asarray(s, dtype=dtype) for s in seqs]
     if not seqs:
         raise ValueError("pad_sequences: expected at least one sequence, got 0")
-    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    if (lengths < 1).any():
-        raise ValueError("every sequence needs at least one step")
+    lengths = check_lengths([len(s) for s in seqs], max(len(s) for s in seqs), len(seqs), "sequence lengths",
+                            dtype=np.int64)
     tail = seqs[0].shape[1:]
     out = np.full((int(lengths.max()), len(seqs)) + tail, pad_value, dtype=seqs[0].dtype)
     for b, s in enumerate(seqs):
@@ -240,3 +258,33 @@ class TextStreams:
         X = np.ascontiguousarray(window[:-1].reshape(B, L).T)
         Y = np.ascontiguousarray(window[1:].reshape(B, L).T)
         yield Batch(X, Y, None)
+
+
+def tbptt_chunks(batch, k=None, per_step=True, start=0, prev_rows=None):
+    """The truncated-BPTT chunks of a Batch(X, Y, lengths): Chunk after Chunk of k time steps.
+
+    k: steps per chunk (None: the whole batch in one chunk). per_step: Y holds a target per step
+    (T, B, ...) and is cut with X; otherwise one per sequence (B, ...). start, prev_rows: resume in
+    the middle of a batch, at time step `start`, after a chunk whose rows were prev_rows (None: the
+    first chunk yielded starts a fresh state). Chunks stop at the last valid step of the longest
+    sequence, so every valid (t, b) is in exactly one chunk and padding past every length in none.
+    """
+    X, Y, lengths = batch
+    T, B = X.shape[:2]
+    k = T if k is None else k
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+    ends_at = np.full(B, T) if lengths is None else lengths
+    stop = int(ends_at.max()) if B else 0
+    s = start
+    while s < stop:
+        e = min(T, s + k)
+        if lengths is None:
+            rows, lens = np.arange(B), None
+        else:
+            rows = np.flatnonzero(lengths > s)
+            lens = np.minimum(lengths[rows] - s, e - s)
+        keep = None if prev_rows is None else np.searchsorted(prev_rows, rows)
+        Yc = Y[s:e, rows] if per_step else Y[rows]
+        yield Chunk(s, e, rows, keep, Batch(X[s:e, rows], Yc, lens), ends_at[rows] <= e, e >= stop)
+        prev_rows, s = rows, e

@@ -34,6 +34,7 @@ from collections import namedtuple
 import numpy as np
 
 from rnncore import reference
+from rnncore._validate import check_ids, check_lengths
 from rnncore.losses import mse, softmax_cross_entropy
 
 __all__ = ["diagnose", "Diagnostics", "NonFinite", "gradient_norms", "first_nonfinite", "gate_saturation",
@@ -186,6 +187,7 @@ def _diagnose(model, X, y, lengths, hx, loss, d_output, d_h_n):
         if cfg.get("batch_first"):
             x = x.swapaxes(0, 1)
         cfg["batch_first"] = False
+        lengths = _checked_lengths(lengths, x)
         out, h_n, cache = reference.forward(cfg, params, x, hx, lengths)
         if d_output is None:
             dY = np.zeros_like(out)
@@ -213,9 +215,10 @@ def _diagnose(model, X, y, lengths, hx, loss, d_output, d_h_n):
     if seq_model.embedding is None:
         E = np.asarray(X, dtype=np.float64)
     elif "weight" in seq_model.embedding.params:
-        E = seq_model.embedding.params["weight"].astype(np.float64)[np.asarray(X)]
+        E = seq_model.embedding.params["weight"].astype(np.float64)[check_ids(X, seq_model.vocab_size, "X")]
     else:
-        E = np.eye(seq_model.embedding.num_classes)[np.asarray(X)]
+        E = np.eye(seq_model.embedding.num_classes)[check_ids(X, seq_model.vocab_size, "X")]
+    lengths = _checked_lengths(lengths, E)
     Hs, _, cache = reference.forward(cfg, params, E, hx, lengths)
     T, B = Hs.shape[:2]
     W = seq_model.head.params["weight"].astype(np.float64)
@@ -255,6 +258,11 @@ def _diagnose(model, X, y, lengths, hx, loss, d_output, d_h_n):
     with np.errstate(all="ignore"):
         reference.backward(cfg, params, cache, dY, None, record=record)
     return Diagnostics(cfg, params, cache, record, value, lengths, E, Y, dY)
+
+
+def _checked_lengths(lengths, X):
+    """None, or the lengths of the sequences of time-major X, checked (rnncore._validate)."""
+    return None if lengths is None else check_lengths(lengths, X.shape[0], X.shape[1], dtype=np.int64)
 
 
 def _estimator_batch(est, X, y):

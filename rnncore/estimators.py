@@ -41,7 +41,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
+from rnncore._validate import check_choice
 from rnncore.data import Batch
+from rnncore.losses import length_mask, softmax
 from rnncore.models import CELLS, SequenceModel
 from rnncore.optim import OPTIMIZERS
 from rnncore.trainer import Trainer
@@ -122,12 +124,6 @@ class _PaddedSource:
             yield Batch(self.X[:T, idx], self.Y[idx], None if (lens == T).all() else lens)
 
 
-def _softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # shared base
 
@@ -169,14 +165,12 @@ class _BaseRNN(BaseEstimator):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
 
-        if self.cell not in CELLS:
-            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
+        check_choice(self.cell, "cell", CELLS)
         for name in ("hidden_size", "num_layers", "max_iter", "batch_size"):
             positive_int(name)
         if self.tbptt is not None:
             positive_int("tbptt")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
         if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
             raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
         if self.clip is not None and not (isinstance(self.clip, numbers.Real) and self.clip > 0):
@@ -251,7 +245,7 @@ class _BaseRNN(BaseEstimator):
         Xp, lengths = X
         self._dtype = np.dtype(self.dtype)
         if self.scale_inputs:
-            valid = (np.arange(Xp.shape[0])[:, None] < lengths[None, :])
+            valid = length_mask(lengths, *Xp.shape[:2])
             v = Xp[valid].astype(np.float64)
             mean, std = v.mean(axis=0), v.std(axis=0)
             std[std < 1e-12] = 1.0
@@ -285,7 +279,7 @@ class _BaseRNN(BaseEstimator):
         """(X - mean) / scale at valid steps; padding stays 0."""
         if not self.scale_inputs:
             return Xp
-        valid = (np.arange(Xp.shape[0])[:, None] < lengths[None, :])[..., None]
+        valid = length_mask(lengths, *Xp.shape[:2])[..., None]
         out = (Xp - self.input_mean_) / self.input_scale_
         return np.where(valid, out, 0).astype(self._dtype)
 
@@ -352,7 +346,7 @@ class RNNClassifier(ClassifierMixin, _BaseRNN):
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of classes_."""
-        return _softmax(self._forward(X))
+        return softmax(self._forward(X), axis=1)
 
     def predict(self, X):
         """The most probable class of each sequence (n_samples,)."""

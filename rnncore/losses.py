@@ -17,20 +17,15 @@ Clipping is *not* done here: the gradient returned is the exact gradient of the 
 """
 import numpy as np
 
-__all__ = ["softmax_cross_entropy", "mse", "length_mask", "log_softmax"]
+from rnncore._validate import check_ids, check_lengths, check_reduction
 
-REDUCTIONS = ("sum", "mean")
-
+__all__ = ["softmax_cross_entropy", "mse", "length_mask", "log_softmax", "softmax", "softmax_backward"]
 
 def length_mask(lengths, T, B):
     """Boolean (T, B) mask, True where t < lengths[b]; all True when lengths is None."""
     if lengths is None:
         return np.ones((T, B), dtype=bool)
-    lengths = np.asarray(lengths)
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths: expected shape ({B},), got {lengths.shape}")
-    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-        raise ValueError(f"lengths: expected values in [0, {T}], got min {lengths.min()}, max {lengths.max()}")
+    lengths = check_lengths(lengths, T, B, minimum=0, dtype=np.int64)
     return np.arange(T)[:, None] < lengths[None, :]
 
 
@@ -49,9 +44,20 @@ def _valid_mask(lead_shape, lengths, mask):
     return valid
 
 
-def _check_reduction(reduction):
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+def softmax(z, axis=-1, mask=None):
+    """softmax(z) = exp(z - max z) / Σ exp(z - max z) along axis (shifted by the max so exp never
+    overflows). mask: boolean, broadcast against z: the softmax over the True positions only, 0 at
+    the others (e.g. attention over the valid source steps). rnncore's one softmax: the models'
+    sampling, attention and estimators all call it."""
+    if mask is not None:
+        z = np.where(mask, z, -np.inf)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(p, dp, axis=-1):
+    """dz = J_softmax(z)^T dp = p * (dp - Σ p dp), from p = softmax(z) (zero where p is 0: masked)."""
+    return p * (dp - (p * dp).sum(axis=axis, keepdims=True))
 
 
 def log_softmax(logits, axis=-1):
@@ -71,22 +77,16 @@ def softmax_cross_entropy(logits, targets, lengths=None, mask=None, reduction="s
         valid positions).
     Returns (loss as a Python float, d_logits of logits' shape and dtype).
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     logits = np.asarray(logits)
     if logits.dtype.kind != "f":
         logits = logits.astype(np.float64)
     targets = np.asarray(targets)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"targets: expected shape {logits.shape[:-1]}, got {targets.shape}")
-    if targets.dtype.kind not in "iu":
-        raise TypeError(f"targets: expected integer class ids, got dtype {targets.dtype}")
-    V = logits.shape[-1]
     valid = _valid_mask(logits.shape[:-1], lengths, mask)
     # padding may hold any id; only valid positions must name a class
-    if valid.any():
-        tv = targets[valid]
-        if tv.min() < 0 or tv.max() >= V:
-            raise ValueError(f"targets: expected class ids in [0, {V}), got min {tv.min()}, max {tv.max()}")
+    targets = check_ids(targets, logits.shape[-1], "targets", what="class ids", where=valid)
     safe_targets = np.where(valid, targets, 0)
 
     # logp = o - max(o) - log Σ exp(o - max(o))
@@ -118,7 +118,7 @@ def mse(pred, target, lengths=None, mask=None, reduction="mean"):
     reduction: "sum" (Σ (pred - target)²) or "mean" (divided by the number of valid elements).
     Returns (loss as a Python float, d_pred of pred's shape and dtype).
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     pred = np.asarray(pred)
     if pred.dtype.kind != "f":
         pred = pred.astype(np.float64)

@@ -16,7 +16,10 @@ params in place from grads.
 """
 import numpy as np
 
+from rnncore._validate import check_choice, check_ids
+from rnncore.data import tbptt_chunks
 from rnncore.layers import GRU, LSTM, RNN
+from rnncore.losses import mse, softmax, softmax_cross_entropy
 
 __all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "generate", "select_state"]
 
@@ -37,15 +40,6 @@ class _Backprop:
         return self._fn(dY)
 
 
-def _check_ids(ids, num_classes, name="X"):
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
-        raise ValueError(f"{name}: expected token ids in [0, {num_classes}), got min {ids.min()}, max {ids.max()}")
-    return ids
-
-
 class Embedding:
     """Token id -> learned vector. weight (num_embeddings, dim), initialised N(0, 1) as torch.nn."""
 
@@ -57,7 +51,7 @@ class Embedding:
 
     def forward(self, ids, is_train=True):
         # ids (...,) -> E (..., dim)
-        ids = _check_ids(ids, self.num_embeddings)
+        ids = check_ids(ids, self.num_embeddings, "X")
         W = self.params["weight"]
         E = W[ids]
 
@@ -80,7 +74,7 @@ class OneHot:
         self.params, self.grads = {}, {}
 
     def forward(self, ids, is_train=True):
-        ids = _check_ids(ids, self.num_classes)
+        ids = check_ids(ids, self.num_classes, "X")
         E = np.zeros(ids.shape + (self.num_classes,), self.dtype)
         np.put_along_axis(E, ids[..., None], 1, axis=-1)
         return E, lambda dE: None
@@ -158,6 +152,12 @@ class _ParamDicts:
         return cls(**config)
 
     @property
+    def dropout_rng(self):
+        """The generator the recurrent stack draws its dropout masks from (a checkpoint saves its
+        state, for an exact resume), or None."""
+        return getattr(getattr(self, "rnn", None), "_rng", None)
+
+    @property
     def num_params(self):
         return sum(p.size for p in self.params.values())
 
@@ -195,15 +195,19 @@ class SequenceModel(_ParamDicts):
         proj_size, peephole, reset_after, init, forget_bias).
     seed: one seed for every initialisation (embedding, recurrent stack, head).
     All arrays are time-major, as the layers' default.
+
+    It follows rnncore.trainer's model protocol, with both optional parts: it carries its state
+    across truncated-BPTT chunks (chunk_loss) and is scored by the Trainer's loss (loss_fn).
     """
+
+    carries_state = True        # chunk_loss: truncated BPTT, state carried from chunk to chunk
+    uses_trainer_loss = True    # batch_loss / chunk_loss take the Trainer's loss as loss_fn
 
     def __init__(self, cell="lstm", hidden_size=128, num_layers=1, vocab_size=None, embedding_dim=None,
                  input_size=None, output_size=None, head="many_to_many", dropout=0.0, bidirectional=False,
                  dtype=np.float32, seed=None, rnn_options=None):
-        if cell not in CELLS:
-            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {cell!r}")
-        if head not in HEADS:
-            raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
+        check_choice(cell, "cell", CELLS)
+        check_choice(head, "head", HEADS)
         if (vocab_size is None) == (input_size is None):
             raise ValueError("expected exactly one of vocab_size (token ids in) or input_size (vectors in)")
         if output_size is None:
@@ -305,6 +309,49 @@ class SequenceModel(_ParamDicts):
 
         return Y, _Backprop(backprop, h_n)
 
+    # ------------------------------------------------------------------------------ trainer protocol
+    @property
+    def targets_per_step(self):
+        """True: a target at every step (cut into chunks with X); False: one per sequence."""
+        return self.head_kind != "many_to_one"
+
+    def _default_loss(self):
+        return mse if self.head_kind == "regression" else softmax_cross_entropy
+
+    def batch_loss(self, batch, reduction="mean", is_train=True, loss_fn=None):
+        """Loss of one Batch(X, Y, lengths): (loss, count, backward); backward() adds the gradients
+        (None if not is_train). loss_fn: ``loss, dY = loss_fn(Y_hat, Y, lengths=, mask=, reduction=)``
+        (None: mean squared error for head="regression", softmax cross-entropy otherwise)."""
+        chunk, = tbptt_chunks(batch, None, self.targets_per_step)
+        return self.chunk_loss(chunk, None, reduction, is_train, loss_fn)[:3]
+
+    def chunk_loss(self, chunk, state=None, reduction="mean", is_train=True, loss_fn=None):
+        """Loss of one truncated-BPTT chunk (rnncore.data.Chunk), starting from `state`, the final
+        state of the previous chunk of the same batch (None: zeros): (loss, count, backward, state).
+
+        state out: this chunk's final state (``backprop.h_n``), to hand to the next chunk; no
+        gradient flows back across the boundary. A many_to_one target is scored in the chunk where
+        its sequence ends; a chunk with nothing to score runs without dropout and returns count 0
+        and backward None (no step to take). count: the targets (for mse, the values) the mean is
+        over."""
+        loss_fn = self._default_loss() if loss_fn is None else loss_fn
+        X, Y, lens = chunk.batch
+        hx = None if state is None or chunk.keep is None else select_state(state, chunk.keep)
+        if self.targets_per_step:
+            mask = None
+            n = int(lens.sum()) if lens is not None else X.shape[0] * X.shape[1]
+        else:
+            mask, n = chunk.ends, int(chunk.ends.sum())
+        if n == 0:
+            _, bp = self.forward(X, lengths=lens, hx=hx, is_train=False)
+            return 0.0, 0, None, bp.h_n
+        Yhat, bp = self.forward(X, lengths=lens, hx=hx, is_train=is_train)
+        loss, dY = loss_fn(Yhat, Y, lengths=lens if self.targets_per_step else None, mask=mask,
+                           reduction=reduction)
+        if loss_fn is mse:
+            n *= Yhat.shape[-1]
+        return loss, n, ((lambda: bp(dY)) if is_train else None), bp.h_n
+
     def predict(self, X, lengths=None, hx=None):
         """Inference output only (no backward pass, no dropout)."""
         return self.forward(X, lengths=lengths, hx=hx, is_train=False)[0]
@@ -337,9 +384,7 @@ def generate(model, prime_ids, length, temperature=1.0, rng=None):
     state, last = bp.h_n, logits[-1, 0]
     out = np.empty(length, dtype=np.int64)
     for i in range(length):
-        z = last.astype(np.float64) / temperature
-        p = np.exp(z - z.max())
-        p /= p.sum()
+        p = softmax(last.astype(np.float64) / temperature)
         out[i] = rng.choice(len(p), p=p)
         logits, bp = model.forward(out[i:i + 1, None], hx=state, is_train=False)
         state, last = bp.h_n, logits[0, 0]

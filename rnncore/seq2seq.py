@@ -36,10 +36,9 @@ from collections import namedtuple
 import numpy as np
 
 from rnncore import reference
-from rnncore._validate import check_float_dtype, check_int
-from rnncore.architectures import (ProtocolModel, _as_ids, _as_lengths, _check_choice, _check_reduction,
-                                   _rng_from, _stop_at_eos, _uniform, _unpack)
-from rnncore.losses import log_softmax, softmax_cross_entropy
+from rnncore._validate import check_choice, check_float_dtype, check_ids, check_int, check_reduction
+from rnncore.architectures import ProtocolModel, _as_lengths, _rng_from, _stop_at_eos, _uniform, _unpack
+from rnncore.losses import length_mask, log_softmax, softmax, softmax_backward, softmax_cross_entropy
 from rnncore.models import CELLS, Embedding, Linear
 
 __all__ = ["Seq2Seq", "Decoded", "ATTENTIONS", "make_batches"]
@@ -49,18 +48,6 @@ ATTENTIONS = ("none", "bahdanau", "luong_general", "luong_dot")
 # ids (T, B) padded with eos past each length, lengths (B,) including eos, attention (T, B, S) (None
 # without attention), scores (B,) the summed log-probabilities of the chosen tokens
 Decoded = namedtuple("Decoded", ["ids", "lengths", "attention", "scores"])
-
-
-def _masked_softmax(e, valid):
-    """α = softmax of e over its last axis (the source positions), 0 where valid is False."""
-    e = np.where(valid, e, -np.inf)
-    e = np.exp(e - e.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _softmax_backward(alpha, d_alpha):
-    """de = α * (dα - Σ_s α dα)  (zero where α is 0: the padding)."""
-    return alpha * (d_alpha - (alpha * d_alpha).sum(axis=-1, keepdims=True))
 
 
 class Seq2Seq(ProtocolModel):
@@ -78,8 +65,8 @@ class Seq2Seq(ProtocolModel):
     def __init__(self, src_vocab, tgt_vocab, hidden_size=64, embedding_dim=32, cell="gru",
                  attention="bahdanau", attention_size=None, encoder_layers=1, bidirectional=False,
                  bos=0, eos=1, dtype=np.float32, seed=None):
-        _check_choice(cell, "cell", CELLS)
-        _check_choice(attention, "attention", ATTENTIONS)
+        check_choice(cell, "cell", CELLS)
+        check_choice(attention, "attention", ATTENTIONS)
         self.src_vocab = check_int(src_vocab, "src_vocab", 1)
         self.tgt_vocab = check_int(tgt_vocab, "tgt_vocab", 1)
         self.hidden_size = K = check_int(hidden_size, "hidden_size", 1)
@@ -158,8 +145,7 @@ class Seq2Seq(ProtocolModel):
         Z = np.tanh(A)
         s0 = np.ascontiguousarray(Z[:, :K])
         c0 = np.ascontiguousarray(Z[:, K:]) if self._lstm else None
-        valid = np.ones((B, S), dtype=bool) if src_lengths is None else \
-            np.arange(S)[None, :] < np.asarray(src_lengths)[:, None]
+        valid = length_mask(src_lengths, S, B).T                                  # (B, S)
         keys = None
         if self.attention == "bahdanau":
             # W_k h_s + b_a, for every s at once                                  (S, B, A)
@@ -240,7 +226,7 @@ class Seq2Seq(ProtocolModel):
         else:
             # e_{t,s} = s_t · keys_s;  α = softmax_s;  c_t = Σ_s α_{t,s} h_s
             scores = np.einsum("tbk,sbk->tbs", Sd, keys)
-            alpha = _masked_softmax(scores, valid[None])
+            alpha = softmax(scores, mask=valid[None])
             C = np.einsum("tbs,sbd->tbd", alpha, H)
             # s̃_t = tanh(W_c [c_t; s_t] + b_c);  o_t = W_o s̃_t + b_o
             pre, comb_bp = self.combine.forward(np.concatenate([C, Sd], axis=2))
@@ -262,7 +248,7 @@ class Seq2Seq(ProtocolModel):
                 # c = Σ α h:  dα = dc · h,  dh_s += Σ_t α_{t,s} dc_t
                 d_alpha = np.einsum("tbd,sbd->tbs", dC, H)
                 dH = np.einsum("tbs,tbd->sbd", alpha, dC)
-                de = _softmax_backward(alpha, d_alpha)
+                de = softmax_backward(alpha, d_alpha)
                 # e = s · keys
                 dSd += np.einsum("tbs,sbk->tbk", de, keys)
                 dkeys += np.einsum("tbs,tbk->sbk", de, Sd)
@@ -284,7 +270,7 @@ class Seq2Seq(ProtocolModel):
         caches = []
         for t in range(T):
             e, Zt = self._additive_scores(enc, s)
-            alpha[t] = _masked_softmax(e, valid)
+            alpha[t] = softmax(e, mask=valid)
             ctx = np.einsum("bs,sbd->bd", alpha[t], H)
             s_prev = s
             s, c, cache = self._step_forward(self._p, np.concatenate([Ey[t], ctx], axis=1), s, c)
@@ -310,7 +296,7 @@ class Seq2Seq(ProtocolModel):
                 # c_t = Σ_s α_{t,s} h_s
                 d_alpha = np.einsum("bd,sbd->bs", dctx, H)
                 dH += alpha[t].T[:, :, None] * dctx
-                de = _softmax_backward(alpha[t], d_alpha)
+                de = softmax_backward(alpha[t], d_alpha)
                 ds = ds_prev + self._additive_scores_backward(s_prev, Zt, de, dkeys)
             tgt_emb_bp(dEy)
             enc_bp(dH, ds, dc, dkeys)
@@ -320,8 +306,8 @@ class Seq2Seq(ProtocolModel):
     # ------------------------------------------------------------------------------ protocol
     def _check_batch(self, batch):
         src, src_lengths, tgt, tgt_lengths = _unpack(batch, ("src", "src_lengths", "tgt", "tgt_lengths"), 3)
-        src = _as_ids(src, "src", self.src_vocab, 2, "(S, batch)")
-        tgt = _as_ids(tgt, "tgt", self.tgt_vocab, 2, "(T+1, batch), tgt[0] = bos")
+        src = check_ids(src, self.src_vocab, "src", ndim=2, doc="(S, batch)")
+        tgt = check_ids(tgt, self.tgt_vocab, "tgt", ndim=2, doc="(T+1, batch), tgt[0] = bos")
         S, B = src.shape
         if tgt.shape[1] != B or tgt.shape[0] < 2:
             raise ValueError(f"tgt: expected (T+1, {B}) with T >= 1 (bos, then the targets), got shape "
@@ -331,7 +317,7 @@ class Seq2Seq(ProtocolModel):
 
     def batch_loss(self, batch, reduction="mean", is_train=True):
         """Cross-entropy of tgt[1:] under teacher forcing: (loss, count, backward)."""
-        _check_reduction(reduction)
+        check_reduction(reduction)
         src, src_lengths, tgt, tgt_lengths = self._check_batch(batch)
         logits, _, bp = self.forward(src, tgt[:-1], src_lengths, is_train)
         loss, d_logits = softmax_cross_entropy(logits, tgt[1:], lengths=tgt_lengths, reduction=reduction)
@@ -340,7 +326,7 @@ class Seq2Seq(ProtocolModel):
 
     # ------------------------------------------------------------------------------ decoding
     def _check_src(self, src, src_lengths):
-        src = _as_ids(src, "src", self.src_vocab, 2, "(S, batch)")
+        src = check_ids(src, self.src_vocab, "src", ndim=2, doc="(S, batch)")
         return src, _as_lengths(src_lengths, src.shape[0], src.shape[1], "src_lengths")
 
     def _step(self, enc, y_prev, s, c):
@@ -350,7 +336,7 @@ class Seq2Seq(ProtocolModel):
         alpha = None
         if self.attention == "bahdanau":
             e, _ = self._additive_scores(enc, s)
-            alpha = _masked_softmax(e, valid)
+            alpha = softmax(e, mask=valid)
             ctx = np.einsum("bs,sbd->bd", alpha, H)
             s, c, _ = self._step_forward(self._p, np.concatenate([Ey, ctx], axis=1), s, c)
             logits, _ = self.head.forward(np.concatenate([s, ctx], axis=1), is_train=False)
@@ -359,7 +345,7 @@ class Seq2Seq(ProtocolModel):
             if self.attention == "none":
                 logits, _ = self.head.forward(s, is_train=False)
             else:
-                alpha = _masked_softmax(np.einsum("bk,sbk->bs", s, enc["keys"]), valid)
+                alpha = softmax(np.einsum("bk,sbk->bs", s, enc["keys"]), mask=valid)
                 ctx = np.einsum("bs,sbd->bd", alpha, H)
                 pre, _ = self.combine.forward(np.concatenate([ctx, s], axis=1), is_train=False)
                 logits, _ = self.head.forward(np.tanh(pre), is_train=False)

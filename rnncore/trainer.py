@@ -1,36 +1,59 @@
 """Training loop: epochs over batches, truncated BPTT, validation, early stopping, checkpoints.
 
+The model protocol. The Trainer imports no model class: every model (rnncore.models.SequenceModel,
+rnncore.architectures, rnncore.seq2seq, your own) trains through the same small protocol:
+
+    model.params, model.grads            dicts name -> array (backward passes add into grads, +=)
+    model.zero_grad()
+    loss, count, backward = model.batch_loss(batch, reduction="mean", is_train=True)
+                                         # forward + loss on one batch; count: the targets the mean is
+                                         # over; backward() adds the gradient of loss into grads
+                                         # (backward is None when is_train=False or count == 0)
+    model.config, type(model).from_config(config)         (checkpoints)
+    model.state_dict(), model.load_state_dict(d)           (strict)
+
+and two optional parts, each announced by a class attribute:
+
+    uses_trainer_loss = True   batch_loss and chunk_loss also take loss_fn=, the Trainer's `loss`
+                               (``loss, dY = loss_fn(Y_hat, target, lengths=, mask=, reduction=)``);
+                               other models score themselves and the Trainer's `loss` is not used.
+    carries_state = True       truncated BPTT: the model also has
+                                   loss, count, backward, state = model.chunk_loss(chunk, state,
+                                                                   reduction=, is_train=, loss_fn=)
+                               chunk: an rnncore.data.Chunk (tbptt_chunks); state: the final state the
+                               previous chunk of the same batch returned (None at a batch's start),
+                               of which the model keeps the rows chunk.keep; state out: an array or a
+                               tuple of two arrays (h, c), carried to the next chunk (and saved in
+                               checkpoints). targets_per_step says how tbptt_chunks cuts the targets.
+
+A model that draws random numbers while training (dropout) exposes that generator as
+``model.dropout_rng``: checkpoints save and restore its state.
+
 One optimizer step per chunk:
 
     model.zero_grad()
-    Y, backprop = model.forward(X[s:e], lengths, hx=carried state)    # forward, keeps a closure
-    loss, dY = loss_fn(Y, targets[s:e], lengths)                      # fused loss + gradient
-    backprop(dY)                                                       # grads += ...
+    loss, count, backward[, state] = model.batch_loss(batch) / model.chunk_loss(chunk, state)
+    backward()                                                         # grads += ...
     optimizer.step()                                                   # clip, then update in place
 
-Truncated BPTT (``tbptt=k``): each batch's time axis is cut into chunks of k steps. The state at the
-end of a chunk (``backprop.h_n``) is the initial state of the next chunk, as plain numbers: no
-gradient flows back across a chunk boundary. The state is reset (hx=None) at the start of every
-batch, since batches hold independent sequences. With k >= T (or tbptt=None) this is full BPTT.
+A model without carried state takes one step per batch (its batch is one chunk; tbptt must be None).
+Truncated BPTT (``tbptt=k``, carries_state models): rnncore.data.tbptt_chunks cuts each batch's time
+axis into chunks of k steps. The state at the end of a chunk is the initial state of the next chunk,
+as plain numbers: no gradient flows back across a chunk boundary. The state is reset at the start of
+every batch, since batches hold independent sequences. With k >= T (or tbptt=None) this is full BPTT.
 Sequences that end before a chunk drop out of it (the layers need lengths >= 1); a sequence's
-one-per-sequence target ("many_to_one") is scored in the chunk where the sequence ends.
+one-per-sequence target ("many_to_one") is scored in the chunk where the sequence ends. A chunk with
+nothing to score (count 0) carries the state forward without a step.
+
+Evaluation sums batch_loss(batch, reduction="sum", is_train=False) over the data (for carries_state
+models, chunk_loss over chunks of eval_chunk steps with the state carried: the same numbers as one
+pass, in bounded memory) and divides by the summed counts.
 
 Everything random comes from one seed: the model's initialisation (its own seed) and the order of
 the data (the trainer's generator). A checkpoint holds the parameters, the optimizer's buffers and
 step, the position in the epoch (batch, chunk, carried state), the generator's state at the start of
 the epoch, and the early-stopping state, so a resumed run computes the same losses as an
 uninterrupted one.
-
-Other models (rnncore.architectures, rnncore.seq2seq, your own) train through a small protocol:
-
-    model.params, model.grads            dicts name -> array (grads accumulate with +=)
-    model.zero_grad()
-    loss, count, backward = model.batch_loss(batch, reduction="mean", is_train=True)
-                                         # forward + loss on one batch; backward() adds the gradients
-    model.config, Model.from_config(c)   (checkpoints) and state_dict() / load_state_dict(d)
-
-Such a model takes one optimizer step per batch (tbptt does not apply) and is evaluated with
-batch_loss(batch, reduction="sum", is_train=False).
 
 Crash safety. A step whose loss or gradient is not finite raises NonFiniteError naming the step
 (on_nonfinite="raise", the default) or is skipped without touching the parameters
@@ -46,8 +69,9 @@ import time
 import numpy as np
 
 from rnncore import checkpoint as ckpt
-from rnncore.losses import length_mask, mse, softmax_cross_entropy
-from rnncore.models import SequenceModel, select_state
+from rnncore._validate import check_choice, check_reduction
+from rnncore.data import Chunk, tbptt_chunks
+from rnncore.losses import mse, softmax_cross_entropy
 from rnncore.optim import make_optimizer
 
 __all__ = ["Trainer", "NonFiniteError", "load_model", "LOSSES"]
@@ -59,12 +83,13 @@ class NonFiniteError(FloatingPointError):
     """A training step produced a loss or gradient that is NaN or infinite."""
 
 
-def _is_protocol_model(model):
-    return hasattr(model, "batch_loss")
+# a checkpoint without a model class comes from the time when SequenceModel was the only model
+_DEFAULT_MODEL_CLASS = "rnncore.models:SequenceModel"
 
 
 class Trainer:
-    """Train a SequenceModel with an optimizer from rnncore.optim.
+    """Train a model (the protocol in this module's docstring, e.g. a SequenceModel) with an optimizer
+    from rnncore.optim.
 
     loss: "cross_entropy" or "mse" (or a callable ``loss, dY = f(Y, target, lengths=, mask=,
         reduction=)``); reduction: "mean" (per valid target; the default) or "sum".
@@ -87,23 +112,22 @@ class Trainer:
                  eval_every=None, patience=None, min_delta=0.0, checkpoint_path=None,
                  checkpoint_every=None, metadata=None, progress=False, loss_in_bits=False,
                  on_eval=None, eval_chunk=256, blas_threads=1, on_nonfinite="raise"):
-        for name in ("params", "grads", "zero_grad"):
+        for name in ("params", "grads", "zero_grad", "batch_loss"):
             if not hasattr(model, name):
                 raise TypeError(f"model: expected a SequenceModel or an object with params, grads, zero_grad() "
                                 f"and batch_loss(); got {type(model).__name__} without {name!r}")
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
-        if _is_protocol_model(model) and tbptt is not None:
-            raise ValueError(f"tbptt: {type(model).__name__} trains on whole batches (batch_loss); "
-                             f"expected tbptt=None, got {tbptt!r}")
+        check_choice(on_nonfinite, "on_nonfinite", ("raise", "skip"))
+        self._carries_state = bool(getattr(model, "carries_state", False))
+        if not self._carries_state and tbptt is not None:
+            raise ValueError(f"tbptt: {type(model).__name__} trains on whole batches (no carried state, "
+                             f"chunk_loss); expected tbptt=None, got {tbptt!r}")
         if isinstance(loss, str):
             if loss not in LOSSES:
                 raise ValueError(f"loss: expected one of {sorted(LOSSES)} or a callable, got {loss!r}")
             self.loss_name, self.loss_fn = loss, LOSSES[loss]
         else:
             self.loss_name, self.loss_fn = getattr(loss, "__name__", "custom"), loss
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        check_reduction(reduction)
         for name, v in (("tbptt", tbptt), ("eval_every", eval_every), ("patience", patience),
                         ("checkpoint_every", checkpoint_every), ("eval_chunk", eval_chunk)):
             if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
@@ -126,7 +150,7 @@ class Trainer:
         self.epoch = 0                # current epoch (0-based)
         self.batch_index = 0          # next batch of the current epoch
         self.chunk_start = 0          # next time step of the current batch
-        self.carry = None             # (cols, state) carried into the next chunk
+        self.carry = None             # (rows, state) carried into the next chunk
         self.epoch_rng_state = None   # generator state at the start of the current epoch (None: not begun)
         self.best_val = math.inf
         self.bad_evals = 0
@@ -175,25 +199,14 @@ class Trainer:
                 for bi, batch in enumerate(train.batches(self.rng)):
                     if bi < self.batch_index:
                         continue
-                    if _is_protocol_model(self.model):
+                    for chunk in self._chunks(batch, self.tbptt, self.chunk_start, self._carried_rows()):
                         if max_steps is not None and self.step >= max_steps:
                             return self.history
-                        loss, n = self._train_batch(batch)
-                        self.batch_index = bi + 1
-                        if loss is not None:
-                            tokens += n
-                            self._after_step(loss, tokens / max(time.perf_counter() - t0, 1e-9), val)
-                            if self.stopped:
-                                return self.history
-                        continue
-                    T = batch.X.shape[0]
-                    k = self.tbptt or T
-                    while self.chunk_start < T:
-                        if max_steps is not None and self.step >= max_steps:
-                            return self.history
-                        s, e = self.chunk_start, min(T, self.chunk_start + k)
-                        loss, n = self._train_chunk(batch, s, e)
-                        self.chunk_start = e
+                        loss, n = self._train_chunk(chunk)
+                        if chunk.last:
+                            self.batch_index, self.chunk_start, self.carry = bi + 1, 0, None
+                        else:
+                            self.chunk_start = chunk.end
                         if loss is None:
                             continue
                         tokens += n
@@ -217,47 +230,27 @@ class Trainer:
             self._bar.close()
             self._bar = None
 
-    def _train_chunk(self, batch, s, e):
-        """One optimizer step on time steps [s, e) of a batch. Returns (loss, targets) or (None, 0)."""
-        X, Y, lengths = batch
-        T, B = X.shape[:2]
-        per_step = self.model.head_kind != "many_to_one"
-        if lengths is None:
-            cols, lens = np.arange(B), None
-        else:
-            lengths = np.asarray(lengths)
-            cols = np.flatnonzero(lengths > s)   # sequences still running at step s
-            lens = np.minimum(lengths[cols] - s, e - s)
-        hx = self._carried_state(cols)
-        Xc = X[s:e, cols]
-        if per_step:
-            Yc, mask = Y[s:e, cols], None
-            n = int(lens.sum()) if lens is not None else (e - s) * len(cols)
-        else:
-            # a sequence's target is scored in the chunk where the sequence ends
-            ends = (lengths[cols] if lengths is not None else np.full(len(cols), T)) <= e
-            Yc, mask, n = Y[cols], ends, int(ends.sum())
-        if n == 0:
-            # nothing to score here: carry the state forward without a step
-            _, bp = self.model.forward(Xc, lengths=lens, hx=hx, is_train=False)
-            self.carry = (cols, bp.h_n)
-            return None, 0
-        self.model.zero_grad()
-        Yhat, bp = self.model.forward(Xc, lengths=lens, hx=hx, is_train=True)
-        loss, dY = self.loss_fn(Yhat, Yc, lengths=lens if per_step else None, mask=mask,
-                                reduction=self.reduction)
-        bp(dY)
-        self.carry = (cols, bp.h_n)
-        if not self._finite_step(loss):
-            return None, 0
-        self.optimizer.step()
-        self.step += 1
-        return loss, n
+    def _chunks(self, batch, k, start=0, prev_rows=None):
+        """The chunks one batch is trained or evaluated in: tbptt_chunks for a model that carries its
+        state, else the whole batch as one chunk."""
+        if self._carries_state:
+            return tbptt_chunks(batch, k, self.model.targets_per_step, start, prev_rows)
+        return [Chunk(0, None, None, None, batch, None, True)] if start == 0 else []
 
-    def _train_batch(self, batch):
-        """One optimizer step on a whole batch of a protocol model (batch_loss)."""
+    def _chunk_loss(self, chunk, state, reduction, is_train):
+        """(loss, count, backward, state out) of one chunk, through the model's protocol."""
+        kw = {"loss_fn": self.loss_fn} if getattr(self.model, "uses_trainer_loss", False) else {}
+        if self._carries_state:
+            return self.model.chunk_loss(chunk, state, reduction=reduction, is_train=is_train, **kw)
+        return self.model.batch_loss(chunk.batch, reduction=reduction, is_train=is_train, **kw) + (None,)
+
+    def _train_chunk(self, chunk):
+        """One optimizer step on one chunk. Returns (loss, count) or (None, 0) when no step was taken."""
         self.model.zero_grad()
-        loss, n, backward = self.model.batch_loss(batch, reduction=self.reduction, is_train=True)
+        state = self.carry[1] if self.carry is not None and self.chunk_start > 0 else None
+        loss, n, backward, state = self._chunk_loss(chunk, state, self.reduction, is_train=True)
+        if self._carries_state:
+            self.carry = (chunk.rows, state)
         if n == 0:
             return None, 0
         backward()
@@ -288,12 +281,9 @@ class Trainer:
         self.write(f"step {self.step + 1}: {bad}; skipped ({self.skipped_steps} skipped so far)")
         return False
 
-    def _carried_state(self, cols):
-        if self.carry is None or self.chunk_start == 0:
-            return None
-        prev_cols, state = self.carry
-        # cols is a subset of prev_cols (sequences only ever drop out), both sorted
-        return select_state(state, np.searchsorted(prev_cols, cols))
+    def _carried_rows(self):
+        """The rows of the chunk whose state is carried into the next one (None at a batch's start)."""
+        return self.carry[0] if self.carry is not None and self.chunk_start > 0 else None
 
     def _after_step(self, loss, throughput, val):
         self.history["step"].append(self.step)
@@ -342,40 +332,11 @@ class Trainer:
         same numbers as one pass over the whole sequence."""
         data = _as_source(data)
         total, count = 0.0, 0
-        if _is_protocol_model(self.model):
-            for batch in data.batches(None):
-                loss, n, _ = self.model.batch_loss(batch, reduction="sum", is_train=False)
+        for batch in data.batches(None):
+            state = None
+            for chunk in self._chunks(batch, self.eval_chunk):
+                loss, n, _, state = self._chunk_loss(chunk, state, "sum", is_train=False)
                 total, count = total + float(loss), count + n
-            return total if self.reduction == "sum" else total / max(count, 1)
-        per_step = self.model.head_kind != "many_to_one"
-        for X, Y, lengths in data.batches(None):
-            T, B = X.shape[:2]
-            state, prev_cols = None, None
-            for s in range(0, T, self.eval_chunk):
-                e = min(T, s + self.eval_chunk)
-                if lengths is None:
-                    cols, lens = np.arange(B), None
-                else:
-                    lengths = np.asarray(lengths)
-                    cols = np.flatnonzero(lengths > s)
-                    lens = np.minimum(lengths[cols] - s, e - s)
-                hx = None if state is None else select_state(state, np.searchsorted(prev_cols, cols))
-                Yhat, bp = self.model.forward(X[s:e, cols], lengths=lens, hx=hx, is_train=False)
-                state, prev_cols = bp.h_n, cols
-                if per_step:
-                    valid = length_mask(lens, e - s, len(cols))
-                    loss, _ = self.loss_fn(Yhat, Y[s:e, cols], lengths=lens, reduction="sum")
-                    n = int(valid.sum())
-                else:
-                    ends = (lengths[cols] if lengths is not None else np.full(len(cols), T)) <= e
-                    n = int(ends.sum())
-                    if n == 0:
-                        continue
-                    loss, _ = self.loss_fn(Yhat, Y[cols], mask=ends, reduction="sum")
-                if self.loss_fn is mse:
-                    n *= Yhat.shape[-1]
-                total += loss
-                count += n
         if self.reduction == "sum":
             return total
         return total / max(count, 1)
@@ -390,12 +351,15 @@ class Trainer:
         if self.carry is not None and self.chunk_start > 0:
             cols, h = self.carry
             arrays["carry/cols"] = np.asarray(cols, dtype=np.int64)
-            if isinstance(h, tuple):
+            if isinstance(h, tuple) and len(h) == 2:
                 arrays["carry/h"], arrays["carry/c"] = h
                 carry_kind = "hc"
-            else:
+            elif isinstance(h, np.ndarray):
                 arrays["carry/h"] = h
                 carry_kind = "h"
+            else:
+                raise TypeError(f"carried state: expected an array or a tuple of two arrays (h, c) from "
+                                f"{type(self.model).__name__}.chunk_loss, got {type(h).__name__}")
         layer_rng = _layer_rng(self.model)  # dropout masks are drawn from it
         meta = {
             **self.metadata,
@@ -498,7 +462,7 @@ def load_model(path):
 
 
 def _layer_rng(model):
-    return getattr(getattr(model, "rnn", None), "_rng", None)
+    return getattr(model, "dropout_rng", None)
 
 
 def _class_path(model):
@@ -520,7 +484,7 @@ def _model_class(path, name):
     """The model class a checkpoint names: only classes defined in rnncore's own modules are loaded,
     so a checkpoint cannot make this import arbitrary code."""
     if name is None:
-        return SequenceModel
+        name = _DEFAULT_MODEL_CLASS
     module, _, qualname = str(name).partition(":")
     if not (module == "rnncore" or module.startswith("rnncore.")) or not qualname.isidentifier():
         raise ckpt.CheckpointError(f"{path}: model class {name!r} is not an rnncore model; "

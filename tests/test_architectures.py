@@ -412,9 +412,9 @@ def test_bad_input_says_what_was_expected(rng):
         m.batch_loss((np.ones((3, 4)), tokens))
     with pytest.raises(TypeError, match="tokens: expected integer token ids.*got dtype float64"):
         m.batch_loss((V, tokens.astype(float)))
-    with pytest.raises(ValueError, match=r"tokens: expected ids in \[0, 6\), got min 0, max 9"):
+    with pytest.raises(ValueError, match=r"tokens: expected token ids in \[0, 6\), got min 0, max 9"):
         m.batch_loss((V, np.where(tokens == tokens.max(), 9, tokens)))
-    with pytest.raises(ValueError, match=r"lengths: expected values in \[1, 5\], got min 0"):
+    with pytest.raises(ValueError, match=r"lengths must be between 1 and T=5, got values from 0"):
         m.batch_loss((V, tokens, np.array([0, 1, 2])))
     with pytest.raises(TypeError, match="batch: expected a tuple"):
         m.batch_loss(V)

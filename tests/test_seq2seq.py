@@ -235,13 +235,13 @@ def test_bad_input_says_what_was_expected(rng):
     src, sl, tgt, tl = random_batch(rng)
     with pytest.raises(TypeError, match="src: expected integer token ids.*got dtype float64"):
         model.batch_loss((src.astype(float), sl, tgt, tl))
-    with pytest.raises(ValueError, match=r"src: expected ids in \[0, 7\), got min .*, max 9"):
+    with pytest.raises(ValueError, match=r"src: expected token ids in \[0, 7\), got min .*, max 9"):
         model.batch_loss((np.where(src == src.max(), 9, src), sl, tgt, tl))
     with pytest.raises(ValueError, match=r"tgt: expected \(T\+1, 3\) with T >= 1"):
         model.batch_loss((src, sl, tgt[:, :2], None))
-    with pytest.raises(ValueError, match=r"src_lengths: expected values in \[1, 5\], got min 2, max 6"):
+    with pytest.raises(ValueError, match=r"src_lengths must be between 1 and T=5, got values from 2 to 6"):
         model.batch_loss((src, np.array([6, 2, 4]), tgt, tl))
-    with pytest.raises(ValueError, match=r"tgt_lengths: expected shape \(3,\), got \(2,\)"):
+    with pytest.raises(ValueError, match=r"tgt_lengths must have shape \(3,\), one length per sequence, got shape \(2,\)"):
         model.batch_loss((src, sl, tgt, np.array([1, 2])))
     with pytest.raises(ValueError, match=r"batch: expected a tuple \('src', 'src_lengths', 'tgt', "
                                          r"'tgt_lengths'\) of 3 to 4 arrays, got 2"):
