@@ -22,6 +22,7 @@ series included, and around it what measures this machine rather than rnncore (s
 """
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -39,8 +40,18 @@ from rnncore.benchmark import (GATES, PASSES, SHAPES, build_parser as _package_p
                                threads, write_json)
 from rnncore import benchmark as package
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peak as peak_probe  # noqa: E402  (benchmarks/peak.py, beside this file)
+
+def _load_beside(name):
+    """benchmarks/<name>.py, imported by path: this folder is not a package, and putting it on sys.path
+    would shadow the standard library's `profile` (cProfile imports it) with profile.py here."""
+    spec = importlib.util.spec_from_file_location(
+        "rnncore_benchmarks_" + name, os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+peak_probe = _load_beside("peak")
 
 PEAK_SECONDS = 0.2          # length of one FMA peak measurement (peak.fma_peak_gflops)
 SCHEMA = "rnncore-benchmark/3"
