@@ -1,84 +1,46 @@
-"""Time rnncore's layers against PyTorch and the numpy reference, after checking that they agree.
+"""``rnncore bench``: time rnncore's layers against PyTorch, after checking each one against it.
 
-    python -m rnncore.benchmark [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--threads 1,2] [--quick]
-                                [--dtype float32,float64] [--peak measure|GFLOPS] [--json PATH]
-                                [--plot PATH.png] [--sweep [--sweep-plot PATH.png]] [--memory]
-                                [--coretype-unset]
+    rnncore bench [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--dtype float32[,float64]]
+                  [--threads 1,2] [--quick] [--json PATH]
 
-For each cell and shape the benchmark
+For each cell, shape, dtype and thread count:
 
-1. builds a ``torch.nn`` module, copies its weights into the rnncore layer (``load_state_dict``) and
-   checks the rnncore layer against it on the first few timesteps at the full batch and sizes
-   (outputs, final states, the input gradient and every weight gradient); a layer that disagrees is
-   marked FAIL and no time is reported for it;
-2. times the inference pass ``layer(x)`` and the training pass
-   ``forward_train(x)`` + ``backprop(d_out)`` against torch's ``module(x)`` under ``inference_mode`` and
-   ``module(x)`` + ``backward`` with ``x.requires_grad``, in the same process, on the same number of
-   threads, with warm-up calls and interleaved repeats (rnncore, torch, torch, rnncore, ...), and
-   reports medians; the full-shape outputs of the timed calls are compared once more. With several
-   thread counts or dtypes, all of them join the same interleaved series (rnncore and torch on 1
-   thread, on 2, ..., back), so the speed-ups and float64/float32 ratios compare samples taken side
-   by side, not minutes apart;
-3. times the pure-numpy reference (``rnncore.reference``) with a few repeats.
+1. a ``torch.nn`` module's weights are copied into the rnncore layer (``load_state_dict``) and the
+   layer is checked against the module on the first few timesteps (outputs, final states, the input
+   gradient and every weight gradient); a layer that disagrees is marked FAIL and is not timed.
+   Without PyTorch the oracle is the numpy reference (``rnncore.reference``) and only rnncore is timed;
+2. the inference pass ``layer(x)`` and the training pass ``forward_train(x)`` + ``backprop(d_out)`` are
+   timed beside torch's ``module(x)`` under ``inference_mode`` and ``module(x)`` + ``backward``, in
+   one interleaved series (every variant sampled in turn, the order flipping each round, each sample
+   on its own thread count), and the medians are reported with the ratio torch time / rnncore time.
 
-Before timing it measures the FP32 peak at each thread count (``rnncore._kernels.fma_peak_gflops``) for
-the percent-of-peak column. With several thread counts it adds a table of the speed-up over the fewest
-threads, with float32 and float64 a table of float64 time / float32 time, and a summary of the targets of
-issue 6. ``--plot`` draws the torch/rnncore ratios; ``--sweep`` times the cells while T, B or H varies
-around the M shape (table, growth exponents, ``--sweep-plot``).
-
-``main`` returns 0 when every check passed and 1 otherwise, so a wrong kernel fails a script or CI job.
-FLOPs counted: forward ``2*T*B*G*H*(I+H)`` (the two matrix products per gate), training ``3 *`` that
-(the backward pass does two products of the forward's size: dX/dh and dW); G = 1, 3, 4 for RNN, GRU, LSTM.
+The exit status is 1 when a check failed, so a wrong kernel fails a script or CI job. The fuller
+harness (machine probes, sweeps, plots, memory, profiles) is ``benchmarks/`` in the source tree.
+FLOPs counted: forward ``2*T*B*G*H*(I+H)``, training 3x that; G = 1, 3, 4 for RNN, GRU, LSTM.
 """
 import argparse
 import contextlib
 import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+import rnncore
+
 # name: (B, T, I, H); inputs are batch_first (B, T, I)
-SHAPES = {
-    "S": (32, 50, 32, 64),
-    "M": (64, 100, 128, 256),
-    "L": (128, 50, 512, 512),
-    "B1": (1, 200, 64, 128),
-}
+SHAPES = {"S": (32, 50, 32, 64), "M": (64, 100, 128, 256), "L": (128, 50, 512, 512), "B1": (1, 200, 64, 128)}
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 PASSES = ("fwd", "train")
-PEAK_SECONDS = 0.2          # length of the FMA peak measurement (rnncore._kernels.fma_peak_gflops)
-CHECK_STEPS = 8             # timesteps used by the correctness check
+CHECK_STEPS = 8             # timesteps used by the check before timing
 # A check fails when max|rnncore - oracle| / max(1, max|oracle|) exceeds this, for any compared array.
 TOLERANCE = {"float32": 5e-5, "float64": 1e-9}
 FULL_TOLERANCE = {"float32": 2e-4, "float64": 1e-8}   # full-shape outputs after timing (longer sums)
-SCHEMA = "rnncore-benchmark/2"
-BUSY = 0.2                  # cores used by other processes above which a time is flagged unreliable
-RETRIES = 3                 # with --wait-idle, times a cell is timed again after others interfered
-CORETYPE = "OPENBLAS_CORETYPE"
-CONTROL_SIZE = 1024         # the control: numpy's float32 GEMM of two CONTROL_SIZE^2 matrices
-# The scaling sweep (--sweep): one variable at a time varies around SWEEP_BASE (B, T, I, H); the base
-# value of each variable is among its points, and the base shape is timed once for all three.
-SWEEP_BASE = SHAPES["M"]
-SWEEP = {"T": (25, 50, 100, 200), "B": (1, 8, 32, 64, 128), "H": (64, 128, 256, 512)}
-SHAPE_INDEX = {"B": 0, "T": 1, "I": 2, "H": 3}
-# Targets of issue 6, summarised after the tables.
-TARGET_RATIO = 1.0          # every torch / rnncore time ratio (float32, 2 threads)
-TARGET_TRAIN_RATIO = 1.5    # RNN and GRU training at every shape
-TARGET_PCT_PEAK = 70.0      # forward at M and L, % of the measured FP32 peak
-TARGET_THREAD_SPEEDUP = 1.7  # 2 threads over 1 thread at M and L
-TARGET_F64_RATIO = 2.5      # float64 time / float32 time
+SCHEMA = "rnncore-bench/1"
 
-
-# ---------------------------------------------------------------------------------------------------
-# FLOPs
 
 def flops(cell, shape, pass_):
     """Matrix-product FLOPs of one call: forward 2*T*B*G*H*(I+H); training 3x forward."""
@@ -87,327 +49,34 @@ def flops(cell, shape, pass_):
     return fwd if pass_ == "fwd" else 3 * fwd
 
 
-# ---------------------------------------------------------------------------------------------------
-# Environment
-
-def _cpu_info():
-    info = {"model": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count()}
+def import_torch():
+    """torch, or None when it is not installed (the benchmark then times rnncore alone)."""
     try:
-        info["usable_cpus"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        info["usable_cpus"] = os.cpu_count()
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return info
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key and key not in fields:
-            fields[key] = value.strip()
-    info["model"] = fields.get("model name", info["model"])
-    info["family_model"] = "family %s model %s" % (fields.get("cpu family", "?"), fields.get("model", "?"))
-    flags = set(fields.get("flags", "").split())
-    info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512vl", "avx512_bf16", "amx_tile") if f in flags]
-    return info
-
-
-def _version(module_name):
-    try:
-        module = __import__(module_name)
-    except Exception:
-        return None
-    version = getattr(module, "__version__", None)
-    if version is None:
-        try:
-            from importlib.metadata import version as dist_version
-            version = dist_version(module_name)
-        except Exception:
-            version = "?"
-    return str(version)
-
-
-def _torch_build():
-    torch = _import_torch()
-    if torch is None:
-        return None
-    out = {"cpu_capability": None, "libraries": []}
-    try:
-        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        pass
-    try:
-        for line in torch.__config__.show().splitlines():
-            line = line.strip(" -\t")
-            if "Math Kernel Library" in line or "MKL-DNN" in line or "oneDNN" in line:
-                if line not in out["libraries"]:
-                    out["libraries"].append(line)
-    except Exception:
-        pass
-    return out
-
-
-def _threadpools():
-    try:
-        from threadpoolctl import threadpool_info
+        import torch
     except ImportError:
         return None
-    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer",
-            "num_threads", "filepath")
-    return [{k: d.get(k) for k in keys if k in d} for d in threadpool_info()]
+    return torch
 
-
-def environment():
-    """What the numbers depend on: CPU, library versions, BLAS kernels, OPENBLAS_CORETYPE."""
-    import scipy  # noqa: F401  (loaded so threadpoolctl sees scipy's OpenBLAS, which rnncore calls)
-    import scipy.linalg  # noqa: F401
-    rnncore = _import_rnncore()
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_info(),
-        "versions": {
-            "rnncore": getattr(rnncore, "__version__", None) if rnncore else None,
-            "numpy": np.__version__,
-            "scipy": _version("scipy"),
-            "torch": _version("torch") if _import_torch() is not None else None,
-            "threadpoolctl": _version("threadpoolctl"),
-        },
-        "rnncore_path": os.path.dirname(getattr(rnncore, "__file__", "") or "") if rnncore else None,
-        "openblas_coretype": os.environ.get(CORETYPE),
-        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                        "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
-                        if os.environ.get(k) is not None},
-        "torch_build": _torch_build(),
-        "threadpools": _threadpools(),
-    }
-    return env
-
-
-def measure_peak(threads, seconds=PEAK_SECONDS):
-    """FP32 GFLOP/s of independent vector FMAs on `threads` OpenMP threads (rnncore._kernels)."""
-    from rnncore import _kernels
-    return float(_kernels.fma_peak_gflops(threads, seconds=seconds))
-
-
-def _peaks(opts):
-    """{'source', 'fp32_gflops': {threads: GFLOP/s}, ...}: --peak N for every thread count, or measured
-    at each thread count of the run (after --wait-idle, before any timing). A measured peak is measured
-    again before every cell and shape (`_remeasure_peaks`); the one used is the best of all."""
-    if opts.peak != "measure":
-        return {"source": "given", "fp32_gflops": {str(n): opts.peak for n in opts.threads}}
-    out = {"source": "measured", "seconds": PEAK_SECONDS, "fp32_gflops": {}, "samples": {},
-           "method": "rnncore._kernels.fma_peak_gflops: independent vector FMAs, best of 5, measured "
-                     "before the timing and again before every cell and shape; the best of all is used"}
-    for n in opts.threads:
-        if opts.wait_idle > 0:
-            wait_for_idle(opts.wait_idle)
-        _remeasure_peaks(out, [n])
-    return out
-
-
-def _remeasure_peaks(peaks, threads):
-    """Measure the FP32 peak again on each thread count; keep every sample and the best. One short
-    measurement can land while the host slows this VM down (a 2-thread peak of 96 or 151 GFLOP/s where
-    182 is usual was seen), which would inflate every % of peak taken of it."""
-    if peaks.get("source") != "measured" or peaks.get("error"):
-        return
-    for n in threads:
-        try:
-            value = measure_peak(n)
-        except Exception as exc:
-            peaks["error"] = _error_text(exc)
-            peaks["fp32_gflops"][str(n)] = None
-            return
-        peaks["samples"].setdefault(str(n), []).append(value)
-        peaks["fp32_gflops"][str(n)] = max(peaks["samples"][str(n)])
-
-
-def _apply_peaks(rows, peaks):
-    """Each row's peak (its thread count's best measured FP32 peak, halved for float64) and % of it."""
-    for row in rows:
-        row["peak_gflops"] = peak = _row_peak(peaks, row["threads"], row["dtype"])
-        if row["rnncore"]:
-            row["rnncore"]["pct_peak"] = 100.0 * row["rnncore"]["gflops"] / peak if peak else None
-        if row.get("control"):    # a float32 GEMM: % of the FP32 peak, whatever the row's dtype
-            fp32 = _row_peak(peaks, row["threads"], "float32")
-            row["control"]["pct_peak"] = 100.0 * row["control"]["gflops"] / fp32 if fp32 else None
-
-
-def _row_peak(peaks, threads, dtype):
-    """The peak a row's % is taken of: the FP32 peak at its thread count, halved for float64."""
-    fp32 = peaks["fp32_gflops"].get(str(threads))
-    if not fp32:
-        return None
-    return fp32 / 2.0 if dtype == "float64" else fp32
-
-
-def _peak_text(peaks):
-    by_threads = peaks["fp32_gflops"]
-    if peaks.get("error"):
-        return "FP32 peak not measured (%s)" % peaks["error"]
-    samples = peaks.get("samples") or {}
-    text = ", ".join("%.0f GFLOP/s on %s thread%s%s" % (
-        v, n, "" if str(n) == "1" else "s",
-        " (best of %d measurements, lowest %.0f)" % (len(samples[str(n)]), min(samples[str(n)]))
-        if len(samples.get(str(n), [])) > 1 else "") for n, v in by_threads.items() if v)
-    return "FP32 peak %s (%s; FP64 is half)" % (
-        text, "measured: independent vector FMAs" if peaks["source"] == "measured" else "--peak")
-
-
-def _warnings(env, peaks, dtypes):
-    notes = []
-    if peaks.get("error"):
-        notes.append("the FMA peak could not be measured (%s): %% peak is not reported; pass --peak"
-                     % peaks["error"])
-    if "float64" in dtypes:
-        notes.append("%% peak of float64 rows is against the FP64 peak, half the FP32 one (%s)"
-                     % ("measured" if peaks["source"] == "measured" else "--peak"))
-    pools = env.get("threadpools") or []
-    openmp = {p.get("filepath") for p in pools if p.get("user_api") == "openmp"}
-    blas = {p.get("filepath") for p in pools if p.get("user_api") == "blas"}
-    if len(openmp) > 1:
-        notes.append("%d OpenMP runtimes are loaded: their thread pools can compete for the cores" % len(openmp))
-    if len(blas) > 1:
-        notes.append("%d BLAS libraries are loaded (rnncore calls scipy's; the numpy reference numpy's)"
-                     % len(blas))
-    return notes
-
-
-class CpuLoad:
-    """CPU time used by other processes (in cores) between start() and stop(), from /proc.
-
-    The machine's busy time (/proc/stat, steal excluded) minus this process's own (/proc/self/stat).
-    Other work on a 2-core machine makes OpenMP teams wait for descheduled threads: the times of a
-    run with a high figure here are not to be trusted. None where /proc is missing.
-    """
-
-    def __init__(self):
-        self.start()
-
-    @staticmethod
-    def _read():
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:9]]
-            with open("/proc/self/stat") as f:
-                own = f.read()
-            own = own[own.rindex(")") + 2:].split()
-            return sum(v) - v[3] - v[4] - v[7], v[7], int(own[11]) + int(own[12]), time.monotonic()
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def start(self):
-        self._t0 = self._read()
-        return self
-
-    def stop(self):
-        """{'others': cores used by other processes, 'steal': cores taken by the hypervisor}."""
-        t1 = self._read()
-        if self._t0 is None or t1 is None or t1[3] <= self._t0[3]:
-            return None
-        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        seconds = t1[3] - self._t0[3]
-        busy, steal, own = (t1[i] - self._t0[i] for i in range(3))
-        return {"others": max(0.0, (busy - own) / hz / seconds), "steal": steal / hz / seconds,
-                "seconds": seconds}
-
-
-def idle_check(seconds=0.5):
-    """Cores used by other processes while this one sleeps for `seconds`."""
-    load = CpuLoad()
-    time.sleep(seconds)
-    return load.stop()
-
-
-def wait_for_idle(timeout):
-    """Sleep until other processes use less than BUSY cores (over 0.5 s), at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    said = False
-    while True:
-        load = idle_check(0.5)
-        if load is None or load["others"] < BUSY:
-            return True
-        if time.monotonic() >= deadline:
-            print("  other processes still use %.2f cores; going on" % load["others"], file=sys.stderr, flush=True)
-            return False
-        if not said:
-            print("  waiting for idle CPUs (other processes use %.2f cores) ..." % load["others"],
-                  file=sys.stderr, flush=True)
-            said = True
-        time.sleep(2.0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Imports that may be missing
-
-_CACHE = {}
-
-
-def _import_torch():
-    if "torch" not in _CACHE:
-        try:
-            import torch
-        except Exception:
-            torch = None
-        _CACHE["torch"] = torch
-    return _CACHE["torch"]
-
-
-def _import_rnncore():
-    if "rnncore" not in _CACHE:
-        try:
-            import rnncore
-        except Exception:
-            rnncore = None
-        _CACHE["rnncore"] = rnncore
-    return _CACHE["rnncore"]
-
-
-def _import_reference():
-    if "reference" not in _CACHE:
-        try:
-            from rnncore import reference
-        except Exception:
-            reference = None
-        _CACHE["reference"] = reference
-    return _CACHE["reference"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Threads
 
 @contextlib.contextmanager
-def _threads(n):
-    """Run rnncore, torch and the BLAS that numpy calls on n threads; restore them afterwards."""
-    rnncore, torch = _import_rnncore(), _import_torch()
-    saved = []
+def threads(n):
+    """Run rnncore, torch and the BLAS numpy calls on n threads; restore them afterwards."""
+    from threadpoolctl import threadpool_limits
+    torch = import_torch()
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    saved = rnncore.get_num_threads()
     if torch is not None:
-        saved.append((torch.set_num_threads, torch.get_num_threads()))
         torch.set_num_threads(n)
-    if rnncore is not None and hasattr(rnncore, "set_num_threads"):
-        if hasattr(rnncore, "get_num_threads"):
-            saved.append((rnncore.set_num_threads, rnncore.get_num_threads()))
-        rnncore.set_num_threads(n)
-    limits = None
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=n, user_api="blas")
-    except ImportError:
-        pass
+    rnncore.set_num_threads(n)
+    limits = threadpool_limits(limits=n, user_api="blas")
     try:
         yield
     finally:
-        if limits is not None:
-            limits.restore_original_limits()
-        for setter, value in reversed(saved):
-            setter(value)
+        limits.restore_original_limits()
+        rnncore.set_num_threads(saved)
+        if torch is not None:
+            torch.set_num_threads(saved_torch)
 
-
-# ---------------------------------------------------------------------------------------------------
-# Timing
 
 def _time_calls(fn, number):
     t0 = time.perf_counter()
@@ -417,26 +86,23 @@ def _time_calls(fn, number):
 
 
 def time_interleaved(fns, repeats, warmup, min_time, setups=None):
-    """Median seconds per call of each function in `fns` (name -> callable).
+    """{name: {'median_ms', 'min_ms', 'samples_ms', 'calls_per_sample'}} for each callable in `fns`.
 
-    Each function is warmed up, then called `number` times per sample (enough for `min_time`
-    seconds); samples alternate between the functions, the order flipping on every repeat, so
-    that drifts of the machine (other users, clocks) hit every function alike. `setups` (name ->
-    context manager factory, e.g. a thread count) is entered around each function's warm-up and
-    each of its samples, outside the timed calls.
+    Each function is warmed up, then called often enough per sample to last `min_time` seconds;
+    samples alternate between the functions, the order flipping every round, so that drifts of the
+    machine (other users, clocks) hit every function alike. `setups` (name -> context manager factory,
+    e.g. a thread count) is entered around each function's warm-up and samples, outside the timing.
     """
     setups = setups or {}
     number = {}
     for name, fn in fns.items():
         with setups.get(name, contextlib.nullcontext)():
-            t = _time_calls(fn, 1)
-            for _ in range(warmup - 1):
-                t = _time_calls(fn, 1)
+            t = min(_time_calls(fn, 1) for _ in range(max(1, warmup)))
         number[name] = max(1, int(min_time / max(t, 1e-9)))
     samples = {name: [] for name in fns}
     order = list(fns)
     gc_was_enabled = gc.isenabled()
-    gc.disable()
+    gc.disable()            # a collection inside one sample would be charged to one function only
     try:
         for r in range(repeats):
             for name in (order if r % 2 == 0 else order[::-1]):
@@ -445,81 +111,59 @@ def time_interleaved(fns, repeats, warmup, min_time, setups=None):
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {name: {"median_ms": 1e3 * statistics.median(s),
-                   "min_ms": 1e3 * min(s),
-                   "samples_ms": [1e3 * v for v in s],
-                   "calls_per_sample": number[name]} for name, s in samples.items()}
+    return {name: {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * min(s),
+                   "samples_ms": [1e3 * v for v in s], "calls_per_sample": number[name]}
+            for name, s in samples.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
-# The implementations under test
+# The check before timing
 
-def _torch_module(cell, shape, dtype, seed):
-    torch = _import_torch()
+def torch_module(cell, shape, dtype, seed):
+    torch = import_torch()
     B, T, I, H = shape
     torch.manual_seed(seed)
-    cls = {"RNN": torch.nn.RNN, "GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM}[cell]
-    module = cls(I, H, batch_first=True)
+    module = getattr(torch.nn, cell)(I, H, batch_first=True)
     return module.double() if dtype == "float64" else module.float()
 
 
-def _rnncore_layer(cell, shape, dtype, state_dict):
-    rnncore = _import_rnncore()
+def rnncore_layer(cell, shape, dtype, seed, module=None):
+    """rnncore's layer, on `module`'s weights when given."""
     B, T, I, H = shape
-    cls = getattr(rnncore, cell)
-    layer = cls(I, H, batch_first=True, dtype=np.dtype(dtype))
-    layer.load_state_dict({k: np.array(v, dtype=dtype, copy=True) for k, v in state_dict.items()})
+    layer = getattr(rnncore, cell)(I, H, batch_first=True, dtype=np.dtype(dtype), seed=seed)
+    if module is not None:
+        layer.load_state_dict({k: v.detach().numpy().astype(dtype) for k, v in module.state_dict().items()})
     return layer
 
 
-def _flat_state(h):
+def _flat(h):
     """h_n or (h_n, c_n) as a list of arrays."""
     return list(h) if isinstance(h, (tuple, list)) else [h]
 
 
-def _err(got, want):
-    """max|got - want| / max(1, max|want|); inf when shapes differ or got is not finite."""
-    got = np.asarray(got)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return float("inf"), "shape %s, expected %s" % (got.shape, want.shape)
-    got = got.astype(np.float64)
-    if not np.all(np.isfinite(got)):
-        return float("inf"), "non-finite values"
-    if got.size == 0:
-        return 0.0, None
-    return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want))))), None
-
-
-class _Comparison:
-    """Collects the worst error over named arrays and any dtype/shape problems."""
+class Comparison:
+    """The worst relative error, max|got - want| / max(1, max|want|), over named arrays, and any
+    missing array or wrong dtype or shape."""
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
-        self.max_err = 0.0
-        self.worst = None
-        self.problems = []
+        self.max_err, self.worst, self.problems = 0.0, None, []
 
     def add(self, name, got, want):
-        if got is None:
-            self.problems.append("%s: missing (None)" % name)
-            self.max_err = float("inf")
-            return
-        if getattr(got, "dtype", self.dtype) != self.dtype:
-            self.problems.append("%s: dtype %s, expected %s" % (name, got.dtype, self.dtype))
-        err, why = _err(got, want)
-        if why:
-            self.problems.append("%s: %s" % (name, why))
+        want = np.asarray(want, dtype=np.float64)
+        if got is None or np.shape(got) != want.shape:
+            self.problems.append("%s: shape %s, expected %s" % (name, np.shape(got) if got is not None else None,
+                                                                 want.shape))
+            err = float("inf")
+        else:
+            if got.dtype != self.dtype:
+                self.problems.append("%s: dtype %s, expected %s" % (name, got.dtype, self.dtype))
+            diff = np.abs(got.astype(np.float64) - want)
+            err = float(np.max(diff, initial=0.0)) / max(1.0, float(np.max(np.abs(want), initial=0.0)))
+            if not np.isfinite(err):
+                err = float("inf")
         if err >= self.max_err:
             self.max_err, self.worst = err, name
-
-    def add_state(self, got, want):
-        """h_n, or (h_n, c_n) for LSTM."""
-        got = _flat_state(got)
-        if len(got) != len(want):
-            self.problems.append("h_n: %d array(s), expected %d" % (len(got), len(want)))
-        for i, (g, w) in enumerate(zip(got, want)):
-            self.add("h_n[%d]" % i, g, w)
 
     def result(self, tol, oracle):
         ok = not self.problems and self.max_err <= tol
@@ -527,193 +171,83 @@ class _Comparison:
                 "worst": self.worst, "tol": tol, "problems": self.problems}
 
 
-def _torch_run(module, x, d_out=None):
-    """Outputs (and, given d_out, the input and weight gradients) of a torch module, as numpy."""
-    torch = _import_torch()
-    if d_out is None:
-        with torch.inference_mode():
-            out, h = module(torch.from_numpy(x))
-        return out.numpy(), [t.numpy() for t in _flat_state(h)], None, None
+def _torch_run(module, x, d_out):
+    """Output, final states, input and weight gradients of a torch module, as numpy."""
+    torch = import_torch()
     xt = torch.from_numpy(x.copy()).requires_grad_()
-    for p in module.parameters():
-        p.grad = None
+    module.zero_grad(set_to_none=True)
     out, h = module(xt)
     out.backward(torch.from_numpy(d_out))
     grads = {k: p.grad.numpy().copy() for k, p in module.named_parameters()}
-    return (out.detach().numpy(), [t.detach().numpy() for t in _flat_state(h)], xt.grad.numpy(), grads)
+    return out.detach().numpy(), [t.detach().numpy() for t in _flat(h)], xt.grad.numpy(), grads
 
 
-# The numpy reference (rnncore.reference):
-#     output, h_n, cache = forward(config, params, x, hx=None, lengths=None)
-#     dx, dhx, grads     = backward(config, params, cache, d_output, d_h_n=None)
+def _reference_run(layer, x, d_out):
+    """The same from the numpy reference, on the layer's weights."""
+    from rnncore import reference
+    params = layer.state_dict()
+    out, h, cache = reference.forward(layer.config, params, x, None, None)
+    dx, _, grads = reference.backward(layer.config, params, cache, d_out, None)
+    return out, _flat(h), dx, grads
 
-def _reference_forward(config, params, x):
-    output, h_n, _ = _import_reference().forward(config, params, x, None, None)
-    return output, h_n
+
+def check_layer(layer, module, x, d_out, steps):
+    """{pass: check} of the rnncore layer against torch (or the numpy reference) on `steps` timesteps."""
+    xs, ds = np.ascontiguousarray(x[:, :steps]), np.ascontiguousarray(d_out[:, :steps])
+    oracle = "torch" if module is not None else "reference"
+    want_out, want_h, want_dx, want_grads = (_torch_run(module, xs, ds) if module is not None
+                                             else _reference_run(layer, xs, ds))
+    dtype = x.dtype.name
+    fwd, train = Comparison(dtype), Comparison(dtype)
+    out, h = layer(xs)
+    layer.zero_grad()
+    out_t, h_t, backprop = layer.forward_train(xs)
+    dx, _ = backprop(ds, None)
+    for comparison, o, hs in ((fwd, out, h), (train, out_t, h_t)):
+        comparison.add("output", o, want_out)
+        hs = _flat(hs)
+        if len(hs) != len(want_h):
+            comparison.problems.append("h_n: %d array(s), expected %d" % (len(hs), len(want_h)))
+        for i, (g, w) in enumerate(zip(hs, want_h)):
+            comparison.add("h_n[%d]" % i, g, w)
+    train.add("dx", dx, want_dx)
+    for name, want in want_grads.items():
+        train.add("grads[%s]" % name, layer.grads.get(name), want)
+    layer.zero_grad()
+    return {"fwd": fwd.result(TOLERANCE[dtype], oracle), "train": train.result(TOLERANCE[dtype], oracle)}
 
 
-def _reference_backward(config, params, x, d_out):
-    """(output, h_n, dx, grads) of the reference: its forward, then its backward."""
-    ref = _import_reference()
-    output, h_n, cache = ref.forward(config, params, x, None, None)
-    dx, _, grads = ref.backward(config, params, cache, d_out, None)
-    return output, h_n, dx, grads
+def _check_full(row, got, want):
+    """After timing: the full-shape results of the last timed calls (output; training also dx)."""
+    comparison = Comparison(row["dtype"])
+    if row["pass"] == "fwd":
+        comparison.add("output", got, want.numpy())
+    else:
+        comparison.add("output", got[0], want[0].detach().numpy())
+        comparison.add("dx", got[1], want[1].numpy())
+    full = comparison.result(FULL_TOLERANCE[row["dtype"]], "torch")
+    row["check"]["full_shape_err"] = full["max_err"]
+    if full["status"] != "ok" and row["check"]["status"] == "ok":
+        row["check"] = dict(row["check"], status="FAIL", problems=row["check"]["problems"] + [
+            "full shape: %s err %.3g" % (full["worst"], full["max_err"])] + full["problems"])
 
 
 # ---------------------------------------------------------------------------------------------------
-# One cell at one shape
+# Timing one cell at one shape
 
-def check_layer(layer, cell, module, x, d_out, dtype, steps):
-    """Compare the rnncore layer with torch (or the numpy reference) on the first `steps` timesteps."""
-    xs = np.ascontiguousarray(x[:, :steps])
-    ds = np.ascontiguousarray(d_out[:, :steps])
-    if module is not None:
-        oracle = "torch"
-        want_out, want_h, want_dx, want_grads = _torch_run(module, xs, ds)
-    elif _import_reference() is not None:
-        oracle = "reference"
-        want_out, want_h, want_dx, want_grads = _reference_backward(layer.config, layer.state_dict(), xs, ds)
-        want_h = _flat_state(want_h)
-    else:
-        return {p: {"status": "unchecked", "oracle": None} for p in PASSES}
-    tol = TOLERANCE[dtype]
-    checks = {}
-    fwd = _Comparison(dtype)
-    out, h = layer(xs)
-    fwd.add("output", out, want_out)
-    fwd.add_state(h, want_h)
-    checks["fwd"] = fwd.result(tol, oracle)
-
-    train = _Comparison(dtype)
-    layer.zero_grad()
-    out, h, backprop = layer.forward_train(xs)
-    dx, _ = backprop(ds, None)
-    train.add("output", out, want_out)
-    train.add_state(h, want_h)
-    train.add("dx", dx, want_dx)
-    for name, want in (want_grads or {}).items():
-        train.add("grads[%s]" % name, layer.grads.get(name), want)
-    layer.zero_grad()
-    checks["train"] = train.result(tol, oracle)
-    return checks
-
-
-def _error_text(exc):
-    return "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-
-
-def _checked_variant(cell, shape_name, shape, opts, seed, dtype, threads, inputs):
-    """The rows (one per pass) of one cell and shape at one dtype and thread count, with the rnncore
-    layer (on torch's weights when torch is there) checked on the first few timesteps; the layer is
-    None when it could not be built or checked."""
-    B, T, I, H = shape
-    x, d_out, module = inputs
-    rows = {p: {"cell": cell, "shape": shape_name, "B": B, "T": T, "I": I, "H": H, "pass": p,
-                "dtype": dtype, "threads": threads, "flops": flops(cell, shape, p),
-                "peak_gflops": _row_peak(opts.peaks, threads, dtype),
-                "rnncore": None, "torch": None, "reference": None, "ratio": None, "control": None,
-                "check": {"status": "ERROR", "oracle": None}} for p in PASSES}
-    layer = None
-    try:
-        if module is not None:
-            state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-            layer = _rnncore_layer(cell, shape, dtype, state)
-        else:
-            rnncore = _import_rnncore()
-            layer = getattr(rnncore, cell)(I, H, batch_first=True, dtype=np.dtype(dtype), seed=seed)
-        with _threads(threads):
-            checks = check_layer(layer, cell, module, x, d_out, dtype, min(T, opts.check_steps))
-        for p in PASSES:
-            rows[p]["check"] = checks[p]
-    except Exception as exc:
-        for p in PASSES:
-            rows[p]["check"] = {"status": "ERROR", "oracle": None, "error": _error_text(exc)}
-        layer = None
-    return rows, layer
-
-
-def bench_cell(cell, shape_name, shape, opts, seed, combos):
-    """Rows (one per pass and (dtype, threads) in `combos`) for one cell at one shape.
-
-    Every variant of a pass (rnncore and torch at each dtype and thread count) is timed in one
-    interleaved series, so the thread speed-ups and the float64/float32 ratios compare samples taken
-    side by side, like the torch/rnncore ratios. Unless --no-control, the series also times a control on
-    each thread count: numpy's float32 GEMM of two CONTROL_SIZE^2 matrices (BLAS), whose GFLOP/s tell how
-    fast this machine ran a well-tuned GEMM at the very moments the row was timed (`row["control"]`)."""
-    B, T, I, H = shape
-    torch = None if opts.no_torch else _import_torch()
-    inputs = {}
-    for dtype in dict.fromkeys(d for d, _ in combos):
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((B, T, I)).astype(dtype)
-        d_out = rng.standard_normal((B, T, H)).astype(dtype)
-        module = _torch_module(cell, shape, dtype, seed) if torch is not None else None
-        inputs[dtype] = (x, d_out, module)
-    # fewest threads first, so that the interleaved series changes thread count rarely
-    combos = sorted(combos, key=lambda c: (c[1], list(inputs).index(c[0])))
-    variants = {c: _checked_variant(cell, shape_name, shape, opts, seed, c[0], c[1], inputs[c[0]])
-                for c in combos}
-
-    control = _control_fn() if opts.control else None
-    for p in PASSES:
-        fns, last = {}, {c: {} for c in combos}
-        for i, (c, (rows, layer)) in enumerate(variants.items()):
-            x, d_out, module = inputs[c[0]]
-            if layer is not None and rows[p]["check"]["status"] in ("ok", "unchecked"):
-                fns[("rnncore",) + c] = _rnncore_fn(layer, x, d_out, p, last[c])
-            if module is not None:
-                fns[("torch",) + c] = _torch_fn(module, x, d_out, p, last[c])
-            if control and (i + 1 == len(combos) or combos[i + 1][1] != c[1]):
-                fns[("control", "float32", c[1])] = control   # after the last variant on c[1] threads
-        # every sample runs on its variant's thread count, the last item of its name
-        setups = {name: (lambda n=name[-1]: _threads(n)) for name in fns}
-        times, error = {}, None
-        if fns:
-            try:
-                times = time_interleaved(fns, opts.repeats, opts.warmup, opts.min_time, setups)
-            except Exception as exc:
-                error = _error_text(exc)
-        for c, (rows, layer) in variants.items():
-            row = rows[p]
-            if error is not None:
-                row["check"] = dict(row["check"], status="ERROR", error=error)
-            for impl in ("rnncore", "torch"):
-                t = times.get((impl,) + c)
-                if t is not None:
-                    t["gflops"] = row["flops"] / (t["median_ms"] * 1e6)
-                    row[impl] = t
-            t = times.get(("control", "float32", c[1]))
-            if t is not None:
-                row["control"] = dict(t, gflops=2.0 * CONTROL_SIZE ** 3 / (t["median_ms"] * 1e6),
-                                      what="numpy float32 matmul %d^3, in this row's series" % CONTROL_SIZE)
-            if "rnncore" in last[c] and "torch" in last[c]:
-                _check_full(row, last[c], c[0])
-            if row["check"]["status"] not in ("ok", "unchecked"):
-                row["rnncore"] = None
-            if row["rnncore"] and row["torch"]:
-                row["ratio"] = row["torch"]["median_ms"] / row["rnncore"]["median_ms"]
-            _apply_peaks([row], opts.peaks)
-            if opts.reference and shape_name in opts.reference_shapes:
-                x, d_out, module = inputs[c[0]]
-                with _threads(c[1]):
-                    row["reference"] = _time_reference(layer, module, cell, shape, x, d_out, p, opts)
-    return [variants[c][0][p] for c in combos for p in PASSES]
-
-
-def _rnncore_fn(layer, x, d_out, pass_, last):
+def rnncore_fn(layer, x, d_out, pass_, last):
     if pass_ == "fwd":
         def run():
             last["rnncore"] = layer(x)[0]
     else:
         def run():
-            out, h, backprop = layer.forward_train(x)
-            dx, _ = backprop(d_out, None)
-            last["rnncore"] = (out, dx)
+            out, _, backprop = layer.forward_train(x)
+            last["rnncore"] = (out, backprop(d_out, None)[0])
     return run
 
 
-def _torch_fn(module, x, d_out, pass_, last):
-    torch = _import_torch()
+def torch_fn(module, x, d_out, pass_, last):
+    torch = import_torch()
     if pass_ == "fwd":
         xt = torch.from_numpy(x)
 
@@ -721,628 +255,129 @@ def _torch_fn(module, x, d_out, pass_, last):
             with torch.inference_mode():
                 last["torch"] = module(xt)[0]
     else:
-        xt = torch.from_numpy(x.copy()).requires_grad_()
-        dt = torch.from_numpy(d_out)
+        xt, dt = torch.from_numpy(x.copy()).requires_grad_(), torch.from_numpy(d_out)
 
         def run():
             xt.grad = None
-            out, h = module(xt)
+            out, _ = module(xt)
             out.backward(dt)
             last["torch"] = (out, xt.grad)
     return run
 
 
-def _control_fn():
-    """The control of a series: numpy's float32 GEMM, CONTROL_SIZE^2 by CONTROL_SIZE^2 (BLAS, on the
-    thread count its setup sets)."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((CONTROL_SIZE, CONTROL_SIZE)).astype(np.float32) for _ in range(2))
-    c = np.empty_like(a)
-
-    def run():
-        np.matmul(a, b, out=c)
-    return run
+def error_text(exc):
+    return "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
 
-def _check_full(row, last, dtype):
-    """Compare the full-shape results of the last timed calls (output; training also dx)."""
-    got, want = last["rnncore"], last["torch"]
-    comparison = _Comparison(dtype)
-    if row["pass"] == "fwd":
-        comparison.add("output", got, want.numpy())
-    else:
-        comparison.add("output", got[0], want[0].detach().numpy())
-        comparison.add("dx", got[1], want[1].numpy())
-    full = comparison.result(FULL_TOLERANCE[dtype], "torch")
-    row["check"]["full_shape_err"] = full["max_err"]
-    if full["status"] != "ok" and row["check"]["status"] in ("ok", "unchecked"):
-        row["check"] = dict(row["check"], status="FAIL",
-                            problems=row["check"].get("problems", []) + ["full shape: %s err %.3g%s" % (
-                                full["worst"], full["max_err"],
-                                "; " + "; ".join(full["problems"]) if full["problems"] else "")])
+def bench_cell(cell, shape_name, shape, combos, opts, seed, extras=None):
+    """Rows (one per (dtype, threads) in `combos` and pass) of one cell at one shape.
 
-
-def _time_reference(layer, module, cell, shape, x, d_out, pass_, opts):
-    """A few untimed-warm-up-free repeats of the numpy reference (it is slow by design)."""
-    ref = _import_reference()
-    if ref is None:
-        return {"error": "rnncore.reference is not importable"}
+    All variants of a pass (rnncore and torch at every dtype and thread count) are timed in one
+    interleaved series. `extras(threads)` -> {name: callable} adds more functions to the series after
+    the last variant on each thread count (benchmarks/ adds a control GEMM this way); their timings land
+    in each row of that thread count under `name`. `opts` has repeats, warmup, min_time, check_steps,
+    no_torch."""
     B, T, I, H = shape
-    try:
-        if layer is not None:
-            config, params = layer.config, layer.state_dict()
-        else:
-            config = {"mode": "RNN_TANH" if cell == "RNN" else cell, "input_size": I, "hidden_size": H,
-                      "num_layers": 1, "bias": True, "batch_first": True, "bidirectional": False,
-                      "proj_size": 0, "peephole": False, "reset_after": True, "nonlinearity": "tanh"}
-            params = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-        if pass_ == "fwd":
-            def run():
-                _reference_forward(config, params, x)
-        else:
-            def run():
-                _reference_backward(config, params, x, d_out)
-        samples = [_time_calls(run, 1) for _ in range(max(1, min(opts.repeats, opts.reference_repeats)))]
-    except Exception as exc:
-        return {"error": _error_text(exc)}
-    median = statistics.median(samples)
-    return {"median_ms": 1e3 * median, "samples_ms": [1e3 * s for s in samples],
-            "gflops": flops(cell, shape, pass_) / (median * 1e9)}
+    torch = None if opts.no_torch else import_torch()
+    combos = sorted(combos, key=lambda c: (c[1], c[0]))   # fewest threads first: few thread switches
+    inputs, variants = {}, {}
+    for dtype in sorted({d for d, _ in combos}):
+        rng = np.random.default_rng(seed)
+        x, d_out = (rng.standard_normal((B, T, n)).astype(dtype) for n in (I, H))
+        inputs[dtype] = (x, d_out, torch_module(cell, shape, dtype, seed) if torch is not None else None)
+    for dtype, n in combos:
+        x, d_out, module = inputs[dtype]
+        rows = {p: {"cell": cell, "shape": shape_name, "B": B, "T": T, "I": I, "H": H, "pass": p,
+                    "dtype": dtype, "threads": n, "flops": flops(cell, shape, p),
+                    "rnncore": None, "torch": None, "ratio": None} for p in PASSES}
+        layer = None
+        try:
+            layer = rnncore_layer(cell, shape, dtype, seed, module)
+            with threads(n):
+                checks = check_layer(layer, module, x, d_out, min(T, opts.check_steps))
+        except Exception as exc:
+            checks = {p: {"status": "ERROR", "oracle": None, "error": error_text(exc)} for p in PASSES}
+        for p in PASSES:
+            rows[p]["check"] = checks[p]
+        variants[(dtype, n)] = (rows, layer)
+
+    for p in PASSES:
+        fns, last = {}, {c: {} for c in combos}
+        for i, (c, (rows, layer)) in enumerate(variants.items()):
+            x, d_out, module = inputs[c[0]]
+            if rows[p]["check"]["status"] == "ok":
+                fns[("rnncore",) + c] = rnncore_fn(layer, x, d_out, p, last[c])
+            if module is not None:
+                fns[("torch",) + c] = torch_fn(module, x, d_out, p, last[c])
+            if extras and (i + 1 == len(combos) or combos[i + 1][1] != c[1]):
+                fns.update({(name, None, c[1]): fn for name, fn in extras(c[1]).items()})
+        # every sample runs on its variant's thread count, the last item of its name
+        setups = {name: (lambda n=name[-1]: threads(n)) for name in fns}
+        try:
+            times = time_interleaved(fns, opts.repeats, opts.warmup, opts.min_time, setups) if fns else {}
+        except Exception as exc:
+            times = {}
+            for rows, _ in variants.values():
+                rows[p]["check"] = dict(rows[p]["check"], status="ERROR", error=error_text(exc))
+        for c, (rows, _) in variants.items():
+            row = rows[p]
+            for impl in ("rnncore", "torch"):
+                if (impl,) + c in times:
+                    row[impl] = dict(times[(impl,) + c], gflops=row["flops"] / (times[(impl,) + c]["median_ms"] * 1e6))
+            for (name, dtype, n), t in times.items():
+                if dtype is None and n == c[1]:
+                    row[name] = t
+            if "rnncore" in last[c] and "torch" in last[c]:
+                _check_full(row, last[c]["rnncore"], last[c]["torch"])
+            if row["check"]["status"] != "ok":
+                row["rnncore"] = None
+            if row["rnncore"] and row["torch"]:
+                row["ratio"] = row["torch"]["median_ms"] / row["rnncore"]["median_ms"]
+    return [variants[c][0][p] for c in combos for p in PASSES]
 
 
 # ---------------------------------------------------------------------------------------------------
-# Peak memory of one training step (a fresh process per measurement)
+# Output and command line
 
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError("no %s in /proc/self/status" % field)
+def ms_text(v):
+    return "–" if v is None else "%.3f" % v if v < 1 else "%.2f" % v if v < 10 else "%.1f" % v if v < 100 else "%.0f" % v
 
 
-def _memory_child(spec):
-    """In a fresh process: peak RSS growth (VmHWM after a /proc/self/clear_refs reset) of one step."""
-    impl, cell, B, T, I, H, dtype, threads = spec.split(",")
-    B, T, I, H, threads = int(B), int(T), int(I), int(H), int(threads)
-    shape = (B, T, I, H)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((B, T, I)).astype(dtype)
-    d_out = rng.standard_normal((B, T, H)).astype(dtype)
-    xs = np.ascontiguousarray(x[:, :2])
-    ds = np.ascontiguousarray(d_out[:, :2])
-    with _threads(threads):
-        if impl == "rnncore":
-            rnncore = _import_rnncore()
-            layer = getattr(rnncore, cell)(I, H, batch_first=True, dtype=np.dtype(dtype), seed=0)
-
-            def step(xa, da):
-                out, h, backprop = layer.forward_train(xa)
-                backprop(da, None)
-        else:
-            torch = _import_torch()
-            module = _torch_module(cell, shape, dtype, 0)
-
-            def step(xa, da):
-                xt = torch.from_numpy(xa.copy()).requires_grad_()
-                out, h = module(xt)
-                out.backward(torch.from_numpy(da))
-        step(xs, ds)            # load code paths and start thread pools on a 2-step input
-        gc.collect()
-        base = _status_kb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")        # resets VmHWM to the current RSS
-        step(x, d_out)
-        peak = _status_kb("VmHWM")
-        after = _status_kb("VmRSS")
-    print(json.dumps({"peak_mb": (peak - base) / 1024.0, "retained_mb": (after - base) / 1024.0}))
-
-
-def measure_memory(impl, cell, shape, dtype, threads):
-    spec = ",".join(map(str, (impl, cell) + tuple(shape) + (dtype, threads)))
-    proc = subprocess.run([sys.executable, "-m", "rnncore.benchmark", "--memory-child", spec],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# ---------------------------------------------------------------------------------------------------
-# Output
-
-def _ms(v):
-    if v is None:
-        return "–"
-    if v < 1:
-        return "%.3f" % v
-    if v < 10:
-        return "%.2f" % v
-    if v < 100:
-        return "%.1f" % v
-    return "%.0f" % v
-
-
-def _shape_label(row):
-    return "%s (%d,%d,%d,%d)" % (row["shape"], row["B"], row["T"], row["I"], row["H"])
-
-
-def _check_label(check):
-    status = check.get("status")
-    if status == "ok":
-        text = "ok %.0e" % check["max_err"] if check.get("max_err") else "ok"
-        return text + (" (ref)" if check.get("oracle") == "reference" else "")
-    if status == "FAIL":
-        return "**FAIL** %.1e (%s)" % (check.get("max_err", float("nan")), check.get("worst"))
-    if status == "ERROR":
-        return "**ERROR**"
-    return status or "?"
+def check_text(check):
+    if check["status"] == "ok":
+        return "ok %.0e" % check["max_err"] + (" (ref)" if check["oracle"] == "reference" else "")
+    if check["status"] == "FAIL":
+        return "**FAIL** %.1e (%s)" % (check["max_err"], check["worst"])
+    return "**%s**" % check["status"]
 
 
 def render_table(rows):
-    lines = ["| cell | shape (B,T,I,H) | pass | check | rnncore ms | torch ms | ratio | rnncore GFLOP/s "
-             "| % peak | BLAS GEMM % peak | numpy ref ms |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        r, t, ref, ctl = row["rnncore"], row["torch"], row["reference"], row.get("control")
-        status = row["check"]["status"]
-        rn = _ms(r["median_ms"]) if r else ("FAIL" if status == "FAIL" else
-                                            "ERROR" if status == "ERROR" else "–")
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            row["cell"], _shape_label(row), row["pass"], _check_label(row["check"]), rn,
-            _ms(t["median_ms"]) if t else "–",
-            "%.2f" % row["ratio"] if row["ratio"] else "–",
-            "%.1f" % r["gflops"] if r else "–",
-            "%.0f%%" % r["pct_peak"] if r and r.get("pct_peak") is not None else "–",
-            "%.0f%%" % ctl["pct_peak"] if ctl and ctl.get("pct_peak") is not None else "–",
-            _ms(ref["median_ms"]) if ref and "median_ms" in ref else ("error" if ref else "–")))
-    return "\n".join(lines)
-
-
-def render_header(result):
-    env, settings = result["environment"], result["settings"]
-    v = env["versions"]
-    cpu = env["cpu"]
-    lines = [
-        "- versions: rnncore %s, numpy %s, scipy %s, torch %s, Python %s" % (
-            v.get("rnncore"), v.get("numpy"), v.get("scipy"), v.get("torch"), env["python"]),
-        "- CPU: %s (%s), %s usable CPUs, SIMD: %s" % (
-            cpu.get("model"), cpu.get("family_model", "?"), cpu.get("usable_cpus"),
-            " ".join(cpu.get("simd", [])) or "?"),
-        "- threads: %s (torch.set_num_threads and rnncore.set_num_threads; numpy BLAS limited alike)" % (
-            ", ".join(map(str, settings["threads"]))),
-        "- OPENBLAS_CORETYPE: %s" % (env["openblas_coretype"] if env["openblas_coretype"] is not None
-                                     else "unset"),
-        "- dtype %s, batch_first=True; %d repeats (medians), %d warm-up calls, >= %g ms per sample; "
-        "check on the first %d timesteps" % (
-            ", ".join(settings["dtypes"]), settings["repeats"], settings["warmup"], 1e3 * settings["min_time"],
-            settings["check_steps"]),
-        "- %s" % _peak_text(result["peak"]),
-    ]
-    before, during = env.get("other_load_before"), env.get("other_load_during")
-    if before or during:
-        lines.append("- CPU used by other processes: %s cores just before, %s on average during the run "
-                     "(steal %s)" % ("%.2f" % before["others"] if before else "?",
-                                     "%.2f" % during["others"] if during else "?",
-                                     "%.2f" % during["steal"] if during else "?"))
-    tb = env.get("torch_build")
-    if tb:
-        lines.append("- torch CPU capability %s; %s" % (tb.get("cpu_capability"), "; ".join(tb["libraries"])))
-    if env.get("env_threads"):
-        lines.append("- thread variables: %s" % ", ".join("%s=%s" % kv for kv in env["env_threads"].items()))
-    for note in result.get("notes", []):
-        lines.append("- note: %s" % note)
-    pools = env.get("threadpools")
-    if pools:
-        lines += ["", "| library | internal_api | architecture | num_threads | version | filepath |",
-                  "|---|---|---|---:|---|---|"]
-        for p in pools:
-            lines.append("| %s | %s | %s | %s | %s | %s |" % (
-                p.get("user_api"), p.get("internal_api"), p.get("architecture", "–"), p.get("num_threads"),
-                p.get("version"), p.get("filepath")))
-    elif pools is None:
-        lines.append("- BLAS libraries: threadpoolctl is not installed")
-    return "\n".join(lines)
-
-
-def render_memory(memory):
-    lines = ["| cell | shape | rnncore peak MB | rnncore retained MB | torch peak MB | torch retained MB |",
-             "|---|---|---:|---:|---:|---:|"]
-
-    def cell_text(m, key):
-        if m is None:
-            return "–"
-        return "error" if "error" in m else "%.1f" % m[key]
-    for m in memory:
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (
-            m["cell"], m["shape"], cell_text(m.get("rnncore"), "peak_mb"),
-            cell_text(m.get("rnncore"), "retained_mb"), cell_text(m.get("torch"), "peak_mb"),
-            cell_text(m.get("torch"), "retained_mb")))
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Comparisons between runs of the same cell, shape and pass: thread counts, dtypes; the targets
-
-ROW_KEY = ("cell", "shape", "pass", "threads", "dtype")
-
-
-def compare_rows(rows, attr, base):
-    """Pair each row whose `attr` ('threads' or 'dtype') is not `base` with the row that has `base` and
-    is otherwise the same (cell, shape, pass, threads, dtype). For rnncore and torch: the median times
-    and time_ratio = time / base time (None when either was not timed)."""
-    def key(r):
-        return tuple(r[k] for k in ROW_KEY if k != attr)
-    index = {key(r): r for r in rows if r[attr] == base}
-    out = []
+    """A markdown table: one line per row, rnncore and torch medians and their ratio."""
+    lines = ["| cell | shape (B,T,I,H) | dtype | threads | pass | check | rnncore ms | torch ms | torch/rnncore "
+             "| rnncore GFLOP/s |", "|---|---|---|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        b = index.get(key(r)) if r[attr] != base else None
-        if b is None:
-            continue
-        entry = {k: r[k] for k in ROW_KEY}
-        entry["base"] = base
-        # the control GEMM is float32 whatever the row's dtype: it compares across thread counts only
-        for impl in ("rnncore", "torch") + (("control",) if attr == "threads" else ()):
-            t0, t1 = b.get(impl), r.get(impl)
-            entry[impl] = None if not (t0 and t1) else {
-                "base_ms": t0["median_ms"], "ms": t1["median_ms"], "time_ratio": t1["median_ms"] / t0["median_ms"]}
-        out.append(entry)
-    return out
-
-
-def thread_scaling(rows):
-    """Speed-up of each thread count over the smallest one (median time there / median time here)."""
-    counts = sorted({r["threads"] for r in rows})
-    if len(counts) < 2:
-        return []
-    out = compare_rows(rows, "threads", counts[0])
-    for e in out:
-        for impl in ("rnncore", "torch", "control"):
-            if e[impl]:
-                e[impl]["speedup"] = 1.0 / e[impl]["time_ratio"]
-    return out
-
-
-def dtype_ratio(rows):
-    """float64 median time / float32 median time, per cell, shape, pass and thread count."""
-    dtypes = {r["dtype"] for r in rows}
-    return compare_rows(rows, "dtype", "float32") if {"float32", "float64"} <= dtypes else []
-
-
-def render_comparison(entries, label, value_key, title):
-    """A table of compare_rows entries: the two times and `value_key` for rnncore and torch (and the
-    control GEMM's `value_key`, when the entries have it)."""
-    control = any(e.get("control") for e in entries)
-    lines = ["| cell | shape | pass | %s | rnncore ms | rnncore %s | torch ms | torch %s |%s" % (
-                 label, title, title, " BLAS GEMM %s |" % title if control else ""),
-             "|---|---|---|---|---:|---:|---:|---:|%s" % ("---:|" if control else "")]
-
-    def cells(t):
-        if not t:
-            return "–", "–"
-        return "%s → %s" % (_ms(t["base_ms"]), _ms(t["ms"])), "%.2f" % t[value_key]
-    for e in entries:
-        compared = ("%s vs %s, %s" % (e["threads"], e["base"], e["dtype"]) if label == "threads" else
-                    "%s vs %s, %s thr" % (e["dtype"], e["base"], e["threads"]))
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            (e["cell"], e["shape"], e["pass"], compared) + cells(e["rnncore"]) + cells(e["torch"]))
-            + (" %s |" % cells(e.get("control"))[1] if control else ""))
+        rn, t = r["rnncore"], r["torch"]
+        lines.append("| %s | %s (%d,%d,%d,%d) | %s | %d | %s | %s | %s | %s | %s | %s |" % (
+            r["cell"], r["shape"], r["B"], r["T"], r["I"], r["H"], r["dtype"], r["threads"], r["pass"],
+            check_text(r["check"]), ms_text(rn["median_ms"]) if rn else r["check"]["status"],
+            ms_text(t["median_ms"]) if t else "–", "%.2f" % r["ratio"] if r["ratio"] else "–",
+            "%.1f" % rn["gflops"] if rn else "–"))
     return "\n".join(lines)
 
 
-def _target(name, values, ok, worst_of, control=None, control_unit=None):
-    """A target's values (row name -> value), worst value and verdict; with `control`, the same measure
-    of the control GEMM in each row's series (row name -> value, in `control_unit`: "%" of peak or "x"
-    speed-up), where the target has one."""
-    values = {k: v for k, v in values.items() if v is not None}
-    if not values:
-        return None
-    worst = worst_of(values.values())
-    out = {"target": name, "values": values, "worst": worst, "met": ok(worst)}
-    control = {k: v for k, v in (control or {}).items() if v is not None and k in values}
-    if control:
-        out["control"], out["control_unit"] = control, control_unit
-    return out
+def failures(rows):
+    """One line per row whose check did not pass, saying why."""
+    return ["- %s %s %s %s %s: %s" % (r["check"]["status"], r["cell"], r["shape"], r["dtype"], r["pass"],
+                                       r["check"].get("error") or "; ".join(r["check"].get("problems") or [])
+                                       or "max err %.3g in %s (tol %g)" % (r["check"]["max_err"],
+                                                                          r["check"]["worst"], r["check"]["tol"]))
+            for r in rows if r["check"]["status"] != "ok"]
 
 
-def targets(rows, scaling, f64, memory=()):
-    """The targets of issue 6, from what this run measured (None where it did not measure them).
-
-    As the issue states them: float32 at 2 threads (or the run's largest thread count) unless the
-    target itself compares thread counts (float32, 2 vs 1) or dtypes (at that thread count)."""
-    large = ("M", "L")
-    counts = sorted({r["threads"] for r in rows}) or [1]
-    tt = 2 if 2 in counts else counts[-1]
-    main = [r for r in rows if r["dtype"] == "float32" and r["threads"] == tt and r["rnncore"]]
-
-    def name(r):
-        return "%s %s %s" % (r["cell"], r["shape"], r["pass"])
-
-    def ratio(r):
-        return r["torch"]["median_ms"] / r["rnncore"]["median_ms"] if r.get("torch") else None
-    speedups = [e for e in scaling if e["shape"] in large and e["base"] == 1 and e["threads"] == 2
-                and e["dtype"] == "float32"]
-    out = [
-        _target("every speed ratio torch/rnncore >= %g (float32, %d thr)" % (TARGET_RATIO, tt),
-                {name(r): ratio(r) for r in main}, lambda w: w >= TARGET_RATIO, min),
-        _target("RNN and GRU training ratio >= %g at every shape (float32, %d thr)" % (TARGET_TRAIN_RATIO, tt),
-                {name(r): ratio(r) for r in main if r["cell"] in ("RNN", "GRU") and r["pass"] == "train"},
-                lambda w: w >= TARGET_TRAIN_RATIO, min),
-        _target("forward at M and L >= %g%% of the measured FP32 peak (float32, %d thr)" % (TARGET_PCT_PEAK, tt),
-                {name(r): r["rnncore"].get("pct_peak") for r in main if r["pass"] == "fwd" and r["shape"] in large},
-                lambda w: w >= TARGET_PCT_PEAK, min,
-                control={name(r): (r.get("control") or {}).get("pct_peak") for r in main
-                         if r["pass"] == "fwd" and r["shape"] in large}, control_unit="%"),
-        _target("2 threads >= %gx faster than 1 thread at M and L (rnncore, float32)" % TARGET_THREAD_SPEEDUP,
-                {name(e): e["rnncore"]["speedup"] for e in speedups if e["rnncore"]},
-                lambda w: w >= TARGET_THREAD_SPEEDUP, min,
-                control={name(e): (e.get("control") or {}).get("speedup") for e in speedups},
-                control_unit="x"),
-        _target("peak memory of a training step at L <= torch's (rnncore MB / torch MB)",
-                {"%s L" % m["cell"]: m["rnncore"]["peak_mb"] / m["torch"]["peak_mb"] for m in memory
-                 if m["shape"] == "L" and "peak_mb" in (m.get("rnncore") or {})
-                 and "peak_mb" in (m.get("torch") or {})},
-                lambda w: w <= 1.0, max),
-        _target("float64 time <= %gx float32 time (rnncore, %d thr)" % (TARGET_F64_RATIO, tt),
-                {"%s %s %s" % (e["cell"], e["shape"], e["pass"]): e["rnncore"]["time_ratio"]
-                 for e in f64 if e["rnncore"] and e["threads"] == tt}, lambda w: w <= TARGET_F64_RATIO, max),
-    ]
-    return [t for t in out if t]
-
-
-def render_targets(items):
-    lines = ["| target | rows | worst | met | the control GEMM, same series |", "|---|---:|---|---|---|"]
-    for t in items:
-        key = [k for k, v in t["values"].items() if v == t["worst"]][0]
-        control, fmt = t.get("control"), {"%": "%.0f%%", "x": "%.2fx"}.get(t.get("control_unit"), "%.2f")
-        lines.append("| %s | %d | %.2f (%s) | %s | %s |" % (
-            t["target"], len(t["values"]), t["worst"], key, "yes" if t["met"] else "**no**",
-            ("%s–%s (%s: %s)" % (fmt % min(control.values()), fmt % max(control.values()), key,
-                                 fmt % control[key])) if control and key in control else "–"))
-    return "\n".join(lines)
-
-
-def render(result, title="rnncore benchmark"):
-    parts = ["## %s" % title, "", render_header(result), ""]
-    groups = {}
-    for row in result["rows"]:
-        groups.setdefault((row["dtype"], row["threads"]), []).append(row)
-    for (dtype, n), rows in groups.items():
-        if len(groups) > 1:
-            parts += ["### %s, %d thread%s" % (dtype, n, "" if n == 1 else "s"), ""]
-        parts += [render_table(rows), ""]
-    if result.get("thread_scaling"):
-        base = result["thread_scaling"][0]["base"]
-        parts += ["Speed-up of N threads over %d thread%s (median time on %d / median time on N):"
-                  % (base, "" if base == 1 else "s", base), "",
-                  render_comparison(result["thread_scaling"], "threads", "speedup", "speed-up"), ""]
-    if result.get("dtype_ratio"):
-        parts += ["float64 time / float32 time (medians):", "",
-                  render_comparison(result["dtype_ratio"], "dtypes", "time_ratio", "f64/f32"), ""]
-    if result.get("targets"):
-        parts += ["Targets (issue 6):", "", render_targets(result["targets"]), ""]
-    if result.get("sweep"):
-        parts += [render_sweep(result["sweep"]), ""]
-    failed = [r for r in result["rows"] + (result.get("sweep") or {}).get("rows", [])
-              if r["check"]["status"] in ("FAIL", "ERROR")]
-    for r in failed:
-        c = r["check"]
-        parts.append("- %s %s %s %s: %s" % (c["status"], r["cell"], r["shape"], r["pass"],
-                                           c.get("error") or "; ".join(c.get("problems") or [])
-                                           or "max err %.3g in %s (tol %g)" % (c["max_err"], c["worst"],
-                                                                               c["tol"])))
-    if failed:
-        parts.append("")
-    if result.get("memory"):
-        parts += ["Peak memory of one training step (forward_train + backprop; torch forward + backward), "
-                  "above the resident size before the step:", "", render_memory(result["memory"]), ""]
-    return "\n".join(parts)
-
-
-def render_coretype_comparison(with_var, without_var):
-    value = with_var["environment"]["openblas_coretype"]
-    lines = ["| cell | shape | pass | rnncore ms (%s=%s) | rnncore ms (unset) | torch ms (%s) | torch ms (unset) |"
-             % (CORETYPE, value, value), "|---|---|---|---:|---:|---:|---:|"]
-    index = {tuple(r.get(k) for k in ROW_KEY): r for r in without_var["rows"]}
-    for a in with_var["rows"]:
-        b = index.get(tuple(a.get(k) for k in ROW_KEY))
-        if b is None:
-            continue
-
-        def ms(row, impl):
-            return _ms(row[impl]["median_ms"]) if row[impl] else "–"
-        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
-            a["cell"], a["shape"], a["pass"], ms(a, "rnncore"), ms(b, "rnncore"), ms(a, "torch"), ms(b, "torch")))
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The scaling sweep: one of T, B, H varies around SWEEP_BASE
-
-def sweep_shapes(base=None, sweep=None):
-    """[(name, (B, T, I, H), [variables whose series it is in])], the base shape once, named 'base'."""
-    base = tuple(base or SWEEP_BASE)
-    sweep = sweep or SWEEP
-    shapes = {}
-    for var, values in sweep.items():
-        for v in values:
-            shape = list(base)
-            shape[SHAPE_INDEX[var]] = int(v)
-            shapes.setdefault(tuple(shape), []).append(var)
-    return [("base" if shape == base else "%s=%d" % (vary[0], shape[SHAPE_INDEX[vary[0]]]), shape, vary)
-            for shape, vary in shapes.items()]
-
-
-def sweep_series(sweep_rows, cell, var, pass_):
-    """The rows of one series, ordered by the variable."""
-    rows = [r for r in sweep_rows if r["cell"] == cell and var in r["vary"] and r["pass"] == pass_]
-    return sorted(rows, key=lambda r: r[var])
-
-
-def _exponent(rows, var, impl):
-    """k in time ~ var**k: least squares over all points, and between the last two (None if < 2 points)."""
-    pts = [(r[var], r[impl]["median_ms"]) for r in rows if r.get(impl)]
-    if len(pts) < 2:
-        return None
-    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-    return {"fit": float(np.polyfit(x, y, 1)[0]), "last_two": float((y[-1] - y[-2]) / (x[-1] - x[-2]))}
-
-
-def sweep_exponents(sweep):
-    out = []
-    for cell in sweep["cells"]:
-        for pass_ in PASSES:
-            for impl in ("rnncore", "torch"):
-                entry = {"cell": cell, "pass": pass_, "impl": impl}
-                for var in sweep["values"]:
-                    entry[var] = _exponent(sweep_series(sweep["rows"], cell, var, pass_), var, impl)
-                out.append(entry)
-    return out
-
-
-def render_sweep(sweep):
-    B, T, I, H = sweep["base"]
-    lines = ["Scaling sweep around (B,T,I,H) = (%d,%d,%d,%d), %s, %d thread%s; one variable varies at a time:"
-             % (B, T, I, H, sweep["dtype"], sweep["threads"], "" if sweep["threads"] == 1 else "s"), "",
-             "| cell | vary | B | T | I | H | pass | rnncore ms | torch ms | ratio | rnncore GFLOP/s | torch GFLOP/s |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
-
-    def col(t, key, fmt):
-        return fmt(t[key]) if t else "–"
-    for cell in sweep["cells"]:
-        for var in sweep["values"]:
-            for pass_ in PASSES:
-                for r in sweep_series(sweep["rows"], cell, var, pass_):
-                    r_, t_ = r["rnncore"], r["torch"]
-                    lines.append("| %s | %s | %d | %d | %d | %d | %s | %s | %s | %s | %s | %s |" % (
-                        cell, var, r["B"], r["T"], r["I"], r["H"], pass_,
-                        col(r_, "median_ms", _ms) if r_ else r["check"]["status"], col(t_, "median_ms", _ms),
-                        "%.2f" % r["ratio"] if r["ratio"] else "–", col(r_, "gflops", "%.1f".__mod__),
-                        col(t_, "gflops", "%.1f".__mod__)))
-    lines += ["", "Growth exponent k in time ~ x^k (least squares over the points; between the two largest "
-                  "points in brackets):", "",
-              "| cell | pass | impl | %s |" % " | ".join(sweep["values"]),
-              "|---|---|---|%s" % ("---|" * len(sweep["values"]))]
-    for e in sweep["exponents"]:
-        lines.append("| %s | %s | %s | %s |" % (e["cell"], e["pass"], e["impl"], " | ".join(
-            "%.2f (%.2f)" % (e[v]["fit"], e[v]["last_two"]) if e[v] else "–" for v in sweep["values"])))
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Plots (matplotlib, imported only when a plot is asked for)
-
-PLOT_DPI = 100
-CELL_COLORS = {"RNN": "tab:blue", "GRU": "tab:orange", "LSTM": "tab:green"}
-
-
-def _figure(width, height):
-    """A matplotlib Figure drawn by the Agg backend (pyplot and the global backend are left alone)."""
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError as exc:
-        raise SystemExit("--plot and --sweep-plot need matplotlib (pip install matplotlib): %s" % exc)
-    fig = Figure(figsize=(width, height), dpi=PLOT_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path):
-    fig.savefig(path, dpi=PLOT_DPI)
-    width, height = fig.get_size_inches() * PLOT_DPI
-    return {"path": os.path.abspath(path), "width_px": int(round(width)), "height_px": int(round(height))}
-
-
-def _machine(result):
-    cpu = result["environment"]["cpu"]
-    return "%s, %s CPUs" % (cpu.get("model"), cpu.get("usable_cpus"))
-
-
-def plot_ratios(result, path):
-    """Bars of torch time / rnncore time, forward and training, per cell x shape, from 1.0 up (rnncore
-    faster) or down (slower) on a log scale; a panel per dtype and thread count.
-    Returns {'path', 'width_px', 'height_px'}."""
-    from matplotlib import ticker
-    groups = {}
-    for row in result["rows"]:
-        groups.setdefault((row["dtype"], row["threads"]), []).append(row)
-    if not groups:
-        raise ValueError("no rows to plot")
-    labels = list(dict.fromkeys((r["cell"], r["shape"]) for r in result["rows"]))
-    fig = _figure(max(6.0, 0.7 * len(labels) + 2), 0.4 + 3.2 * len(groups))
-    x = np.arange(len(labels))
-    for i, ((dtype, threads), rows) in enumerate(groups.items()):
-        ax = fig.add_subplot(len(groups), 1, i + 1)
-        index = {(r["cell"], r["shape"], r["pass"]): r["ratio"] for r in rows}
-        for pass_, dx, color in (("fwd", -0.2, "tab:blue"), ("train", 0.2, "tab:orange")):
-            ratios = [index.get(label + (pass_,)) for label in labels]
-            bars = ax.bar(x + dx, [v - 1.0 if v else 0.0 for v in ratios], 0.4, bottom=1.0, color=color,
-                          label="forward" if pass_ == "fwd" else "training (forward + backward)")
-            ax.bar_label(bars, labels=["%.2f" % v if v else "–" for v in ratios], fontsize=7)
-        values = [v for v in index.values() if v] or [1.0]
-        ax.set_yscale("log", base=2)
-        ax.set_ylim(min(0.5, min(values) / 1.4), max(2.0, max(values) * 2.0))
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
-        ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
-        ax.set_xticks(x)
-        ax.set_xticklabels(["%s %s" % label for label in labels], rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("torch time / rnncore time\n(> 1: rnncore faster)")
-        ax.set_title("rnncore vs PyTorch: %s, %d thread%s" % (dtype, threads, "" if threads == 1 else "s"),
-                     fontsize=10)
-        ax.legend(fontsize=8, loc="upper left", ncol=2)
-    fig.suptitle(_machine(result), fontsize=9)
-    return _save(fig, path)
-
-
-def _log_log(ax, xticks):
-    """Log axes labelled in plain numbers: x at the sweep's points, y at 1, 2, 5 x 10^k."""
-    from matplotlib import ticker
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(list(xticks))
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
-    ax.xaxis.set_minor_locator(ticker.NullLocator())
-    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-def plot_sweep(result, path):
-    """Time against T, B and H (log-log, a panel each; forward and training in two rows): rnncore solid,
-    torch dashed, a colour per cell. Returns {'path', 'width_px', 'height_px'}."""
-    sweep = result["sweep"]
-    variables = list(sweep["values"])
-    fig = _figure(4.0 * len(variables), 7.0)
-    for row_i, pass_ in enumerate(PASSES):
-        for col_i, var in enumerate(variables):
-            ax = fig.add_subplot(len(PASSES), len(variables), row_i * len(variables) + col_i + 1)
-            for cell in sweep["cells"]:
-                series = sweep_series(sweep["rows"], cell, var, pass_)
-                for impl, style in (("rnncore", "-o"), ("torch", "--x")):
-                    pts = [(r[var], r[impl]["median_ms"]) for r in series if r.get(impl)]
-                    if pts:
-                        ax.plot(*zip(*pts), style, color=CELL_COLORS.get(cell), label="%s %s" % (cell, impl))
-            _log_log(ax, sweep["values"][var])
-            ax.set_xlabel(var)
-            ax.set_ylabel("%s ms" % ("forward" if pass_ == "fwd" else "training"))
-            ax.grid(True, which="both", alpha=0.3)
-            if row_i == 0 and col_i == 0:
-                ax.legend(fontsize=7)
-    B, T, I, H = sweep["base"]
-    fig.suptitle("Scaling around B=%d, T=%d, I=%d, H=%d; %s, %d thread%s; %s" % (
-        B, T, I, H, sweep["dtype"], sweep["threads"], "" if sweep["threads"] == 1 else "s", _machine(result)),
-        fontsize=9)
-    return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-
-def _parse_list(text, allowed, what):
-    items = [s.strip() for s in text.split(",") if s.strip()]
+def parse_list(text, allowed, what):
     lookup = {a.upper(): a for a in allowed}
     out = []
-    for s in items:
+    for s in (s.strip() for s in text.split(",") if s.strip()):
         if s.upper() not in lookup:
             raise argparse.ArgumentTypeError("unknown %s %r: expected some of %s" % (what, s, ", ".join(allowed)))
         out.append(lookup[s.upper()])
@@ -1351,301 +386,104 @@ def _parse_list(text, allowed, what):
     return out
 
 
-def _default_threads():
+def _thread_list(text):
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected thread counts like 1,2, got %r" % text)
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError("thread counts must be >= 1")
+    return counts
 
 
-def build_parser():
+def build_parser(prog="rnncore bench"):
     p = argparse.ArgumentParser(
-        prog="rnncore bench",
-        description="Time rnncore's RNN/GRU/LSTM layers against PyTorch and the numpy reference, after "
-                    "checking them against PyTorch on the same weights. Exit status 1 if a check fails.")
-    p.add_argument("--cells", type=lambda s: _parse_list(s, list(GATES), "cell"), default=list(GATES),
+        prog=prog, description="Time rnncore's RNN/GRU/LSTM layers against PyTorch (when installed), after "
+                               "checking each against torch.nn on the same weights. Exit status 1 if a check fails.")
+    p.add_argument("--cells", type=lambda s: parse_list(s, list(GATES), "cell"), default=list(GATES),
                    help="comma-separated cells (default: RNN,GRU,LSTM)")
-    p.add_argument("--shapes", type=lambda s: _parse_list(s, list(SHAPES), "shape"), default=None,
-                   help="comma-separated shapes: " + ", ".join(
-                       "%s=(B=%d,T=%d,I=%d,H=%d)" % ((k,) + v) for k, v in SHAPES.items()) +
-                        " (default: all; none with --sweep)")
-    p.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                   help="thread count(s), comma-separated (default: the usable CPUs, %d)" % _default_threads())
-    p.add_argument("--repeats", type=int, default=None, help="timed samples per implementation (default 11, "
-                                                             "--quick 3); the median is reported")
+    p.add_argument("--shapes", type=lambda s: parse_list(s, list(SHAPES), "shape"), default=None,
+                   help="comma-separated shapes: " + ", ".join("%s=(B=%d,T=%d,I=%d,H=%d)" % ((k,) + v)
+                                                               for k, v in SHAPES.items()) + " (default: all)")
+    p.add_argument("--dtype", "--dtypes", dest="dtypes", default=["float32"], metavar="float32[,float64]",
+                   type=lambda s: parse_list(s, ["float32", "float64"], "dtype"), help="default float32")
+    p.add_argument("--threads", type=_thread_list, default=None,
+                   help="thread count(s), comma-separated (default: rnncore's, %d)" % rnncore.get_num_threads())
+    p.add_argument("--quick", action="store_true", help="fewer repeats and shorter samples (a smoke run)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed samples per implementation, the median is reported (default 11, --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2, --quick 1)")
     p.add_argument("--min-time", type=float, default=None,
-                   help="seconds per sample; short calls are repeated inside a sample (default 0.05, --quick 0.01)")
-    p.add_argument("--quick", action="store_true", help="fewer repeats and shorter samples")
-    p.add_argument("--dtype", "--dtypes", dest="dtypes", default=["float32"], metavar="float32[,float64]",
-                   type=lambda s: _parse_list(s, ["float32", "float64"], "dtype"),
-                   help="float32, float64 or float32,float64 (then also a float64/float32 time table)")
-    p.add_argument("--peak", type=_peak_arg, default="measure",
-                   help="FP32 peak GFLOP/s for the percent-of-peak column, or 'measure' (default): independent vector "
-                        "FMAs on each thread count of the run, %g s each, before timing; FP64 is taken as half"
-                        % PEAK_SECONDS)
+                   help="seconds per sample; short calls repeat inside a sample (default 0.05, --quick 0.01)")
     p.add_argument("--check-steps", type=int, default=CHECK_STEPS,
-                   help="timesteps of the correctness check (default %d)" % CHECK_STEPS)
+                   help="timesteps of the check before timing (default %d)" % CHECK_STEPS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="write every number (samples, errors, environment) here")
-    p.add_argument("--no-torch", action="store_true",
-                   help="do not time PyTorch (the check then uses the numpy reference)")
-    p.add_argument("--no-reference", action="store_true", help="do not time the numpy reference")
-    p.add_argument("--no-control", dest="control", action="store_false",
-                   help="do not time the control (numpy's float32 GEMM of two %d^2 matrices, sampled in every "
-                        "series to show how fast the machine ran BLAS while each row was timed)" % CONTROL_SIZE)
-    p.add_argument("--reference-shapes", type=lambda s: _parse_list(s, list(SHAPES), "shape"), default=None,
-                   help="time the numpy reference only at these shapes (e.g. S,B1 to skip the large ones)")
-    p.add_argument("--reference-repeats", type=int, default=3, help="repeats of the numpy reference (default 3)")
-    p.add_argument("--memory", action="store_true",
-                   help="also measure the peak memory of one training step (a fresh process per number)")
-    p.add_argument("--coretype-unset", action="store_true",
-                   help="then run the same benchmark again in a subprocess without %s and report both" % CORETYPE)
-    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                   help="before each cell and shape, wait up to SECONDS for other processes to leave the CPUs "
-                        "idle (shared machines)")
-    p.add_argument("--plot", metavar="PATH.png",
-                   help="bar chart of torch time / rnncore time per cell and shape, forward and training "
-                        "(needs matplotlib)")
-    p.add_argument("--sweep", action="store_true",
-                   help="time the cells (forward and training, rnncore and torch) while one of T %s, B %s, H %s "
-                        "varies around B=%d,T=%d,I=%d,H=%d (the M shape), at the first dtype and the most "
-                        "threads; the --shapes table runs too only when --shapes is given" % (
-                            (",".join(map(str, SWEEP["T"])), ",".join(map(str, SWEEP["B"])),
-                             ",".join(map(str, SWEEP["H"]))) + tuple(SWEEP_BASE)))
-    p.add_argument("--sweep-plot", metavar="PATH.png",
-                   help="with --sweep: time against T, B and H, log-log (needs matplotlib)")
-    p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    p.add_argument("--no-torch", action="store_true", help="time rnncore alone (checked against the numpy reference)")
+    p.add_argument("--json", metavar="PATH", help="also write every number (samples, checks) here")
     return p
 
 
-def _peak_arg(text):
-    if text.strip().lower() == "measure":
-        return "measure"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected 'measure' or GFLOP/s, got %r" % text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the peak must be positive")
-    return value
-
-
-def _bench_cell_quietly(cell, shape_name, shape, opts, seed, combos):
-    """bench_cell, with each row's `other_load`; with --wait-idle, started on idle CPUs and timed
-    again (up to RETRIES times) when other processes took more than BUSY cores meanwhile."""
-    best = None
-    for attempt in range(1 + (RETRIES if opts.wait_idle > 0 else 0)):
-        if opts.wait_idle > 0:
-            wait_for_idle(opts.wait_idle)
-        load = CpuLoad()
-        rows = bench_cell(cell, shape_name, shape, opts, seed, combos)
-        others = load.stop()
-        for row in rows:
-            row["other_load"] = others
-            row["attempts"] = attempt + 1
-        busy = others["others"] if others else 0.0
-        if best is None or busy < best[0]:
-            best = (busy, rows)
-        if busy <= BUSY:
-            break
-        if attempt < RETRIES and opts.wait_idle > 0:
-            print("  other processes took %.2f cores meanwhile: timing again" % busy, file=sys.stderr, flush=True)
-    return best[1]
-
-
-def _time_grid(opts, combos, jobs):
-    """Rows of every job (shape name, shape, cell, seed) at every (dtype, threads) in combos, ordered by
-    combo, then job, then pass. Each job times all its combos in one interleaved series (bench_cell)."""
-    rows = []
-    for done, (shape_name, shape, cell, seed) in enumerate(jobs, 1):
-        if done > 1:
-            _remeasure_peaks(opts.peaks, sorted({n for _, n in combos}))
-        print("[%d/%d] %s %s, %s ..." % (done, len(jobs), cell, shape_name, ", ".join(
-            "%s %d thread%s" % (d, n, "" if n == 1 else "s") for d, n in combos)), file=sys.stderr, flush=True)
-        rows += [(done, r) for r in _bench_cell_quietly(cell, shape_name, shape, opts, seed, combos)]
-    rank = {c: i for i, c in enumerate(combos)}
-    rows.sort(key=lambda jr: (rank[(jr[1]["dtype"], jr[1]["threads"])], jr[0], PASSES.index(jr[1]["pass"])))
-    return [r for _, r in rows]
-
-
-def _seed(opts, shape_index, cell):
-    return opts.seed + 1000 * shape_index + list(GATES).index(cell)
-
-
-def run_sweep(opts):
-    """The scaling sweep (--sweep) at the first dtype and the most threads: rows, exponents."""
-    shapes = sweep_shapes()
-    jobs = [(name, shape, cell, _seed(opts, 100 + i, cell))
-            for i, (name, shape, _) in enumerate(shapes) for cell in opts.cells]
-    combo = (opts.dtypes[0], max(opts.threads))
-    rows = _time_grid(opts, [combo], jobs)
-    vary = {name: v for name, _, v in shapes}
-    for row in rows:
-        row["vary"] = vary[row["shape"]]
-    sweep = {"base": list(SWEEP_BASE), "values": {k: list(v) for k, v in SWEEP.items()}, "cells": opts.cells,
-             "dtype": combo[0], "threads": combo[1], "rows": rows}
-    sweep["exponents"] = sweep_exponents(sweep)
-    return sweep
-
-
-def run(opts):
-    """Run the benchmark described by parsed options; return the result dictionary."""
-    _import_rnncore()           # before torch, so rnncore's shared libraries are resolved first
-    env = environment()
-    env["other_load_before"] = idle_check()
-    opts.peaks = _peaks(opts)
-    run_load = CpuLoad()
-    jobs = [(name, SHAPES[name], cell, _seed(opts, list(SHAPES).index(name), cell))
-            for name in opts.shapes for cell in opts.cells]
-    rows = _time_grid(opts, [(d, n) for d in opts.dtypes for n in opts.threads], jobs)
-    sweep = run_sweep(opts) if opts.sweep else None
-    _apply_peaks(rows + (sweep["rows"] if sweep else []), opts.peaks)    # the best peak of the run
-    env["other_load_during"] = run_load.stop()
-    memory = []
-    if opts.memory:
-        for shape_name in opts.shapes:
-            for cell in opts.cells:
-                entry = {"cell": cell, "shape": shape_name, "threads": opts.threads[0], "dtype": opts.dtypes[0]}
-                for impl in ("rnncore", "torch"):
-                    if impl == "torch" and (opts.no_torch or _import_torch() is None):
-                        continue
-                    entry[impl] = measure_memory(impl, cell, SHAPES[shape_name], opts.dtypes[0], opts.threads[0])
-                memory.append(entry)
-    settings = {k: getattr(opts, k) for k in ("cells", "shapes", "threads", "dtypes", "repeats", "warmup",
-                                               "min_time", "peak", "check_steps", "seed", "quick", "sweep")}
-    settings.update(dtype=opts.dtypes[0], torch=not opts.no_torch and _import_torch() is not None,
-                    reference=opts.reference, reference_shapes=opts.reference_shapes,
-                    reference_repeats=opts.reference_repeats,
-                    tolerance={d: TOLERANCE[d] for d in opts.dtypes},
-                    full_tolerance={d: FULL_TOLERANCE[d] for d in opts.dtypes},
-                    flops="forward 2*T*B*G*H*(I+H), training 3x forward; G = 1 RNN, 3 GRU, 4 LSTM")
-    scaling, f64 = thread_scaling(rows), dtype_ratio(rows)
-    result = {"schema": SCHEMA, "environment": env, "settings": settings, "peak": opts.peaks, "rows": rows,
-              "thread_scaling": scaling, "dtype_ratio": f64, "targets": targets(rows, scaling, f64, memory),
-              "sweep": sweep, "memory": memory, "notes": _warnings(env, opts.peaks, opts.dtypes)}
-    if opts.no_torch or _import_torch() is None:
-        result["notes"].append("PyTorch not timed" + ("" if opts.no_torch else " (not importable)"))
-    if opts.reference and _import_reference() is None:
-        result["notes"].append("rnncore.reference is not importable: numpy reference not timed")
-    all_rows = rows + (sweep["rows"] if sweep else [])
-    busy = [r for r in all_rows if (r.get("other_load") or {}).get("others", 0) > BUSY]
-    if busy:
-        result["notes"].append("other processes used more than %.2g cores while timing %s: those times are "
-                               "not reliable" % (BUSY, ", ".join(sorted({"%s %s" % (r["cell"], r["shape"])
-                                                                       for r in busy}))))
-    result["all_checks_passed"] = all(r["check"]["status"] == "ok" for r in all_rows)
-    return result
-
-
-def _run_without_coretype(argv):
-    """The same benchmark in a subprocess with OPENBLAS_CORETYPE removed from the environment."""
-    child_argv, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--coretype-unset", "--memory"):
-            continue
-        if a in ("--json", "--plot", "--sweep-plot"):
-            skip = True
-            continue
-        if a.startswith(("--json=", "--plot=", "--sweep-plot=")):
-            continue
-        child_argv.append(a)
-    env = {k: v for k, v in os.environ.items() if k != CORETYPE}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "unset.json")
-        proc = subprocess.run([sys.executable, "-m", "rnncore.benchmark"] + child_argv + ["--json", path],
-                              env=env, stdout=subprocess.DEVNULL)
-        if not os.path.exists(path):
-            return {"error": "the subprocess exited with status %d and wrote no results" % proc.returncode}
-        with open(path) as f:
-            return json.load(f)
-
-
-def main(argv=None):
-    """Entry point of `rnncore bench` / benchmarks/bench.py. Returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    opts = build_parser().parse_args(argv)
-    if opts.memory_child:
-        _memory_child(opts.memory_child)
-        return 0
+def finish_options(opts):
+    """Fill the defaults that depend on --quick; refuse counts below 1."""
     opts.repeats = opts.repeats or (3 if opts.quick else 11)
     opts.warmup = opts.warmup or (1 if opts.quick else 2)
     opts.min_time = opts.min_time if opts.min_time is not None else (0.01 if opts.quick else 0.05)
-    opts.threads = opts.threads or [_default_threads()]
-    opts.shapes = opts.shapes if opts.shapes is not None else ([] if opts.sweep else list(SHAPES))
-    opts.reference = not opts.no_reference
-    opts.reference_shapes = opts.reference_shapes or list(opts.shapes)
-    if opts.repeats < 1 or opts.warmup < 1 or min(opts.threads) < 1 or opts.check_steps < 1:
-        raise SystemExit("--repeats, --warmup, --threads and --check-steps must be >= 1")
-    if opts.sweep_plot and not opts.sweep:
-        raise SystemExit("--sweep-plot needs --sweep")
-    if opts.plot and not opts.shapes:
-        raise SystemExit("--plot needs the shape table: pass --shapes with --sweep")
-    if opts.plot or opts.sweep_plot:
-        _figure(1, 1)           # fail now, not after the run, when matplotlib is missing
-
-    result = run(opts)
-    print(render(result))
-    status = 0 if _checks_passed(result) else 1
-    result["plots"] = {}
-    for name, path, plot in (("ratio", opts.plot, plot_ratios), ("sweep", opts.sweep_plot, plot_sweep)):
-        if path:
-            result["plots"][name] = plot(result, path)
-            print("Wrote %s (%d x %d px)\n" % (path, result["plots"][name]["width_px"],
-                                               result["plots"][name]["height_px"]))
-
-    if opts.coretype_unset:
-        if os.environ.get(CORETYPE) is None:
-            result["coretype_unset"] = {"skipped": "%s is not set in this environment: the run above is "
-                                                   "already the unset case" % CORETYPE}
-            print("%s is not set: no second run needed.\n" % CORETYPE)
-        else:
-            print("Running again with %s unset ...\n" % CORETYPE, file=sys.stderr, flush=True)
-            other = _run_without_coretype(argv)
-            result["coretype_unset"] = other
-            if "rows" in other:
-                print(render(other, "Same benchmark with %s unset" % CORETYPE))
-                print(render_coretype_comparison(result, other))
-                print()
-                if not _checks_passed(other):
-                    status = 1
-            else:
-                print("The run without %s failed: %s\n" % (CORETYPE, other["error"]))
-                status = 1
-
-    if opts.json:
-        with open(opts.json, "w") as f:
-            json.dump(_finite(result), f, indent=1, default=_json_default)
-            f.write("\n")
-    return status
+    opts.threads = opts.threads or [rnncore.get_num_threads()]
+    opts.shapes = opts.shapes if opts.shapes is not None else list(SHAPES)
+    if opts.repeats < 1 or opts.warmup < 1 or opts.check_steps < 1:
+        raise SystemExit("--repeats, --warmup and --check-steps must be >= 1")
+    return opts
 
 
-def _checks_passed(result):
-    """No row (of the table or the sweep) FAILed or raised an ERROR."""
-    rows = result["rows"] + ((result.get("sweep") or {}).get("rows") or [])
-    return all(r["check"]["status"] in ("ok", "unchecked") for r in rows)
+def seed_of(opts, shape_name, cell):
+    """A seed per shape and cell, the same in every run with the same --seed."""
+    return opts.seed + 1000 * list(SHAPES).index(shape_name) + list(GATES).index(cell)
 
 
-def _finite(obj):
-    """JSON has no inf/nan: write them as strings."""
+def finite(obj):
+    """`obj` with every non-finite float (a failed check's error) written as a string: JSON has none."""
     if isinstance(obj, float) and not np.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+        return [finite(v) for v in obj]
+    return obj.item() if isinstance(obj, np.generic) else obj
 
 
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError("not JSON serialisable: %r" % type(obj))
+def write_json(path, result):
+    with open(path, "w") as f:
+        json.dump(finite(result), f, indent=1)
+        f.write("\n")
+
+
+def main(argv=None):
+    """Entry point of `rnncore bench`. Returns the exit status: 0 when every check passed."""
+    opts = finish_options(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    torch = None if opts.no_torch else import_torch()
+    combos = [(d, n) for d in opts.dtypes for n in opts.threads]
+    rows = []
+    for shape_name in opts.shapes:
+        for cell in opts.cells:
+            print("%s %s ..." % (cell, shape_name), file=sys.stderr, flush=True)
+            rows += bench_cell(cell, shape_name, SHAPES[shape_name], combos, opts, seed_of(opts, shape_name, cell))
+    versions = {"rnncore": rnncore.__version__, "numpy": np.__version__,
+                "torch": torch.__version__ if torch is not None else None}
+    print("rnncore %s against %s; medians of %d interleaved samples; ratio = torch time / rnncore time\n" % (
+        rnncore.__version__, "torch %s" % torch.__version__ if torch is not None else "no PyTorch (rnncore alone)",
+        opts.repeats))
+    print(render_table(rows))
+    lines = failures(rows)
+    if lines:
+        print("\n" + "\n".join(lines))
+    passed = not lines
+    if opts.json:
+        settings = {k: getattr(opts, k) for k in ("cells", "shapes", "dtypes", "threads", "repeats", "warmup",
+                                                   "min_time", "check_steps", "seed", "quick")}
+        write_json(opts.json, {"schema": SCHEMA, "versions": versions, "openblas_coretype":
+                               os.environ.get("OPENBLAS_CORETYPE"), "settings": settings, "rows": rows,
+                               "all_checks_passed": passed})
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
