@@ -82,11 +82,7 @@ def bench(cell, opts, seed=0):
         with torch.inference_mode():
             return module(xt)[0]
 
-    fns, note = {}, None
-    if hasattr(layer, "step") and hasattr(layer, "initial_state"):
-        fns["rnncore step, step by step"] = lambda: step_loop(layer, xs)
-    else:
-        note = ("rnncore.%s has no initial_state/step yet: the rnncore step-by-step row is not timed" % cell)
+    fns, note = {"rnncore step, step by step": lambda: step_loop(layer, xs)}, None
     fns["torch.nn.%sCell, step by step" % cell] = lambda: cell_loop(cells, xs_torch, lstm)
     fns["rnncore layer(x) / T"] = lambda: layer(x)[0]
     fns["torch.nn.%s(x) / T" % cell] = torch_sequence

@@ -40,7 +40,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.string cimport memcpy, memset
 
-from rnncore._blas cimport (RC_NR_F, floating, gemm, mm_packed, mm_packed_bias, mm_packed2_bias,
+from rnncore._blas cimport (floating, gemm, mm_packed, mm_packed_bias, mm_packed2_bias,
                             panel_width)
 
 cnp.import_array()
@@ -102,32 +102,6 @@ cdef extern from "_rc_gemm.h" nogil:
                                        float* Bp, Py_ssize_t p0, Py_ssize_t p1)
     void rc_dgemm_packed_pack_n_panels(Py_ssize_t K, Py_ssize_t N, const double* W, Py_ssize_t ldw,
                                        double* Bp, Py_ssize_t p0, Py_ssize_t p1)
-
-
-cdef extern from "_rc_gemm.h" nogil:
-    double rc_fma_peak_f32(long iters)
-
-
-def fma_peak_gflops(int num_threads=1, double seconds=0.2):
-    """The machine's FP32 peak as this build sees it: GFLOP/s of independent vector FMAs (the GEMM's
-    vector type) on num_threads OpenMP threads, best of 5 runs of about seconds / 5 each."""
-    import time
-    cdef long iters = 1000000
-    cdef int p
-    cdef double flops = 0, best = 0, t
-    t = time.perf_counter()
-    with nogil:
-        rc_fma_peak_f32(iters)
-    t = time.perf_counter() - t
-    iters = max(1000, <long> (iters * seconds / 5 / max(t, 1e-6)))
-    for _ in range(5):
-        t = time.perf_counter()
-        with nogil:
-            for p in prange(num_threads, num_threads=num_threads, schedule="static"):
-                rc_fma_peak_f32(iters)
-        t = time.perf_counter() - t
-        best = max(best, 2.0 * 12.0 * (RC_NR_F // 2) * iters * num_threads / t / 1e9)
-    return best
 
 
 cdef inline Py_ssize_t _npanels(Py_ssize_t n, Py_ssize_t nr) noexcept nogil:

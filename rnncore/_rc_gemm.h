@@ -208,24 +208,4 @@ static void NAME##_pack_n_panels(ptrdiff_t K, ptrdiff_t N, const T *W, ptrdiff_t
 RC_DEFINE_GEMM(rc_sgemm_packed, float, rc_vf, RC_NR_F)
 RC_DEFINE_GEMM(rc_dgemm_packed, double, rc_vd, RC_NR_D)
 
-/* The FP32 peak, measured: `iters` rounds of 12 independent vector multiply-adds (enough to cover
- * the FMA latency on two pipes) with the same vector type as the GEMM. Returns the flops done. */
-static double rc_fma_peak_f32(long iters)
-{
-    const ptrdiff_t W = (ptrdiff_t)(sizeof(rc_vf) / sizeof(float));
-    rc_vf acc[12], m, a;
-    volatile float seed = 1.0f;
-    long i;
-    for (int q = 0; q < 12; q++) acc[q] = (rc_vf){0} + seed * (float)q;
-    m = (rc_vf){0} + 0.999999f * seed;
-    a = (rc_vf){0} + 1e-7f * seed;
-    for (i = 0; i < iters; i++) {
-        _Pragma("GCC unroll 12") for (int q = 0; q < 12; q++) acc[q] = acc[q] * m + a;
-    }
-    float sink = 0;
-    for (int q = 0; q < 12; q++) for (ptrdiff_t e = 0; e < W; e++) sink += acc[q][e];
-    seed = sink;  /* keep the loop */
-    return 2.0 * 12.0 * (double)W * (double)iters;
-}
-
 #endif

@@ -436,33 +436,18 @@ def test_the_peak_is_measured_again_before_every_cell_and_the_best_is_used(harne
     assert "best of 3 measurements, lowest 120" in harness._peak_text(peaks)
 
 
-class SteppingGRU(rnncore.GRU):
-    """A GRU with the streaming API (initial_state, step) written over the whole-sequence call, to run
-    benchmarks/streaming.py's step rows before rnncore has the API itself."""
-
-    def initial_state(self, batch_size):
-        return np.zeros((self.num_layers, batch_size, self.hidden_size), np.float32)
-
-    def step(self, x_t, state):
-        out, h_n = self(x_t[:, None, :], state)
-        return out[:, 0], h_n
-
-
-@pytest.mark.parametrize("with_step", [False, True])
-def test_streaming_checks_and_times_each_implementation_per_step(capsys, monkeypatch, with_step):
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_streaming_checks_and_times_each_implementation_per_step(capsys, cell):
     pytest.importorskip("torch")
-    if with_step:
-        monkeypatch.setattr(rnncore, "GRU", SteppingGRU)
     streaming = load_benchmarks_module("streaming")
     status = streaming.main(["--quick", "--repeats", "1", "--steps", "5", "--hidden", "8", "--input", "4",
-                             "--cells", "GRU", "--layers", "2"])
+                             "--cells", cell, "--layers", "2"])
     out = capsys.readouterr().out
     assert status == 0
-    rows = [ln for ln in out.splitlines() if ln.startswith("| GRU | 2 |")]
+    rows = [ln for ln in out.splitlines() if ln.startswith(f"| {cell} | 2 |")]
     names = [ln.split("|")[3].strip() for ln in rows]
-    assert names == (["rnncore step, step by step"] if with_step else []) + [
-        "torch.nn.GRUCell, step by step", "rnncore layer(x) / T", "torch.nn.GRU(x) / T"]
+    assert names == ["rnncore step, step by step", f"torch.nn.{cell}Cell, step by step",
+                     "rnncore layer(x) / T", f"torch.nn.{cell}(x) / T"]
     for ln in rows:
         check, us = (c.strip() for c in ln.strip("|").split("|")[3:5])
         assert check.startswith("ok ") and float(us) > 0, ln
-    assert ("has no initial_state/step yet" in out) is not with_step
