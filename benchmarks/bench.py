@@ -335,8 +335,8 @@ def _control_fn():
 
 #REFERENCE
 def time_reference(cell, shape, dtype, seed, pass_, repeats):
-    """Median of a few calls of the numpy reference (rnncore.reference), slow by design: no warm-up."""
-    from rnncore import reference
+    """Median of a few calls of the numpy reference (rnncore.layers.reference), slow by design: no warm-up."""
+    from rnncore.layers import reference
     B, T, I, H = shape
     try:
         layer = package.rnncore_layer(cell, shape, dtype, seed)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import rnncore
-from rnncore import _cells
+from rnncore.engine import cells as _cells
 from rnncore.benchmark import GATES, SHAPES
 
 # the forward scan includes the input projection when it runs before the loop; Cell packs the weights
@@ -29,7 +29,7 @@ PARTS = {"forward": "fwd loop", "backward": "bwd loop", "matmul": "GEMMs", "Cell
 
 
 class _Timed:
-    """Stands in for rnncore._kernels inside rnncore._cells, timing the calls named in PARTS
+    """Stands in for rnncore._kernels inside rnncore.engine.cells, timing the calls named in PARTS
     (each under its part's name)."""
 
     def __init__(self, kernels, acc):

@@ -7,17 +7,46 @@ Layers with torch.nn's arguments, parameter names, shapes and defaults, numpy in
     >>> out, (h_n, c_n), backprop = lstm.forward_train(np.ones((4, 10, 8), np.float32))
     >>> dx, (dh0, dc0) = backprop(np.ones_like(out))      # parameter gradients land in lstm.grads
 """
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
 from rnncore import _kernels
-from rnncore._config import config_context, get_config, set_config
-from rnncore._threads import get_num_threads, set_num_threads, threads
-from rnncore.layers import GRU, LSTM, RNN
-from rnncore.models import SequenceModel
-from rnncore.trainer import NonFiniteError, Trainer, load_model
+from rnncore.engine.config import config_context, get_config, set_config
+from rnncore.engine.threads import get_num_threads, set_num_threads, threads
+from rnncore.layers.recurrent import GRU, LSTM, RNN
+from rnncore.models.sequence import SequenceModel
+from rnncore.training.trainer import NonFiniteError, Trainer, load_model
 
 __version__ = "0.1.0"
 
 openmp_enabled = _kernels.openmp_enabled
 
+
+
+# The modules of rnncore's first, flat layout keep their names: `import rnncore.optim` (and pickles
+# and checkpoints that name such a module) gets the module where it now lives, loaded on first use.
+_RENAMED = {f"rnncore.{old}": f"rnncore.{new}" for old, new in {
+    "reference": "layers.reference", "trainer": "training.trainer", "optim": "training.optim",
+    "losses": "training.losses", "checkpoint": "training.checkpoint", "data": "training.data",
+    "architectures": "models.architectures", "seq2seq": "models.seq2seq",
+    "estimators": "models.estimators", "diagnostics": "models.diagnostics"}.items()}
+
+
+class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name in _RENAMED else None
+
+    def create_module(self, spec):
+        return importlib.import_module(_RENAMED[spec.name])
+
+    def exec_module(self, module):
+        pass
+
+
+if not any(isinstance(f, _RenamedModules) for f in sys.meta_path):
+    sys.meta_path.append(_RenamedModules())
 
 
 def get_include():

@@ -3,7 +3,7 @@
 # Shaped like scikit-learn's sklearn/utils/_cython_blas.pxd: functions over the fused type
 # `floating` (float picks sgemm, double dgemm, at compile time), `noexcept nogil`, row-major
 # handled once by swapping operands (row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T).
-# BLAS is called on one thread inside rnncore (the caller limits it, see rnncore/_threads.py):
+# BLAS is called on one thread inside rnncore (the caller limits it, see rnncore/engine/threads.py):
 # parallelism comes from rnncore's own OpenMP team, so two thread pools never fight.
 
 from scipy.linalg.cython_blas cimport sgemm, dgemm

@@ -1,6 +1,6 @@
 # --------------------------------------------------------------------------------------------------
 # GRU, gate order r, z, n: its step, forward and backward (included by _kernels.pyx; the scan,
-# _scan.pxi, runs it). Equations numbered as rnncore/reference.py's gru_step / gru_step_backward:
+# _scan.pxi, runs it). Equations numbered as rnncore/layers/reference.py's gru_step / gru_step_backward:
 #   (1) q_t = h_{t-1} W_hh^T                  (the scan's product, into buf: the r, z columns, and
 #                                               with reset_after the n column too)
 #   (2) r = σ(x W_ir^T + b_ir + q_r + b_hr)   z = σ(x W_iz^T + b_iz + q_z + b_hz)
@@ -18,17 +18,19 @@
 
 cdef extern from *:
     """
-    /* (4) and, with reset_after, (3) backward for one row of n units, d = dh + dout:
+    /* (4) and, with reset_after, (3) backward for one row of n units, d = dh + dout, from the gates
+     * g = [r, z, n] (n apart), into da = [dar, daz, dan]:
      *     dan = d (1-z)(1-n^2)     daz = d (h_{t-1} - n) z(1-z)     dh := d z
-     * and with reset_after (hn = HN; hn, dar, dq NULL otherwise)
+     * and with reset_after (hn = HN; hn and dq NULL otherwise, and dar left to the caller)
      *     dar = dan hn r(1-r)      dq = dan r
      * The arrays never overlap (restrict), so GCC vectorises it. */
     #define RC_GRU_ROW_BACKWARD(NAME, T)                                                           \
-    static inline void NAME(ptrdiff_t n, const T *restrict dout, const T *restrict gr,             \
-                            const T *restrict gz, const T *restrict gn, const T *restrict hp,      \
-                            const T *restrict hn, T *restrict dh, T *restrict dar,                 \
-                            T *restrict daz, T *restrict dan, T *restrict dq)                      \
+    static inline void NAME(ptrdiff_t n, const T *restrict dout, const T *restrict g3,             \
+                            const T *restrict hp, const T *restrict hn, T *restrict dh,            \
+                            T *restrict da, T *restrict dq)                                        \
     {                                                                                              \
+        const T *restrict gr = g3, *restrict gz = g3 + n, *restrict gn = g3 + 2 * n;               \
+        T *restrict dar = da, *restrict daz = da + n, *restrict dan = da + 2 * n;                  \
         if (hn) {                                                                                  \
             for (ptrdiff_t j = 0; j < n; j++) {                                                    \
                 T d = dh[j] + dout[j], r = gr[j], z = gz[j], v = gn[j];                            \
@@ -51,12 +53,10 @@ cdef extern from *:
     RC_GRU_ROW_BACKWARD(rc_gru_row_backward_f, float)
     RC_GRU_ROW_BACKWARD(rc_gru_row_backward_d, double)
     """
-    void rc_gru_row_backward_f(Py_ssize_t n, const float* dout, const float* gr, const float* gz,
-                               const float* gn, const float* hp, const float* hn, float* dh,
-                               float* dar, float* daz, float* dan, float* dq) nogil
-    void rc_gru_row_backward_d(Py_ssize_t n, const double* dout, const double* gr,
-                               const double* gz, const double* gn, const double* hp,
-                               const double* hn, double* dh, double* dar, double* daz, double* dan,
+    void rc_gru_row_backward_f(Py_ssize_t n, const float* dout, const float* g3, const float* hp,
+                               const float* hn, float* dh, float* da, float* dq) nogil
+    void rc_gru_row_backward_d(Py_ssize_t n, const double* dout, const double* g3,
+                               const double* hp, const double* hn, double* dh, double* da,
                                double* dq) nogil
 
 
@@ -133,14 +133,12 @@ cdef inline void _gru_step_backward(const rc_cell* c, const _Step* st, floating*
         gb = g + b * st.sg
         dxb = dx + b * st.sg
         if floating is float:
-            rc_gru_row_backward_f(H, <const float*> st.dout + b * st.so, gb, gb + H, gb + 2 * H,
-                                  hp + b * sH, (hn + b * sH) if after else NULL, dh + b * H,
-                                  dxb if after else NULL, dxb + H, dxb + 2 * H,
+            rc_gru_row_backward_f(H, <const float*> st.dout + b * st.so, gb, hp + b * sH,
+                                  (hn + b * sH) if after else NULL, dh + b * H, dxb,
                                   (dq + b * sH) if after else NULL)
         else:
-            rc_gru_row_backward_d(H, <const double*> st.dout + b * st.so, gb, gb + H, gb + 2 * H,
-                                  hp + b * sH, (hn + b * sH) if after else NULL, dh + b * H,
-                                  dxb if after else NULL, dxb + H, dxb + 2 * H,
+            rc_gru_row_backward_d(H, <const double*> st.dout + b * st.so, gb, hp + b * sH,
+                                  (hn + b * sH) if after else NULL, dh + b * H, dxb,
                                   (dq + b * sH) if after else NULL)
     if not after:
         # (3) d(r ⊙ h_{t-1}) = dL/da_n W_hn          # drh = dx[:, 2H:] @ W_hh[2H:]

@@ -1,7 +1,7 @@
 # --------------------------------------------------------------------------------------------------
 # LSTM (PyTorch's, gate order i, f, g, o), optional peepholes and projection: its step, forward and
 # backward (included by _kernels.pyx; the scan, _scan.pxi, runs it). Equations numbered as
-# rnncore/reference.py's lstm_step / lstm_step_backward:
+# rnncore/layers/reference.py's lstm_step / lstm_step_backward:
 #   (1) a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh                (the scan's product, into G[t])
 #   (2) i = σ(a_i + w_ci ⊙ c_{t-1})   f = σ(a_f + w_cf ⊙ c_{t-1})   g = tanh(a_g)
 #       c_t = f ⊙ c_{t-1} + i ⊙ g     o = σ(a_o + w_co ⊙ c_t)       m_t = o ⊙ tanh(c_t)
@@ -20,15 +20,19 @@
 cdef extern from *:
     """
     /* (2) backward for one row of n units (every pointer at the row's first unit): from dm, the
-     * carried dc (replaced by dL/dc_{t-1}), the gates gi, gf, gg, go, c_{t-1} (cp) and tanh(c_t)
-     * (tc), writes dai, daf, dag, dao. The arrays never overlap (restrict), so GCC vectorises it. */
+     * carried dc (replaced by dL/dc_{t-1}), the gates g = [i, f, g, o] (n apart), c_{t-1} (cp) and
+     * tanh(c_t) (tc), writes da = [dai, daf, dag, dao]. The arrays never overlap (restrict), so GCC
+     * vectorises it. */
     #define RC_LSTM_ROW_BACKWARD(NAME, T)                                                          \
-    static inline void NAME(ptrdiff_t n, const T *restrict gi, const T *restrict gf,               \
-                            const T *restrict gg, const T *restrict go, const T *restrict cp,      \
+    static inline void NAME(ptrdiff_t n, const T *restrict g4, const T *restrict cp,               \
                             const T *restrict tc, const T *restrict dm, T *restrict dc,            \
-                            T *restrict dai, T *restrict daf, T *restrict dag, T *restrict dao,    \
-                            const T *restrict wci, const T *restrict wcf, const T *restrict wco)   \
+                            T *restrict da, const T *restrict wci, const T *restrict wcf,          \
+                            const T *restrict wco)                                                 \
     {                                                                                              \
+        const T *restrict gi = g4, *restrict gf = g4 + n, *restrict gg = g4 + 2 * n,               \
+                *restrict go = g4 + 3 * n;                                                         \
+        T *restrict dai = da, *restrict daf = da + n, *restrict dag = da + 2 * n,                  \
+          *restrict dao = da + 3 * n;                                                              \
         if (wci) {                                                                                 \
             for (ptrdiff_t j = 0; j < n; j++) {                                                    \
                 T o = go[j], t = tc[j], i = gi[j], f = gf[j], g = gg[j];                           \
@@ -51,14 +55,11 @@ cdef extern from *:
     RC_LSTM_ROW_BACKWARD(rc_lstm_row_backward_f, float)
     RC_LSTM_ROW_BACKWARD(rc_lstm_row_backward_d, double)
     """
-    void rc_lstm_row_backward_f(Py_ssize_t n, const float* gi, const float* gf, const float* gg,
-                                const float* go, const float* cp, const float* tc, const float* dm,
-                                float* dc, float* dai, float* daf, float* dag, float* dao,
-                                const float* wci, const float* wcf, const float* wco) nogil
-    void rc_lstm_row_backward_d(Py_ssize_t n, const double* gi, const double* gf,
-                                const double* gg, const double* go, const double* cp,
-                                const double* tc, const double* dm, double* dc, double* dai,
-                                double* daf, double* dag, double* dao, const double* wci,
+    void rc_lstm_row_backward_f(Py_ssize_t n, const float* g4, const float* cp, const float* tc,
+                                const float* dm, float* dc, float* da, const float* wci,
+                                const float* wcf, const float* wco) nogil
+    void rc_lstm_row_backward_d(Py_ssize_t n, const double* g4, const double* cp, const double* tc,
+                                const double* dm, double* dc, double* da, const double* wci,
                                 const double* wcf, const double* wco) nogil
 
 
@@ -140,14 +141,12 @@ cdef inline void _lstm_step_backward(const rc_cell* c, const _Step* st, floating
         _tanh_span(tcb, H)
         # dL/da of the gates from dL/dm_t and dL/dc_t; dc becomes dL/dc_{t-1}
         if floating is float:
-            rc_lstm_row_backward_f(H, gb, gb + H, gb + 2 * H, gb + 3 * H, <float*> st.cp + b * sH,
-                                   tcb, dm, <float*> st.dc + b * H, dgb, dgb + H, dgb + 2 * H,
-                                   dgb + 3 * H, <const float*> c.w_ci, <const float*> c.w_cf,
+            rc_lstm_row_backward_f(H, gb, <float*> st.cp + b * sH, tcb, dm, <float*> st.dc + b * H,
+                                   dgb, <const float*> c.w_ci, <const float*> c.w_cf,
                                    <const float*> c.w_co)
         else:
-            rc_lstm_row_backward_d(H, gb, gb + H, gb + 2 * H, gb + 3 * H, <double*> st.cp + b * sH,
-                                   tcb, dm, <double*> st.dc + b * H, dgb, dgb + H, dgb + 2 * H,
-                                   dgb + 3 * H, <const double*> c.w_ci, <const double*> c.w_cf,
+            rc_lstm_row_backward_d(H, gb, <double*> st.cp + b * sH, tcb, dm, <double*> st.dc + b * H,
+                                   dgb, <const double*> c.w_ci, <const double*> c.w_cf,
                                    <const double*> c.w_co)
         memset(<floating*> st.dh + b * P, 0, P * sizeof(floating))
 

@@ -1,6 +1,6 @@
 # --------------------------------------------------------------------------------------------------
 # Vanilla (Elman) RNN: its step, forward and backward (included by _kernels.pyx; the scan, _scan.pxi,
-# runs it). Equations numbered as rnncore/reference.py's rnn_step / rnn_step_backward:
+# runs it). Equations numbered as rnncore/layers/reference.py's rnn_step / rnn_step_backward:
 #   (1) a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh      (the scan's product, into G[t])
 #   (2) h_t = f(a_t),  f = tanh | relu                        (this step; h_t kept in G[t])
 # Backward:

@@ -5,7 +5,7 @@
                        lengths and the carry past the end, row layout, workspace slots, the threads'
                        row blocks, the input projection, the per-step recurrent product)
     _cell_rnn.pxi      each cell's step, forward and backward side by side, equations numbered as in
-    _cell_lstm.pxi     rnncore/reference.py
+    _cell_lstm.pxi     rnncore/layers/reference.py
     _cell_gru.pxi
     _kernels.pxd       the public nogil API (rc_cell, rc_seq, rc_arrays, rc_forward_*, rc_backward_*,
                        rc_step_*, Cell) that outside Cython extensions cimport
@@ -14,7 +14,7 @@
                        `matmul` (every large GEMM: the weight and input gradients of all timesteps
                        after the loop), `colsum_add` (bias gradients) and the weight packing
 
-The Python adapters (rnncore/_cells.py) call these; nothing below the Python entries checks shapes or
+The Python adapters (rnncore/engine/cells.py) call these; nothing below the Python entries checks shapes or
 touches a Python object while computing. All kernels release the GIL.
 
 Notation (one layer, one direction; row-major; shown time-major, but every (T, B, .) or (T*B, .)

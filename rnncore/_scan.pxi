@@ -8,7 +8,7 @@
 #
 # Parallelism: the batch is cut into one contiguous block of rows per thread; each thread runs the
 # whole time loop for its rows (rows are independent), calling its products on one thread, so no
-# barrier is needed inside the loop. The caller keeps BLAS on one thread (rnncore/_threads.py).
+# barrier is needed inside the loop. The caller keeps BLAS on one thread (rnncore/engine/threads.py).
 #
 # Row layout. Every (T*B)-row array (x, out, dout, dG, ...) has row (t, b) at t * ts + b * rs: (ts,
 # rs) = (B, 1) time-major or (1, T) batch_first, so batch_first input and output need no transposing

@@ -8,7 +8,7 @@ For each cell, shape, dtype and thread count:
 1. a ``torch.nn`` module's weights are copied into the rnncore layer (``load_state_dict``) and the
    layer is checked against the module on the first few timesteps (outputs, final states, the input
    gradient and every weight gradient); a layer that disagrees is marked FAIL and is not timed.
-   Without PyTorch the oracle is the numpy reference (``rnncore.reference``) and only rnncore is timed;
+   Without PyTorch the oracle is the numpy reference (``rnncore.layers.reference``) and only rnncore is timed;
 2. the inference pass ``layer(x)`` and the training pass ``forward_train(x)`` + ``backprop(d_out)`` are
    timed beside torch's ``module(x)`` under ``inference_mode`` and ``module(x)`` + ``backward``, in
    one interleaved series (every variant sampled in turn, the order flipping each round, each sample
@@ -184,7 +184,7 @@ def _torch_run(module, x, d_out):
 
 def _reference_run(layer, x, d_out):
     """The same from the numpy reference, on the layer's weights."""
-    from rnncore import reference
+    from rnncore.layers import reference
     params = layer.state_dict()
     out, h, cache = reference.forward(layer.config, params, x, None, None)
     dx, _, grads = reference.backward(layer.config, params, cache, d_out, None)

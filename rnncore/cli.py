@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from rnncore.checkpoint import CheckpointError
-from rnncore.data import (CharVocab, DataError, TextStreams, read_text, split_text, stdlib_corpus,
+from rnncore.training.checkpoint import CheckpointError
+from rnncore.training.data import (CharVocab, DataError, TextStreams, read_text, split_text, stdlib_corpus,
                           unigram_entropy)
 
 __all__ = ["main"]
@@ -166,9 +166,9 @@ def _fail(msg):
 
 def cmd_train(args):
     import rnncore
-    from rnncore.models import SequenceModel
-    from rnncore.optim import OPTIMIZERS, Constant, Cosine, StepDecay
-    from rnncore.trainer import Trainer
+    from rnncore.models.sequence import SequenceModel
+    from rnncore.training.optim import OPTIMIZERS, Constant, Cosine, StepDecay
+    from rnncore.training.trainer import Trainer
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
@@ -193,7 +193,7 @@ def cmd_train(args):
 
     resume_meta = None
     if args.resume:
-        from rnncore import checkpoint
+        from rnncore.training import checkpoint
         _, resume_meta = checkpoint.load(args.resume)
         if "vocab" not in resume_meta or "trainer" not in resume_meta:
             raise CheckpointError(f"{args.resume}: not a checkpoint of `rnncore train`")
@@ -304,7 +304,7 @@ def cmd_train(args):
 
 
 def _sample(model, vocab, length, temperature, rng, prime=None):
-    from rnncore.models import generate
+    from rnncore.models.sequence import generate
     if prime is None:
         prime = "\n" if "\n" in vocab.index else vocab.chars[0]
     ids = generate(model, vocab.encode(prime), length, temperature, rng)
@@ -317,7 +317,7 @@ def _sample(model, vocab, length, temperature, rng, prime=None):
 
 def cmd_sample(args):
     import rnncore
-    from rnncore.trainer import load_model
+    from rnncore.training.trainer import load_model
 
     model, meta = load_model(args.checkpoint)
     chars = meta.get("vocab")

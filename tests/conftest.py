@@ -16,9 +16,9 @@ import torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import rnncore  # noqa: E402
-from rnncore import reference  # noqa: E402
-from rnncore.optim import Adam  # noqa: E402
-from rnncore.trainer import Trainer, load_model  # noqa: E402
+from rnncore.layers import reference  # noqa: E402
+from rnncore.training.optim import Adam  # noqa: E402
+from rnncore.training.trainer import Trainer, load_model  # noqa: E402
 
 torch.manual_seed(0)
 

@@ -258,7 +258,7 @@ def test_thread_settings():
 @pytest.mark.parametrize("cls", CELLS)
 def test_thread_count_does_not_change_results(cls, monkeypatch):
     # small problems normally run on one thread (the configuration's small_work_flops); force the split
-    monkeypatch.setitem(rnncore._config._defaults, "small_work_flops", 0)
+    monkeypatch.setitem(rnncore.engine.config._defaults, "small_work_flops", 0)
     rng = np.random.default_rng(0)
     layer = cls(7, 9, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
     x = rng.standard_normal((6, 5, 7))
@@ -297,9 +297,9 @@ def test_importing_rnncore_leaves_denormals_alone():
 
 
 def test_small_problems_run_on_one_thread():
-    assert rnncore._threads.threads_for(1e3) == 1
+    assert rnncore.engine.threads.threads_for(1e3) == 1
     with rnncore.threads(2):
-        assert rnncore._threads.threads_for(1e9) == 2
+        assert rnncore.engine.threads.threads_for(1e9) == 2
 
 
 def test_openmp_reported():

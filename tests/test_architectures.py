@@ -1,4 +1,4 @@
-"""The seeds' architectures (rnncore.architectures): float64 central differences of every parameter and
+"""The seeds' architectures (rnncore.models.architectures): float64 central differences of every parameter and
 input, PyTorch autograd on the same computation, training with the Trainer, forecasting helpers, and
 the errors bad input gets."""
 import numpy as np
@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import assert_close, central_diff, check_all_params, check_checkpoint, fit
-from rnncore.architectures import (AutonomousRNN, OneToMany, OutputFeedbackRNN, delay_windows,
+from rnncore.models.architectures import (AutonomousRNN, OneToMany, OutputFeedbackRNN, delay_windows,
                                    forecast, window_batches)
-from rnncore.data import Batch
-from rnncore.losses import softmax_cross_entropy
-from rnncore.models import SequenceModel
-from rnncore.optim import Adam
-from rnncore.trainer import Trainer
+from rnncore.training.data import Batch
+from rnncore.training.losses import softmax_cross_entropy
+from rnncore.models.sequence import SequenceModel
+from rnncore.training.optim import Adam
+from rnncore.training.trainer import Trainer
 
 
 def t64(a, grad=False):

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import checkpoint
-from rnncore.checkpoint import CheckpointError
-from rnncore.data import Batch, SequenceDataset, pad_sequences
-from rnncore.losses import mse, softmax_cross_entropy
-from rnncore.models import Embedding, Linear, SequenceModel
-from rnncore.optim import SGD, Adam, Cosine, RMSprop, StepDecay
-from rnncore.trainer import Trainer, load_model
+from rnncore.training import checkpoint
+from rnncore.training.checkpoint import CheckpointError
+from rnncore.training.data import Batch, SequenceDataset, pad_sequences
+from rnncore.training.losses import mse, softmax_cross_entropy
+from rnncore.models.sequence import Embedding, Linear, SequenceModel
+from rnncore.training.optim import SGD, Adam, Cosine, RMSprop, StepDecay
+from rnncore.training.trainer import Trainer, load_model
 
 f32 = np.float32
 

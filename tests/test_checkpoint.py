@@ -6,8 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from rnncore import checkpoint
-from rnncore.checkpoint import CheckpointError
+from rnncore.training import checkpoint
+from rnncore.training.checkpoint import CheckpointError
 
 
 def sample_arrays(rng):

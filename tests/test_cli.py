@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from rnncore import checkpoint, cli
+from rnncore import cli
+from rnncore.training import checkpoint
 
 TEXT = ("def add(a, b):\n    return a + b\n\n" * 40 +
         "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n" * 20)
@@ -126,9 +127,9 @@ def test_mistakes_give_one_line_and_a_nonzero_exit(tmp_path, capsys, text_file, 
         with open(f, "wb") as fh:
             np.savez(fh, weights=np.zeros(3), __meta__=np.array('{"format": "other"}'))
     elif setup == "regression":
-        from rnncore.models import SequenceModel
-        from rnncore.optim import SGD
-        from rnncore.trainer import Trainer
+        from rnncore.models.sequence import SequenceModel
+        from rnncore.training.optim import SGD
+        from rnncore.training.trainer import Trainer
         m = SequenceModel("gru", hidden_size=4, input_size=2, output_size=1, head="regression", seed=0)
         Trainer(m, SGD(m.params, m.grads, lr=0.1)).save_checkpoint(f)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -350,7 +350,7 @@ def test_python_threads_run_while_a_kernel_runs(cell):
 def test_big_call_in_a_worker_thread_gives_the_main_threads_bits():
     """A call from a Python thread other than the main one must compute what the main thread does.
 
-    rnncore holds BLAS to one thread during its calls (rnncore._threads.blas_single_thread), through
+    rnncore holds BLAS to one thread during its calls (rnncore.engine.threads.blas_single_thread), through
     threadpoolctl. threadpoolctl (>= 3.6) lets only one Python thread, the first that set a limit and
     is still alive, change OpenBLAS's (process-wide) thread count, and silently ignores the others. So
     in a worker thread BLAS keeps its own pool running inside rnncore's calls: other bits (its

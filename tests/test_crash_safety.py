@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from rnncore import checkpoint
-from rnncore.checkpoint import CheckpointError
-from rnncore.data import Batch
-from rnncore.models import SequenceModel
-from rnncore.optim import SGD, Adam
-from rnncore.trainer import NonFiniteError, Trainer, load_model
+from rnncore.training import checkpoint
+from rnncore.training.checkpoint import CheckpointError
+from rnncore.training.data import Batch
+from rnncore.models.sequence import SequenceModel
+from rnncore.training.optim import SGD, Adam
+from rnncore.training.trainer import NonFiniteError, Trainer, load_model
 
 
 def _regression_batches(rng, n=6, T=12, B=4, I=3, dtype=np.float32):
@@ -102,7 +102,7 @@ class _Interrupt:
         self.__name__ = "mse"
 
     def __call__(self, *a, **kw):
-        from rnncore.losses import mse
+        from rnncore.training.losses import mse
         self.calls += 1
         if self.calls == self.n:
             raise KeyboardInterrupt
@@ -176,7 +176,7 @@ def test_loading_never_executes_code(tmp_path, rng):
     trainer = _trainer(_model(), good)
     trainer.fit(_regression_batches(rng, n=1), epochs=1)
     arrays, meta = checkpoint.load(good)
-    for name in ("os:system", "subprocess:Popen", "rnncore.models:os.system", "builtins:eval"):
+    for name in ("os:system", "subprocess:Popen", "rnncore.models.sequence:os.system", "builtins:eval"):
         meta["model_class"] = name
         checkpoint.save(good, arrays, meta)
         with pytest.raises(CheckpointError, match="not an rnncore model"):
@@ -196,7 +196,7 @@ def test_clipping_contains_exploding_gradients(rng):
     dY = np.ones_like(Y)
     model.zero_grad()
     bp(dY)
-    from rnncore.optim import global_norm
+    from rnncore.training.optim import global_norm
     raw = global_norm(model.grads)
     assert raw > 1e3, raw
 

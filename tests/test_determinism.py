@@ -13,7 +13,7 @@ thread counts. A difference of one ulp fails, and the message names the step and
 that differs.
 
 The problem is sized so that rnncore really uses the requested threads (a guard checks that
-rnncore._threads.threads_for gives the thread count asked for, rather than falling back to one thread
+rnncore.engine.threads.threads_for gives the thread count asked for, rather than falling back to one thread
 for a small call), with a batch (13) that no thread count divides, ragged lengths, dropout between
 layers (masks drawn from the layer's seeded generator) and both step-GEMM paths (rnncore's own, with
 the input projection before the time loop or inside it, and the BLAS reference path).
@@ -33,7 +33,7 @@ import pytest  # noqa: E402
 
 import rnncore  # noqa: E402
 from rnncore import _kernels as K  # noqa: E402
-from rnncore import _threads  # noqa: E402
+from rnncore.engine import threads as _threads  # noqa: E402
 
 # cell id -> (layer class, extra constructor arguments)
 CELLS = {

@@ -1,4 +1,4 @@
-"""rnncore.diagnostics against independent computations: ∂L/∂h_t from torch autograd on a network
+"""rnncore.models.diagnostics against independent computations: ∂L/∂h_t from torch autograd on a network
 unrolled step by step with torch's own cells (h_t.retain_grad()), gate saturation from the gate
 formulas evaluated by hand, and NaN/Inf localisation with values injected at known places."""
 import numpy as np
@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import rnncore
-from rnncore.diagnostics import diagnose, first_nonfinite, gate_saturation, gradient_norms, plot_gradient_flow
-from rnncore.estimators import RNNClassifier
-from rnncore.models import SequenceModel
+from rnncore.models.diagnostics import diagnose, first_nonfinite, gate_saturation, gradient_norms, plot_gradient_flow
+from rnncore.models.estimators import RNNClassifier
+from rnncore.models.sequence import SequenceModel
 
 TORCH_CELLS = {"RNN_TANH": torch.nn.RNNCell, "LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell}
 

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from rnncore.estimators import RNNClassifier, RNNRegressor
+from rnncore.models.estimators import RNNClassifier, RNNRegressor
 
 # Small enough that the whole check suite runs in ~15 s, big enough to pass the checks' accuracy
 # (> 0.83 on blobs) and R² (> 0.5) thresholds.

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis) of every cell and of the stack driver against rnncore.reference.
+"""Property-based fuzzing (hypothesis) of every cell and of the stack driver against rnncore.layers.reference.
 
 Each example draws a whole problem: the cell and its variant (RNN tanh/relu, LSTM with or without
 proj_size and peepholes, GRU with reset_after True or False), sizes B, T, I, H (each may be 1),
@@ -8,7 +8,7 @@ also only one of them), the layer's dtype, how the arrays are handed over (C ord
 strided views, negative strides, nested lists, the other float dtype), which upstream gradients are
 given, and rnncore's thread count (with the small-problem cut-off lifted, so the batch really is split).
 
-It then checks, against rnncore.reference run in float64 on the very values the layer received (so
+It then checks, against rnncore.layers.reference run in float64 on the very values the layer received (so
 for a float32 layer only the layer's own float32 rounding is left): the output and final states,
 outputs past a length being exactly 0, dx, dh0 (dc0) and every parameter gradient in layer.grads
 (with dropout, the reference gets the masks the layer used); every result has the layer's dtype and
@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 
 import rnncore
 from conftest import assert_close, make_config, make_layer, random_params, sizes
-from rnncore import _threads, reference
+from rnncore.engine import threads as _threads
+from rnncore.layers import reference
 
 settings.register_profile(
     "rnncore-ci", max_examples=60, deadline=None, derandomize=True, database=None, print_blob=True,

@@ -1,4 +1,4 @@
-"""The compiled layers rnncore.RNN / LSTM / GRU against the oracles: rnncore.reference (float64),
+"""The compiled layers rnncore.RNN / LSTM / GRU against the oracles: rnncore.layers.reference (float64),
 PyTorch (float64, same weights), and float64 central differences through the layer itself.
 
 Every comparison loads the same weights into the layer (load_state_dict), uses nonzero, distinct h0
@@ -19,7 +19,7 @@ from conftest import (CELLS, GRID, RAGGED_LENGTHS, assert_close, central_diff, g
                       make_config, make_layer, param_shapes,
                       random_grads, random_inputs, random_params, sizes, torch_run,
                       zero_past_lengths)
-from rnncore import reference
+from rnncore.layers import reference
 
 TOL = {np.float32: (1e-5, 1e-5), np.float64: (1e-10, 1e-11)}     # (rtol, atol)
 DTYPES = [np.float32, np.float64]
@@ -319,7 +319,7 @@ def test_layer_central_differences(variant, final_state_only, rng):
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm_proj", "lstm_peephole", "gru", "gru_reset_before"])
 def test_layer_same_result_on_one_and_two_threads(cell, dtype, rng, monkeypatch):
     # small problems normally run on one thread (the configuration's small_work_flops); force the split
-    monkeypatch.setitem(rnncore._config._defaults, "small_work_flops", 0)
+    monkeypatch.setitem(rnncore.engine.config._defaults, "small_work_flops", 0)
     overrides = dict(CELLS + VARIANTS)[cell]
     config = make_config(num_layers=2, bidirectional=True, **overrides)
     lengths = [5, 1, 3, 4, 2, 5, 3, 1, 4]
@@ -349,7 +349,7 @@ PATH_TOL = {np.float32: (2e-4, 2e-4), np.float64: (1e-10, 1e-11)}   # float32 ro
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", [c[0] for c in PATH_VARIANTS])
 def test_step_paths_layouts_and_thread_blocks_match_reference(cell, dtype, rng):
-    from rnncore import _threads
+    from rnncore.engine import threads as _threads
     lengths = [20, 7, 1, 20, 13, 2, 19, 20, 5, 11, 1, 16, 9]
     results = {}
     base = make_config(**dict(dict(PATH_VARIANTS)[cell], input_size=16, hidden_size=32, num_layers=2,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnncore.losses import length_mask, mse, softmax_cross_entropy
+from rnncore.training.losses import length_mask, mse, softmax_cross_entropy
 
 
 def test_cross_entropy_one_step_by_hand():

@@ -3,8 +3,8 @@ many-to-one readout, parameters by name, configs and generation."""
 import numpy as np
 import pytest
 
-from rnncore.losses import mse, softmax_cross_entropy
-from rnncore.models import Embedding, Linear, OneHot, SequenceModel, generate
+from rnncore.training.losses import mse, softmax_cross_entropy
+from rnncore.models.sequence import Embedding, Linear, OneHot, SequenceModel, generate
 
 T, B, V = 5, 3, 6
 LENGTHS = np.array([5, 2, 4])

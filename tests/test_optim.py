@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnncore.optim import (SGD, Adam, Constant, Cosine, RMSprop, StepDecay, clip_grad_norm, clip_grad_value,
+from rnncore.training.optim import (SGD, Adam, Constant, Cosine, RMSprop, StepDecay, clip_grad_norm, clip_grad_value,
                            global_norm, make_optimizer, make_schedule)
 
 

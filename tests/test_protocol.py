@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _validate, architectures, losses
-from rnncore.data import Batch, tbptt_chunks
-from rnncore.optim import SGD, Adam
-from rnncore.trainer import Trainer
+from rnncore.engine import validation as _validate
+from rnncore.models import architectures
+from rnncore.training import losses
+from rnncore.training.data import Batch, tbptt_chunks
+from rnncore.training.optim import SGD, Adam
+from rnncore.training.trainer import Trainer
 
 PACKAGE = pathlib.Path(rnncore.__file__).parent
 
@@ -205,25 +207,26 @@ def _imported_modules(path):
 
 
 def test_trainer_imports_no_model_module():
-    imported = _imported_modules(PACKAGE / "trainer.py")
-    assert "rnncore.data" in imported                          # the check sees the imports that are there
-    for module in ("rnncore.models", "rnncore.architectures", "rnncore.seq2seq", "rnncore.estimators"):
+    imported = _imported_modules(PACKAGE / "training" / "trainer.py")
+    assert "rnncore.training.data" in imported                          # the check sees the imports that are there
+    for module in ("rnncore.models.sequence", "rnncore.models.architectures", "rnncore.models.seq2seq", "rnncore.models.estimators"):
         assert not any(n == module or n.startswith(module + ".") for n in imported), module
-    tree = ast.parse((PACKAGE / "trainer.py").read_text())
+    tree = ast.parse((PACKAGE / "training" / "trainer.py").read_text())
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     assert not used & {"SequenceModel", "select_state", "OneToMany", "Seq2Seq"}
 
 
 def _package_sources():
-    return {p.name: p.read_text() for p in sorted(PACKAGE.glob("*.py"))}
+    """{path relative to the package, as "training/losses.py": source} for every module of rnncore."""
+    return {p.relative_to(PACKAGE).as_posix(): p.read_text() for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def test_there_is_one_softmax_and_the_models_use_it():
     defs = {name: re.findall(r"^\s*def (\w*softmax\w*)", src, re.M) for name, src in _package_sources().items()}
-    assert defs["losses.py"] == ["softmax", "softmax_backward", "log_softmax", "softmax_cross_entropy"]
-    assert {name: d for name, d in defs.items() if d and name != "losses.py"} == {}
+    assert defs["training/losses.py"] == ["softmax", "softmax_backward", "log_softmax", "softmax_cross_entropy"]
+    assert {name: d for name, d in defs.items() if d and name != "training/losses.py"} == {}
     assert architectures.softmax is losses.softmax               # still importable where it was
-    for name in ("models.py", "architectures.py", "seq2seq.py", "estimators.py"):
+    for name in ("models/sequence.py", "models/architectures.py", "models/seq2seq.py", "models/estimators.py"):
         src = _package_sources()[name]
         assert "softmax" in src and "np.exp(" not in src, name
 
@@ -263,12 +266,12 @@ def test_softmax_backward_is_the_jacobian_transpose(rng):
 
 
 def test_each_kind_of_check_is_written_once():
-    """Token ids, lengths and reductions are checked by rnncore._validate only (reference.py, the
+    """Token ids, lengths and reductions are checked by rnncore.engine.validation only (reference.py, the
     pure-numpy oracle, stays independent of the code it checks)."""
     patterns = {"ids": r"ids in \[0, ", "lengths": r"lengths.*(must be between|expected values in)",
                 "reduction": r"reduction: expected"}
     for name, src in _package_sources().items():
-        if name in ("_validate.py", "reference.py"):
+        if name in ("engine/validation.py", "layers/reference.py"):
             continue
         for kind, pattern in patterns.items():
             assert not re.search(pattern, src), (name, kind)
@@ -295,8 +298,8 @@ def test_validation_messages_say_what_was_expected_and_what_was_got():
 
 
 def test_diagnose_checks_lengths_and_ids_now():
-    from rnncore.diagnostics import diagnose
-    from rnncore.models import SequenceModel
+    from rnncore.models.diagnostics import diagnose
+    from rnncore.models.sequence import SequenceModel
     model = SequenceModel("gru", hidden_size=4, vocab_size=5, embedding_dim=3, seed=0)
     X = np.zeros((3, 2), dtype=np.int64)
     with pytest.raises(ValueError, match="lengths must be between 1 and T=3, got values from 1 to 4"):
@@ -308,8 +311,8 @@ def test_diagnose_checks_lengths_and_ids_now():
 def test_dropout_generator_is_saved_through_the_protocol(tmp_path, rng):
     """SequenceModel exposes its dropout generator as dropout_rng: a resumed run with dropout draws
     the same masks as an uninterrupted one."""
-    from rnncore.data import TextStreams
-    from rnncore.models import SequenceModel
+    from rnncore.training.data import TextStreams
+    from rnncore.models.sequence import SequenceModel
     data = TextStreams(rng.integers(0, 9, 400), 4)
 
     def make(path=None):

@@ -1,4 +1,4 @@
-"""rnncore.reference against PyTorch (float64, every output, state and gradient) and against float64
+"""rnncore.layers.reference against PyTorch (float64, every output, state and gradient) and against float64
 central differences (for the variants PyTorch lacks, and a few standard ones as a third opinion)."""
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from conftest import (CELLS, GRID, RAGGED_LENGTHS, assert_close, central_diff, g
                       make_config, random_grads,
                       random_inputs, random_params, sizes, to_torch_module, torch_run,
                       zero_past_lengths)
-from rnncore import reference
+from rnncore.layers import reference
 
 RTOL, ATOL = 1e-10, 1e-12
 

@@ -1,4 +1,4 @@
-"""Seq2Seq (rnncore.seq2seq): every parameter's gradient by float64 central differences (encoder
+"""Seq2Seq (rnncore.models.seq2seq): every parameter's gradient by float64 central differences (encoder
 parameters through the attention and the bridge included), the whole model re-implemented in PyTorch
 autograd on the same weights, greedy = beam search of width 1, beam search = exhaustive search when
 the beam holds every hypothesis, training with the Trainer and checkpoints, and bad input."""
@@ -11,7 +11,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from conftest import assert_close, check_all_params, check_checkpoint, fit
-from rnncore.seq2seq import ATTENTIONS, Seq2Seq, make_batches
+from rnncore.models.seq2seq import ATTENTIONS, Seq2Seq, make_batches
 
 S, T, B, SV, TV = 5, 4, 3, 7, 5
 SRC_LENGTHS = np.array([5, 2, 4])

@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from rnncore.checkpoint import CheckpointError
-from rnncore.data import Batch, CharVocab, SequenceDataset, TextStreams
-from rnncore.losses import softmax_cross_entropy
-from rnncore.models import SequenceModel
-from rnncore.optim import SGD, Adam, Cosine
-from rnncore.trainer import Trainer, load_model
+from rnncore.training.checkpoint import CheckpointError
+from rnncore.training.data import Batch, CharVocab, SequenceDataset, TextStreams
+from rnncore.training.losses import softmax_cross_entropy
+from rnncore.models.sequence import SequenceModel
+from rnncore.training.optim import SGD, Adam, Cosine
+from rnncore.training.trainer import Trainer, load_model
 
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 12 +
         "pack my box with five dozen liquor jugs! " * 12)
@@ -215,7 +215,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------ data for the trainer
 def test_stdlib_corpus_is_deterministic_and_capped():
-    from rnncore.data import stdlib_corpus
+    from rnncore.training.data import stdlib_corpus
     a, files_a = stdlib_corpus(max_chars=50_000)
     b, files_b = stdlib_corpus(max_chars=50_000)
     assert a == b and files_a == files_b

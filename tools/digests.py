@@ -27,7 +27,8 @@ def path(step_gemm, step_projection, num_threads):
                 rnncore.threads(num_threads):
             yield
         return
-    from rnncore import _cells, _threads
+    from rnncore.engine import cells as _cells
+    from rnncore.engine import threads as _threads
     old = (_threads._state["step_gemm"], _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS,
            _threads.SMALL_WORK_FLOPS)
     _threads._state["step_gemm"] = step_gemm

@@ -5,7 +5,7 @@ kernels are tested against; PyTorch on the same weights and float64 central diff
     output, h_n, cache = forward(config, params, x, hx=None, lengths=None, masks=None)
     dx, dhx, grads     = backward(config, params, cache, d_output, d_h_n=None, record=None)
 
-``record`` (optional, for rnncore.diagnostics): a dict that backward fills with the per-step gradients,
+``record`` (optional, for rnncore.models.diagnostics): a dict that backward fills with the per-step gradients,
 ``record[(layer, direction)] = {"dh": (T, B, P), "dc": (T, B, H) or None}``: dh[t] is the total
 gradient of the loss with respect to h_t (from the output at t and through every later step), dc[t]
 the gradient reaching c_t from step t+1 (LSTM). Both are 0 at padded steps. ``step_gates`` names

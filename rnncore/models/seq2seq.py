@@ -23,7 +23,7 @@ How the decoder runs. Under teacher forcing the decoder's inputs are known in ad
 Luong attention (attention reads s_t, it does not feed the recurrence), so the decoder is one call of
 the compiled layer over all T steps and the attention is computed for all steps at once. Bahdanau's
 context c_t enters the recurrence and depends on s_{t-1}, so its decoder is a loop over t: each step
-is rnncore.reference's numpy step (forward and exact backward) on the compiled decoder layer's own
+is rnncore.layers.reference's numpy step (forward and exact backward) on the compiled decoder layer's own
 parameter arrays. At these sizes that step is faster than a T = 1 call of the compiled layer (which
 validates its arguments and allocates a workspace per call), and it keeps a cache per step for the
 backward pass. Greedy and beam-search decoding use the same numpy steps for every attention kind.
@@ -35,11 +35,11 @@ from collections import namedtuple
 
 import numpy as np
 
-from rnncore import reference
-from rnncore._validate import check_choice, check_float_dtype, check_ids, check_int, check_reduction
-from rnncore.architectures import ProtocolModel, _as_lengths, _rng_from, _stop_at_eos, _uniform, _unpack
-from rnncore.losses import length_mask, log_softmax, softmax, softmax_backward, softmax_cross_entropy
-from rnncore.models import CELLS, Embedding, Linear
+from rnncore.layers import reference
+from rnncore.engine.validation import check_choice, check_float_dtype, check_ids, check_int, check_reduction
+from rnncore.models.architectures import ProtocolModel, _as_lengths, _rng_from, _stop_at_eos, _uniform, _unpack
+from rnncore.training.losses import length_mask, log_softmax, softmax, softmax_backward, softmax_cross_entropy
+from rnncore.models.sequence import CELLS, Embedding, Linear
 
 __all__ = ["Seq2Seq", "Decoded", "ATTENTIONS", "make_batches"]
 

@@ -12,7 +12,7 @@ almost no gradient (vanishing) or an overwhelming one (exploding). An LSTM's cel
 c_t = f * c_{t-1} + i * g carries it with the forget gate f instead. Saturated gates (σ near 0 or 1,
 tanh near ±1) have derivatives near 0 and stop the gradient.
 
-Everything is computed with the float64 numpy reference (rnncore.reference) on a float64 copy of the
+Everything is computed with the float64 numpy reference (rnncore.layers.reference) on a float64 copy of the
 model's parameters, without dropout: the numbers describe the model, not the compiled kernels'
 rounding.
 
@@ -33,9 +33,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from rnncore import reference
-from rnncore._validate import check_ids, check_lengths
-from rnncore.losses import mse, softmax_cross_entropy
+from rnncore.layers import reference
+from rnncore.engine.validation import check_ids, check_lengths
+from rnncore.training.losses import mse, softmax_cross_entropy
 
 __all__ = ["diagnose", "Diagnostics", "NonFinite", "gradient_norms", "first_nonfinite", "gate_saturation",
            "plot_gradient_flow", "GATE_KINDS"]
@@ -261,7 +261,7 @@ def _diagnose(model, X, y, lengths, hx, loss, d_output, d_h_n):
 
 
 def _checked_lengths(lengths, X):
-    """None, or the lengths of the sequences of time-major X, checked (rnncore._validate)."""
+    """None, or the lengths of the sequences of time-major X, checked (rnncore.engine.validation)."""
     return None if lengths is None else check_lengths(lengths, X.shape[0], X.shape[1], dtype=np.int64)
 
 

@@ -14,7 +14,7 @@ Two sources, both with ``batches(rng)`` (one epoch, in an order drawn from rng; 
 
 Truncated BPTT cuts a batch's time axis into chunks: ``tbptt_chunks(batch, k)`` yields them, each a
 ``Chunk`` (its time range, the sequences still running, the chunk's own Batch), for any model that
-carries its state from one chunk to the next (rnncore.trainer's protocol).
+carries its state from one chunk to the next (rnncore.training.trainer's protocol).
 """
 import math
 import os
@@ -23,7 +23,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from rnncore._validate import check_lengths
+from rnncore.engine.validation import check_lengths
 
 __all__ = ["Batch", "CharVocab", "DataError", "read_text", "stdlib_corpus", "split_text",
            "unigram_entropy", "SequenceDataset", "TextStreams", "pad_sequences", "Chunk", "tbptt_chunks"]

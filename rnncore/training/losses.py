@@ -13,11 +13,11 @@ of valid positions (so the loss is nats per token, and the gradient is divided b
 
 Positions at or past ``lengths[b]`` (padding) add nothing to the loss and get a zero gradient.
 Clipping is *not* done here: the gradient returned is the exact gradient of the loss returned
-(clip in the optimizer step, see rnncore.optim).
+(clip in the optimizer step, see rnncore.training.optim).
 """
 import numpy as np
 
-from rnncore._validate import check_ids, check_lengths, check_reduction
+from rnncore.engine.validation import check_ids, check_lengths, check_reduction
 
 __all__ = ["softmax_cross_entropy", "mse", "length_mask", "log_softmax", "softmax", "softmax_backward"]
 

@@ -1,6 +1,6 @@
 """rnncore's recurrent layers: RNN, LSTM, GRU with torch.nn's arguments, names, shapes and defaults.
 
-One stack driver serves every cell (rnncore/_cells.py): depth, bidirectional (outputs concatenated),
+One stack driver serves every cell (rnncore/engine/cells.py): depth, bidirectional (outputs concatenated),
 dropout between layers (training only), variable lengths (pack_padded_sequence semantics), batch_first.
 
     out, h_n = layer(x, hx=None, lengths=None)                      # inference
@@ -15,11 +15,11 @@ import threading
 
 import numpy as np
 
-from rnncore import _cells
+from rnncore.engine import cells as _cells
 from rnncore import _kernels
-from rnncore import _threads
-from rnncore._config import get_config
-from rnncore._validate import (as_float_array, check_bool, check_float_dtype, check_int,
+from rnncore.engine import threads as _threads
+from rnncore.engine.config import get_config
+from rnncore.engine.validation import (as_float_array, check_bool, check_float_dtype, check_int,
                                check_lengths, check_shape)
 
 __all__ = ["RNN", "LSTM", "GRU", "StreamState"]
@@ -244,7 +244,7 @@ class _RecurrentStack:
                 if layer > 0 and train and self.dropout > 0:
                     kept = self._rng.random((T, B, self.output_size)) >= self.dropout
                     mask = kept.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                    masks.append(mask)  # (T, B, F) whatever the layout, as rnncore.reference takes them
+                    masks.append(mask)  # (T, B, F) whatever the layout, as rnncore.layers.reference takes them
                     layer_in = layer_in * _rows_of(mask, bf)
                 last = layer == self.num_layers - 1
                 if last:  # the caller's: always a new array

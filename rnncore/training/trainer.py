@@ -1,7 +1,7 @@
 """Training loop: epochs over batches, truncated BPTT, validation, early stopping, checkpoints.
 
-The model protocol. The Trainer imports no model class: every model (rnncore.models.SequenceModel,
-rnncore.architectures, rnncore.seq2seq, your own) trains through the same small protocol:
+The model protocol. The Trainer imports no model class: every model (rnncore.models.sequence.SequenceModel,
+rnncore.models.architectures, rnncore.models.seq2seq, your own) trains through the same small protocol:
 
     model.params, model.grads            dicts name -> array (backward passes add into grads, +=)
     model.zero_grad()
@@ -20,7 +20,7 @@ and two optional parts, each announced by a class attribute:
     carries_state = True       truncated BPTT: the model also has
                                    loss, count, backward, state = model.chunk_loss(chunk, state,
                                                                    reduction=, is_train=, loss_fn=)
-                               chunk: an rnncore.data.Chunk (tbptt_chunks); state: the final state the
+                               chunk: an rnncore.training.data.Chunk (tbptt_chunks); state: the final state the
                                previous chunk of the same batch returned (None at a batch's start),
                                of which the model keeps the rows chunk.keep; state out: an array or a
                                tuple of two arrays (h, c), carried to the next chunk (and saved in
@@ -37,7 +37,7 @@ One optimizer step per chunk:
     optimizer.step()                                                   # clip, then update in place
 
 A model without carried state takes one step per batch (its batch is one chunk; tbptt must be None).
-Truncated BPTT (``tbptt=k``, carries_state models): rnncore.data.tbptt_chunks cuts each batch's time
+Truncated BPTT (``tbptt=k``, carries_state models): rnncore.training.data.tbptt_chunks cuts each batch's time
 axis into chunks of k steps. The state at the end of a chunk is the initial state of the next chunk,
 as plain numbers: no gradient flows back across a chunk boundary. The state is reset at the start of
 every batch, since batches hold independent sequences. With k >= T (or tbptt=None) this is full BPTT.
@@ -68,11 +68,11 @@ import time
 
 import numpy as np
 
-from rnncore import checkpoint as ckpt
-from rnncore._validate import check_choice, check_reduction
-from rnncore.data import Chunk, tbptt_chunks
-from rnncore.losses import mse, softmax_cross_entropy
-from rnncore.optim import make_optimizer
+from rnncore.training import checkpoint as ckpt
+from rnncore.engine.validation import check_choice, check_reduction
+from rnncore.training.data import Chunk, tbptt_chunks
+from rnncore.training.losses import mse, softmax_cross_entropy
+from rnncore.training.optim import make_optimizer
 
 __all__ = ["Trainer", "NonFiniteError", "load_model", "LOSSES"]
 
@@ -84,12 +84,12 @@ class NonFiniteError(FloatingPointError):
 
 
 # a checkpoint without a model class comes from the time when SequenceModel was the only model
-_DEFAULT_MODEL_CLASS = "rnncore.models:SequenceModel"
+_DEFAULT_MODEL_CLASS = "rnncore.models.sequence:SequenceModel"
 
 
 class Trainer:
     """Train a model (the protocol in this module's docstring, e.g. a SequenceModel) with an optimizer
-    from rnncore.optim.
+    from rnncore.training.optim.
 
     loss: "cross_entropy" or "mse" (or a callable ``loss, dY = f(Y, target, lengths=, mask=,
         reduction=)``); reduction: "mean" (per valid target; the default) or "sum".
@@ -164,7 +164,7 @@ class Trainer:
         """Train until `epochs` epochs (counted from 0) or `max_steps` optimizer steps in total
         (counted from step 0, so a resumed trainer continues to the same end), or early stopping.
 
-        train, val: data sources with ``batches(rng)`` (rnncore.data), or lists of Batch.
+        train, val: data sources with ``batches(rng)`` (rnncore.training.data), or lists of Batch.
         Returns self.history: the training loss of every step this trainer ran, and the
         validation losses with their steps.
         """

@@ -11,7 +11,7 @@ import threading
 
 from threadpoolctl import ThreadpoolController
 
-from rnncore._config import get_config
+from rnncore.engine.config import get_config
 
 __all__ = ["set_num_threads", "get_num_threads", "threads"]
 
@@ -58,7 +58,7 @@ def get_num_threads():
 
 def threads_for(flops):
     """The thread count for a call of about `flops` operations: one below the configuration's
-    small_work_flops (rnncore/_config.py)."""
+    small_work_flops (rnncore/engine/config.py)."""
     return 1 if flops < get_config()["small_work_flops"] else get_num_threads()
 
 

@@ -1,7 +1,7 @@
 """The recurrent architectures of the lecture notes (../shared/seeds 001, 003, 004), each trainable with
-rnncore.trainer.Trainer.
+rnncore.training.trainer.Trainer.
 
-    sequence -> one      SequenceModel(head="many_to_one") (rnncore.models): logits from the last valid
+    sequence -> one      SequenceModel(head="many_to_one") (rnncore.models.sequence): logits from the last valid
                          step of each sequence; bidirectional: the forward half at t = L_b - 1, the
                          reverse half where the reverse scan ends, at t = 0 (tests/test_architectures.py)
     one -> sequence      OneToMany: one vector v (e.g. image features) conditions the initial state
@@ -11,9 +11,9 @@ rnncore.trainer.Trainer.
     no input             AutonomousRNN (seed 001): h_t = f(h_{t-1}; θ), a trajectory from h_0
     time delay           delay_windows / window_batches / forecast (seed 004): predict y_{t+d} from
                          x_{<=t} with SequenceModel(head="regression"), forecast recursively
-    encoder -> decoder   rnncore.seq2seq.Seq2Seq (attention: additive / multiplicative)
+    encoder -> decoder   rnncore.models.seq2seq.Seq2Seq (attention: additive / multiplicative)
 
-Every model here (and SequenceModel) follows the trainer's model protocol (rnncore/trainer.py):
+Every model here (and SequenceModel) follows the trainer's model protocol (rnncore/training/trainer.py):
 
     model.params, model.grads      dicts name -> array (same keys, shapes); backward passes add (+=)
     model.zero_grad()
@@ -26,11 +26,11 @@ float64); inputs are converted to it.
 """
 import numpy as np
 
-from rnncore._validate import (check_choice, check_float_dtype, check_ids, check_int, check_lengths,
+from rnncore.engine.validation import (check_choice, check_float_dtype, check_ids, check_int, check_lengths,
                                check_reduction)
-from rnncore.data import Batch
-from rnncore.losses import mse, softmax, softmax_backward, softmax_cross_entropy
-from rnncore.models import CELLS, Embedding, Linear, SequenceModel, _ParamDicts
+from rnncore.training.data import Batch
+from rnncore.training.losses import mse, softmax, softmax_backward, softmax_cross_entropy
+from rnncore.models.sequence import CELLS, Embedding, Linear, SequenceModel, _ParamDicts
 
 __all__ = ["ProtocolModel", "OneToMany", "OutputFeedbackRNN", "AutonomousRNN",
            "delay_windows", "window_batches", "forecast", "softmax", "sample_logits"]
@@ -41,7 +41,7 @@ __all__ = ["ProtocolModel", "OneToMany", "OutputFeedbackRNN", "AutonomousRNN",
 # ---------------------------------------------------------------------------------------------------
 
 class ProtocolModel(_ParamDicts):
-    """Base of the protocol models: parameter bookkeeping, state dicts, configs (rnncore.models'
+    """Base of the protocol models: parameter bookkeeping, state dicts, configs (rnncore.models.sequence'
     _ParamDicts, shared with SequenceModel).
 
     A subclass calls ``self._init_params()``, then ``self._add_parts((prefix, part), ...)`` for the parts
@@ -100,7 +100,7 @@ def _as_floats(x, name, dtype, ndim, doc):
 
 
 def _as_lengths(lengths, T, B, name="lengths"):
-    """None, or lengths in [1, T] as int64 (rnncore._validate.check_lengths)."""
+    """None, or lengths in [1, T] as int64 (rnncore.engine.validation.check_lengths)."""
     return None if lengths is None else check_lengths(lengths, T, B, name, dtype=np.int64)
 
 
@@ -610,7 +610,7 @@ def delay_windows(series, window, delay=1, stride=1):
 
 
 def window_batches(X, Y, batch_size, rng=None):
-    """Cut windows (T, M, F) into a list of rnncore.data.Batch(X, Y, None) of batch_size windows
+    """Cut windows (T, M, F) into a list of rnncore.training.data.Batch(X, Y, None) of batch_size windows
     (the order shuffled by rng when given), for the Trainer with SequenceModel(head="regression")."""
     batch_size = check_int(batch_size, "batch_size", 1)
     M = X.shape[1]

@@ -3,7 +3,7 @@
 The compiled core (rnncore/_kernels.pyx) holds every cell's step and the one scan that runs them.
 An adapter here says which workspace arrays its cell keeps for backward, and runs the weight
 gradients of all timesteps after the backward scan as one GEMM each. The layer/stack driver
-(rnncore/layers.py) is the same for every cell.
+(rnncore/layers/recurrent.py) is the same for every cell.
 
 Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidden, P = H or proj):
     p, g    this direction's parameters / gradients by short name: w_ih, w_hh, b_ih, b_hh,
@@ -20,12 +20,12 @@ Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidd
             inference: those arrays hold only the current and the next step (rnncore/_scan.pxi,
             "Workspace rows"), unless G holds every step's projection (the GEMM before the loop)
 The path (own step GEMM or BLAS, projection inside or before the loop) comes from rnncore's
-configuration (rnncore/_config.py). All large products go through rnncore._kernels.matmul.
+configuration (rnncore/engine/config.py). All large products go through rnncore._kernels.matmul.
 """
 import numpy as np
 
 from rnncore import _kernels as K
-from rnncore._config import get_config
+from rnncore.engine.config import get_config
 
 
 class _Cell:
@@ -172,7 +172,7 @@ def _rows(T, B, bf, keep=True):
 
 
 def _step_projection(p, x, B, cfg):
-    """Whether the input projection runs inside the time loop (see rnncore/_config.py)."""
+    """Whether the input projection runs inside the time loop (see rnncore/engine/config.py)."""
     w_ih, w_hh = p["w_ih"], p["w_hh"]
     return (cfg["step_projection"] and x.shape[1] > 0 and B >= cfg["step_projection_min_rows"]
             and (w_ih.size + w_hh.size) * w_ih.itemsize <= cfg["step_projection_max_bytes"])

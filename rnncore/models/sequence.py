@@ -16,10 +16,10 @@ params in place from grads.
 """
 import numpy as np
 
-from rnncore._validate import check_choice, check_ids
-from rnncore.data import tbptt_chunks
-from rnncore.layers import GRU, LSTM, RNN
-from rnncore.losses import mse, softmax, softmax_cross_entropy
+from rnncore.engine.validation import check_choice, check_ids
+from rnncore.training.data import tbptt_chunks
+from rnncore.layers.recurrent import GRU, LSTM, RNN
+from rnncore.training.losses import mse, softmax, softmax_cross_entropy
 
 __all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "generate", "select_state"]
 
@@ -120,7 +120,7 @@ class Linear:
 
 class _ParamDicts:
     """Parameter bookkeeping shared by SequenceModel and the protocol models
-    (rnncore.architectures.ProtocolModel): ``params``/``grads`` dicts by dotted name, zero_grad,
+    (rnncore.models.architectures.ProtocolModel): ``params``/``grads`` dicts by dotted name, zero_grad,
     strict state dicts, configs.
 
     ``self._init_params()`` starts the dicts; ``self._add(prefix, part)`` adds the live arrays of a
@@ -196,7 +196,7 @@ class SequenceModel(_ParamDicts):
     seed: one seed for every initialisation (embedding, recurrent stack, head).
     All arrays are time-major, as the layers' default.
 
-    It follows rnncore.trainer's model protocol, with both optional parts: it carries its state
+    It follows rnncore.training.trainer's model protocol, with both optional parts: it carries its state
     across truncated-BPTT chunks (chunk_loss) and is scored by the Trainer's loss (loss_fn).
     """
 
@@ -326,7 +326,7 @@ class SequenceModel(_ParamDicts):
         return self.chunk_loss(chunk, None, reduction, is_train, loss_fn)[:3]
 
     def chunk_loss(self, chunk, state=None, reduction="mean", is_train=True, loss_fn=None):
-        """Loss of one truncated-BPTT chunk (rnncore.data.Chunk), starting from `state`, the final
+        """Loss of one truncated-BPTT chunk (rnncore.training.data.Chunk), starting from `state`, the final
         state of the previous chunk of the same batch (None: zeros): (loss, count, backward, state).
 
         state out: this chunk's final state (``backprop.h_n``), to hand to the next chunk; no

@@ -26,7 +26,7 @@ Both are what a user of an MLP-like model expects to not have to do by hand: tan
 saturate on unscaled data, and a loss on targets of size 1e4 needs another learning rate than one on
 targets of size 1.
 
-Training: rnncore.trainer.Trainer with full BPTT (or truncated, ``tbptt``), ``max_iter`` epochs over
+Training: rnncore.training.trainer.Trainer with full BPTT (or truncated, ``tbptt``), ``max_iter`` epochs over
 shuffled mini-batches of ``batch_size`` sequences, optimizer "adam" | "rmsprop" | "sgd" with
 learning rate ``lr``, global gradient-norm clipping at ``clip`` (None: no clipping) and
 ``weight_decay``. Everything random (initialisation, data order, dropout) derives from random_state.
@@ -41,12 +41,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
-from rnncore._validate import check_choice
-from rnncore.data import Batch
-from rnncore.losses import length_mask, softmax
-from rnncore.models import CELLS, SequenceModel
-from rnncore.optim import OPTIMIZERS
-from rnncore.trainer import Trainer
+from rnncore.engine.validation import check_choice
+from rnncore.training.data import Batch
+from rnncore.training.losses import length_mask, softmax
+from rnncore.models.sequence import CELLS, SequenceModel
+from rnncore.training.optim import OPTIMIZERS
+from rnncore.training.trainer import Trainer
 
 __all__ = ["RNNClassifier", "RNNRegressor"]
 
@@ -324,7 +324,7 @@ class RNNClassifier(ClassifierMixin, _BaseRNN):
     Attributes
     ----------
     classes_, n_features_in_, n_step_features_, input_kind_ ("table" or "sequences"),
-    model_ (rnncore.models.SequenceModel), loss_curve_ (mean training loss per epoch),
+    model_ (rnncore.models.sequence.SequenceModel), loss_curve_ (mean training loss per epoch),
     n_iter_ (epochs run), input_mean_, input_scale_.
     """
 
