@@ -4,7 +4,8 @@ OpenMP is used when the compiler has it (checked by compiling a tiny program, as
 does); without it the build still succeeds, with a warning, and the kernels run on one thread.
 
 Build options (environment variables):
-  RNNCORE_PORTABLE=1   do not add -march=native (for binaries that move to other CPUs)
+  RNNCORE_PORTABLE=1   -march=x86-64-v3 (AVX2 and FMA) instead of -march=native, for binaries that
+                       move to other CPUs; the same answers, bit for bit, as a native build
   RNNCORE_BOUNDSCHECK=1  compile the Cython kernels with bounds checks and wraparound on (debugging)
   RNNCORE_NO_OPENMP=1  build without OpenMP even if the compiler has it (as a compiler without it would)
 """
@@ -58,6 +59,10 @@ class BuildExt(build_ext):
                 compile_flags += ["-march=native"]
                 if _compiles(cc, ["-march=native", "-mprefer-vector-width=512"]):
                     compile_flags += ["-mprefer-vector-width=512"]
+            elif _compiles(cc, ["-march=x86-64-v3"]):
+                # portable: any x86-64 CPU with AVX2 and FMA (2013 on). Fused multiply-adds on every
+                # path the build can take keep every path's answers the same, bit for bit
+                compile_flags += ["-march=x86-64-v3"]
             omp = (os.environ.get("RNNCORE_NO_OPENMP", "0") in ("", "0")
                    and _compiles(cc, ["-fopenmp"], ["-fopenmp"], OPENMP_PROBE))
             if omp:

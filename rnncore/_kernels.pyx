@@ -45,12 +45,21 @@ from rnncore._blas cimport (floating, gemm, mm_packed, mm_packed_bias, mm_packed
 
 cnp.import_array()
 
+cdef extern from "_rc_gemm.h" nogil:
+    const int RC_VEC_BYTES
+
 cdef extern from "_rc_math.h" nogil:
     void rc_sigmoidf_span(float* x, Py_ssize_t n)
     void rc_tanhf_span(float* x, Py_ssize_t n)
     void rc_sigmoid_span(double* x, Py_ssize_t n)
     void rc_tanh_span(double* x, Py_ssize_t n)
     int rc_openmp_enabled()
+
+def vector_bytes():
+    """Bytes of the vectors the kernels were compiled for: 64 (AVX-512) or 32 (AVX2, or narrower
+    hardware, whose compiler splits them). Every width gives the same bits (tests/test_build.py)."""
+    return RC_VEC_BYTES
+
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
@@ -349,6 +358,28 @@ def colsum_add(floating[::1] out, const floating[:, :] A, int num_threads=1):
             out[j] += <floating> tot[j]
 
 
+def packed_rows_add(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] Wp,
+                    int num_threads=1):
+    """C += A @ W with rnncore's own GEMM, Wp = pack_n(W) (W is (K, N), A (M, K), C (M, N)), rows in
+    blocks of PROJ_ROWS over the team. Every row of C is summed in one order whatever the number of
+    rows, so a sequence's input gradient does not depend on the batch around it (BLAS's would)."""
+    cdef Py_ssize_t M = C.shape[0], N = C.shape[1], K = A.shape[1], nr = panel_width(&Wp[0, 0])
+    cdef Py_ssize_t nblk = (M + PROJ_ROWS - 1) // PROJ_ROWS, blk, r0, r1
+    if A.shape[0] != M or Wp.shape[0] != _npanels(N, nr) * K or Wp.shape[1] != nr:
+        raise ValueError(f"packed_rows_add: want A ({M}, K) and Wp = pack_n of a (K, {N}) matrix, got "
+                         f"A {tuple(A.shape)}, Wp {tuple(Wp.shape)}")
+    if M == 0 or N == 0 or K == 0:
+        return
+    if num_threads < 1 or nblk < 2:
+        num_threads = 1
+    with nogil:
+        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
+            r0 = blk * PROJ_ROWS
+            r1 = M if r0 + PROJ_ROWS > M else r0 + PROJ_ROWS
+            mm_packed(r1 - r0, N, K, &A[r0, 0], K, False, NULL, 0, &Wp[0, 0], K, 0, True,
+                      &C[r0, 0], N)
+
+
 def matmul(floating[:, :] C, const floating[:, :] A, const floating[:, :] B,
            bint trans_a=False, bint trans_b=False, double alpha=1.0, double beta=0.0,
            int num_threads=1, const floating[::1] bias=None):
@@ -504,6 +535,8 @@ cdef class Cell:
         if own_gemm:
             if backward:
                 arrays["w_hh_n"] = pack_n(w_hh, num_threads)
+                if I > 0:    # the input gradient dx += dG W_ih
+                    arrays["w_ih_n"] = pack_n(w_ih, num_threads)
                 if "w_hr" in arrays:
                     arrays["w_hr_n"] = pack_n(arrays["w_hr"], num_threads)
             else:

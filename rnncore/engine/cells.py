@@ -57,7 +57,7 @@ class _Cell:
         self._backward_workspace(tmp, ws, G, dh.shape[0], p)
         K.backward(cell, dout=dout, col0=col0, dh=dh, dc=dc, saved=saved, lengths=cache["lengths"],
                    reverse=cache["reverse"], batch_first=cache["bf"], ws=tmp, num_threads=nt)
-        self._weight_grads(p, g, saved, tmp, cache["x"], dx, nt)
+        self._weight_grads(p, g, saved, tmp, cache["x"], dx, nt, cell.arrays.get("w_ih_n"))
         return dh, dc
 
     def _workspace(self, saved, ws, rows, B, H, P, dt, proj):
@@ -74,13 +74,13 @@ class RNNCell(_Cell):
         self.relu = relu
         self.kind = "rnn_relu" if relu else "rnn_tanh"
 
-    def _weight_grads(self, p, g, saved, tmp, x, dx, nt):
+    def _weight_grads(self, p, g, saved, tmp, x, dx, nt, w_ih_n):
         H = p["w_hh"].shape[0]
         dG = tmp["dG"].reshape(-1, H)
         # dW_hh += dG^T @ hprev
         K.matmul(g["w_hh"], dG, saved["hprev"].reshape(-1, H), trans_a=True, beta=1.0,
                  num_threads=nt)
-        _input_side_grads(p, g, dG, x, dx, nt, hh_cols=H)
+        _input_side_grads(p, g, dG, x, dx, nt, w_ih_n, hh_cols=H)
 
 
 class LSTMCell(_Cell):
@@ -102,7 +102,7 @@ class LSTMCell(_Cell):
         if "w_hr" in p:
             tmp["dH"] = ws("dH", G.shape[:2] + (p["w_hr"].shape[0],), G.dtype)
 
-    def _weight_grads(self, p, g, saved, tmp, x, dx, nt):
+    def _weight_grads(self, p, g, saved, tmp, x, dx, nt, w_ih_n):
         H4, P = p["w_hh"].shape
         H = H4 // 4
         dG = tmp["dG"].reshape(-1, H4)
@@ -117,7 +117,7 @@ class LSTMCell(_Cell):
         # dW_hh += dG^T @ hprev
         K.matmul(g["w_hh"], dG, saved["hprev"].reshape(-1, P), trans_a=True, beta=1.0,
                  num_threads=nt)
-        _input_side_grads(p, g, dG, x, dx, nt, hh_cols=H4)
+        _input_side_grads(p, g, dG, x, dx, nt, w_ih_n, hh_cols=H4)
 
 
 class GRUCell(_Cell):
@@ -144,7 +144,7 @@ class GRUCell(_Cell):
         else:
             tmp["buf"] = ws("drh", (B, H), G.dtype)
 
-    def _weight_grads(self, p, g, saved, tmp, x, dx, nt):
+    def _weight_grads(self, p, g, saved, tmp, x, dx, nt, w_ih_n):
         H3, H = p["w_hh"].shape
         dGx, hprev = tmp["dG"].reshape(-1, H3), saved["hprev"].reshape(-1, H)
         # dW_h{r,z} += dG_{r,z}^T @ hprev
@@ -155,12 +155,12 @@ class GRUCell(_Cell):
             K.matmul(g["w_hh"][2 * H:], dGhn, hprev, trans_a=True, beta=1.0, num_threads=nt)
             if "b_hh" in g:
                 K.colsum_add(g["b_hh"][2 * H:], dGhn, nt)
-            _input_side_grads(p, g, dGx, x, dx, nt, hh_cols=2 * H)   # db_h{r,z} too
+            _input_side_grads(p, g, dGx, x, dx, nt, w_ih_n, hh_cols=2 * H)   # db_h{r,z} too
         else:
             # dW_hn += dG_n^T @ (r ⊙ hprev)
             K.matmul(g["w_hh"][2 * H:], dGx[:, 2 * H:], saved["HN"].reshape(-1, H), trans_a=True,
                      beta=1.0, num_threads=nt)
-            _input_side_grads(p, g, dGx, x, dx, nt, hh_cols=H3)       # db_hh = db_ih
+            _input_side_grads(p, g, dGx, x, dx, nt, w_ih_n, hh_cols=H3)       # db_hh = db_ih
 
 
 def _rows(T, B, bf, keep=True):
@@ -178,13 +178,17 @@ def _step_projection(p, x, B, cfg):
             and (w_ih.size + w_hh.size) * w_ih.itemsize <= cfg["step_projection_max_bytes"])
 
 
-def _input_side_grads(p, g, dG, x, dx, nt, hh_cols):
+def _input_side_grads(p, g, dG, x, dx, nt, w_ih_n, hh_cols):
     """dW_ih += dG^T @ x ; db_ih += sum(dG), and db_hh[:hh_cols] too (the columns where b_hh sees
-    the same gradient as b_ih); dx += dG @ W_ih."""
+    the same gradient as b_ih); dx += dG @ W_ih, on rnncore's own GEMM (w_ih_n = W_ih packed) so
+    that a sequence's input gradient does not depend on its batch, or on BLAS (w_ih_n None)."""
     K.matmul(g["w_ih"], dG, x, trans_a=True, beta=1.0, num_threads=nt)
     if "b_ih" in g:
         s = np.zeros(dG.shape[1], dG.dtype)
         K.colsum_add(s, dG, nt)        # dG.sum(axis=0), on the team
         g["b_ih"] += s
         g["b_hh"][:hh_cols] += s[:hh_cols]
-    K.matmul(dx, dG, p["w_ih"], beta=1.0, num_threads=nt)
+    if w_ih_n is not None:
+        K.packed_rows_add(dx, dG, w_ih_n, nt)
+    else:
+        K.matmul(dx, dG, p["w_ih"], beta=1.0, num_threads=nt)
