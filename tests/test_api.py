@@ -304,3 +304,24 @@ def test_small_problems_run_on_one_thread():
 
 def test_openmp_reported():
     assert isinstance(rnncore.openmp_enabled(), bool)
+
+
+@pytest.mark.parametrize("old, new", [("optim", "training.optim"), ("losses", "training.losses"),
+                                      ("data", "training.data"), ("trainer", "training.trainer"),
+                                      ("checkpoint", "training.checkpoint"), ("reference", "layers.reference"),
+                                      ("architectures", "models.architectures"), ("seq2seq", "models.seq2seq"),
+                                      ("estimators", "models.estimators"), ("diagnostics", "models.diagnostics")])
+def test_the_first_layouts_module_names_still_import(old, new):
+    """rnncore's modules moved into subpackages; code (and checkpoints, pickles) naming the old modules
+    keeps working: the old name is the very module of the new one."""
+    import importlib
+    mod = importlib.import_module(f"rnncore.{old}")
+    assert mod is importlib.import_module(f"rnncore.{new}")
+    assert getattr(rnncore, old) is mod
+    exec(f"from rnncore.{old} import *", {})
+
+
+def test_layers_and_models_packages_export_their_classes():
+    from rnncore.layers import GRU, LSTM, RNN, StreamState   # noqa: F401
+    from rnncore.models import SequenceModel, generate       # noqa: F401
+    assert rnncore.LSTM is LSTM and rnncore.SequenceModel is SequenceModel

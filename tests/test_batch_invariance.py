@@ -69,13 +69,14 @@ def place(full, part, idx, bf):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("stack", [(1, False), (2, True)], ids=["1-layer", "2-layer-bi"])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_a_sequence_gets_the_same_bits_in_any_batch(variant, dtype, batch_first, threads):
+def test_a_sequence_gets_the_same_bits_in_any_batch(variant, dtype, batch_first, stack, threads):
     rng = np.random.default_rng(7)
-    layer = VARIANTS[variant](num_layers=2, bidirectional=True, batch_first=batch_first, dtype=dtype,
-                              seed=2)
+    layer = VARIANTS[variant](num_layers=stack[0], bidirectional=stack[1], batch_first=batch_first,
+                              dtype=dtype, seed=2)
     part = batch(layer, 3, rng, dtype)          # the 3 sequences whose results are compared
     with rnncore.threads(threads), rnncore.config_context(small_work_flops=0):
         want = run(layer, *part)
