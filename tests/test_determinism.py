@@ -7,7 +7,7 @@ thread, and rnncore's own step GEMM sums every element over k in one fixed order
 thread has; the large GEMMs (rnncore._kernels.matmul) are cut into a fixed grid of row or column
 blocks of C (one per usable CPU, whatever the thread count), each block one BLAS call, so one
 thread makes the very same BLAS calls as a team; test_matmul_bit_identical_whatever_the_thread_count
-checks that part alone. The BLAS step path (RNNCORE_STEP_GEMM=blas, the reference) splits each step
+checks that part alone. The BLAS step path (config_context(step_gemm="blas"), the reference) splits each step
 by the thread's rows, and BLAS rounds by block size: it is checked run to run and to rounding across
 thread counts. A difference of one ulp fails, and the message names the step and the first quantity
 that differs.

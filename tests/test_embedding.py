@@ -18,38 +18,30 @@ EXTENSION = textwrap.dedent('''
     from libc.string cimport memcpy
     from rnncore._kernels cimport Cell, rc_step_f, rc_step_d, rc_step_workspace
 
-    def run_f(Cell cell, const float[:, :, ::1] x, float[:, ::1] h, c):
+    ctypedef fused real:
+        float
+        double
+
+    def run(Cell cell, const real[:, :, ::1] x, real[:, ::1] h, c):
         """Steps the cell over x (T, B, I) from h (B, P) and c (B, H, LSTM) or None, updating them
         in place; returns every step's output (T, B, P)."""
         cdef Py_ssize_t T = x.shape[0], B = x.shape[1], P = h.shape[1], t
-        out = np.empty((T, B, P), np.float32)
-        cdef float[:, :, ::1] o = out
-        cdef float[::1] work = np.empty(rc_step_workspace(&cell.c, B), np.float32)
-        cdef float[:, ::1] cv
-        cdef float* pc = NULL
+        dt = np.float32 if real is float else np.float64
+        out = np.empty((T, B, P), dt)
+        cdef real[:, :, ::1] o = out
+        cdef real[::1] work = np.empty(rc_step_workspace(&cell.c, B), dt)
+        cdef real[:, ::1] cv
+        cdef real* pc = NULL
         if c is not None:
             cv = c
             pc = &cv[0, 0]
         with nogil:
             for t in range(T):
-                rc_step_f(&cell.c, B, &x[t, 0, 0], &h[0, 0], pc, &h[0, 0], pc, &work[0])
-                memcpy(&o[t, 0, 0], &h[0, 0], B * P * sizeof(float))
-        return out
-
-    def run_d(Cell cell, const double[:, :, ::1] x, double[:, ::1] h, c):
-        cdef Py_ssize_t T = x.shape[0], B = x.shape[1], P = h.shape[1], t
-        out = np.empty((T, B, P), np.float64)
-        cdef double[:, :, ::1] o = out
-        cdef double[::1] work = np.empty(rc_step_workspace(&cell.c, B), np.float64)
-        cdef double[:, ::1] cv
-        cdef double* pc = NULL
-        if c is not None:
-            cv = c
-            pc = &cv[0, 0]
-        with nogil:
-            for t in range(T):
-                rc_step_d(&cell.c, B, &x[t, 0, 0], &h[0, 0], pc, &h[0, 0], pc, &work[0])
-                memcpy(&o[t, 0, 0], &h[0, 0], B * P * sizeof(double))
+                if real is float:
+                    rc_step_f(&cell.c, B, &x[t, 0, 0], &h[0, 0], pc, &h[0, 0], pc, &work[0])
+                else:
+                    rc_step_d(&cell.c, B, &x[t, 0, 0], &h[0, 0], pc, &h[0, 0], pc, &work[0])
+                memcpy(&o[t, 0, 0], &h[0, 0], B * P * sizeof(real))
         return out
 ''')
 
@@ -99,8 +91,7 @@ def test_outside_nogil_loop_matches_the_layer(embed, case, B, dtype):
     c = rng.standard_normal((B, layer.hidden_size)).astype(dtype) if lstm else None
     hx = (h[None].copy(), c[None].copy()) if lstm else h[None].copy()
     want, want_state = layer(x, hx)
-    run = embed.run_f if dtype == np.float32 else embed.run_d
-    got = run(layer.cell(), x, h, c)
+    got = embed.run(layer.cell(), x, h, c)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(h, want_state[0][0] if lstm else want_state[0])
     if lstm:
@@ -109,4 +100,4 @@ def test_outside_nogil_loop_matches_the_layer(embed, case, B, dtype):
 
 def test_outside_call_checks_the_cell_type(embed):
     with pytest.raises(TypeError):
-        embed.run_f(object(), np.zeros((1, 1, 6), np.float32), np.zeros((1, 33), np.float32), None)
+        embed.run(object(), np.zeros((1, 1, 6), np.float32), np.zeros((1, 33), np.float32), None)

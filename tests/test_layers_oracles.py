@@ -336,7 +336,7 @@ def test_layer_same_result_on_one_and_two_threads(cell, dtype, rng, monkeypatch)
 
 
 # Both step-GEMM paths (rnncore's own kernel, with the input projection inside the time loop and
-# before it, and the BLAS reference path, RNNCORE_STEP_GEMM=blas),
+# before it, and the BLAS reference path, config_context(step_gemm="blas")),
 # both row layouts (time-major, and batch_first, which the kernels read and write in place without
 # transposing) and 1 or 3 threads (so that a thread's block of rows starts inside the batch), on a
 # problem big enough for rnncore to use those threads, against the float64 reference.

@@ -27,8 +27,9 @@ def path(step_gemm, step_projection, num_threads):
                 rnncore.threads(num_threads):
             yield
         return
-    from rnncore.engine import cells as _cells
-    from rnncore.engine import threads as _threads
+    # a tree from before the configuration (rnncore <= a9e858a): its module globals
+    import importlib
+    _cells, _threads = (importlib.import_module(f"rnncore.{m}") for m in ("_cells", "_threads"))
     old = (_threads._state["step_gemm"], _cells.STEP_PROJECTION, _cells.STEP_PROJECTION_ROWS,
            _threads.SMALL_WORK_FLOPS)
     _threads._state["step_gemm"] = step_gemm
