@@ -608,6 +608,55 @@ cdef class Cell:
                           <double*> pco, <double*> pw)
 
 
+def step_stack(list cells, x, h, c, h_out, c_out, list work):
+    """One step of a stack of cells (streaming, layer.step): layer l reads layer l-1's new state (layer
+    0 reads x (B, I)); h, h_out (L, B, P) and, for an LSTM, c, c_out (L, B, H) (else None); work[l]:
+    cells[l].workspace_size(B) values. Checked once, then every layer runs in one nogil call."""
+    cdef Py_ssize_t L = len(cells), B, l, P, H
+    cdef Cell cell
+    if L < 1 or len(work) != L:
+        raise ValueError(f"step_stack: want one work buffer per cell, got {L} cells, {len(work)} buffers")
+    cell = cells[0]
+    P, H = cell.c.P, cell.c.H
+    B = h.shape[1] if isinstance(h, np.ndarray) and h.ndim == 3 else -1
+    cdef bint lstm = cell.c.kind == RC_LSTM
+    cdef char* px = <char*> _data(x, "x_t", cell.dtype, (B, cell.c.n_in))
+    cdef char* ph = <char*> _data(h, "h", cell.dtype, (L, B, P))
+    cdef char* pho = <char*> _data(h_out, "h_out", cell.dtype, (L, B, P))
+    cdef char* pc = NULL
+    cdef char* pco = NULL
+    if lstm:
+        pc = <char*> _data(c, "c", cell.dtype, (L, B, H))
+        pco = <char*> _data(c_out, "c_out", cell.dtype, (L, B, H))
+    cdef Py_ssize_t itemsize = cell.dtype.itemsize
+    cdef bint f32 = cell.dtype == np.float32
+    ptrs = np.empty(2 * L, np.intp)                 # each layer's rc_cell and work buffer
+    cdef Py_ssize_t[::1] pv = ptrs
+    for l in range(L):
+        cell = cells[l]
+        if cell.dtype != cells[0].dtype or cell.c.P != P or cell.c.H != H or cell.c.kind != (<Cell> cells[0]).c.kind \
+                or l > 0 and cell.c.n_in != P:
+            raise ValueError(f"step_stack: cell {l} does not stack on the ones before it")
+        pv[2 * l] = <Py_ssize_t> &cell.c
+        pv[2 * l + 1] = <Py_ssize_t> _data(work[l], "work", cell.dtype, (rc_step_workspace(&cell.c, B),))
+    cdef char* xin
+    cdef char* cin
+    cdef char* cout
+    cdef Py_ssize_t hs = B * P * itemsize, cs = B * H * itemsize
+    with nogil:
+        for l in range(L):
+            xin = px if l == 0 else pho + (l - 1) * hs
+            cin = pc + l * cs if lstm else NULL
+            cout = pco + l * cs if lstm else NULL
+            if f32:
+                rc_step_f(<const rc_cell*> pv[2 * l], B, <const float*> xin, <const float*> (ph + l * hs),
+                          <const float*> cin, <float*> (pho + l * hs), <float*> cout, <float*> pv[2 * l + 1])
+            else:
+                rc_step_d(<const rc_cell*> pv[2 * l], B, <const double*> xin, <const double*> (ph + l * hs),
+                          <const double*> cin, <double*> (pho + l * hs), <double*> cout,
+                          <double*> pv[2 * l + 1])
+
+
 cdef int _sequence(rc_seq* q, Cell cell, object lengths, Py_ssize_t rows, bint reverse,
                    bint batch_first, bint keep) except -1:
     q.B = lengths.shape[0] if isinstance(lengths, np.ndarray) else -1

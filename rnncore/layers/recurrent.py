@@ -326,12 +326,9 @@ class _RecurrentStack:
             x = np.ascontiguousarray(x)
         h_new = np.empty_like(h)
         c_new = None if c is None else np.empty_like(c)
-        for layer, cell in enumerate(state._cells):
-            cell.step(x, h[layer], None if c is None else c[layer], h_new[layer],
-                      None if c is None else c_new[layer], state._work[layer])
-            x = h_new[layer]
+        _kernels.step_stack(state._cells, x, h, c, h_new, c_new, state._work)
         y = h_new[-1].copy()
-        if x_t is not None and np.ndim(x_t) == 1:
+        if x is not x_t and np.ndim(x_t) == 1:
             y = y[0]
         return y, StreamState(h_new, c_new, state._cells, state._work)
 
