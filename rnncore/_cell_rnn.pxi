@@ -4,7 +4,7 @@
 #   (1) a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh      (the scan's product, into G[t])
 #   (2) h_t = f(a_t),  f = tanh | relu                        (this step; h_t kept in G[t])
 # Backward:
-#   (2) dL/da_t = (dL/dh_t) f'(a_t), from h_t: tanh 1 - h^2, relu [h > 0]
+#   (2) dL/da_t = (dL/dh_t) f'(a_t), from h_t: tanh 1 - h^2, relu [not h <= 0] (NaN passes)
 #   (1) dL/dh_{t-1} = dL/da_t W_hh                            (the scan's product)
 # --------------------------------------------------------------------------------------------------
 
@@ -19,7 +19,7 @@ cdef extern from *:
         if (relu) {                                                                                \
             for (ptrdiff_t j = 0; j < n; j++) {                                                    \
                 T d = dh[j] + dout[j];                                                             \
-                da[j] = h[j] > 0 ? d : 0;                                                          \
+                da[j] = h[j] <= 0 ? 0 : d;  /* NaN h passes d on, as torch's relu backward */     \
                 dh[j] = 0;                                                                         \
             }                                                                                      \
         } else {                                                                                   \
@@ -47,7 +47,8 @@ cdef inline void _rnn_step_forward(const rc_cell* c, const _Step* st, floating* 
         # (2) h_t = f(a_t), kept in G[t] for backward
         if c.kind == RC_RNN_RELU:
             for j in range(H):
-                gb[j] = gb[j] if gb[j] > 0 else 0
+                # "<= 0", not "> 0": a NaN stays NaN (as torch.relu), every other value as before
+                gb[j] = 0 if gb[j] <= 0 else gb[j]
         else:
             _tanh_span(gb, H)
         memcpy(<floating*> st.o + b * st.so, gb, H * sizeof(floating))

@@ -137,6 +137,31 @@ def empty_aligned(shape, dtype):
     return buf[off:off + nbytes].view(dtype).reshape(shape)
 
 
+def _usable_cpus():
+    import os
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# Every team is clamped to this many threads (what rnncore.engine.threads.MAX_THREADS says: 4 x the
+# usable CPUs, at least 64): far above it OpenMP cannot start the team (libgomp aborts, or the
+# process segfaults), whatever number a caller passes.
+cdef int _max_threads = max(64, 4 * _usable_cpus())
+
+
+def max_threads():
+    """The most threads any kernel runs (a larger num_threads runs this many)."""
+    return _max_threads
+
+
+cdef inline int _clamp_threads(int n) noexcept nogil:
+    if n < 1:
+        return 1
+    return _max_threads if n > _max_threads else n
+
+
 cdef inline void _pack_panels(const floating* W, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t K, bint trans,
                               floating* o, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
     if floating is float:
@@ -159,7 +184,8 @@ def _pack(const floating[:, ::1] W, bint trans, int num_threads=1):
     cdef Py_ssize_t npan = _npanels(N, nr), p
     out = empty_aligned((npan * K, nr), np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] o = out
-    if num_threads < 1 or N * K < 65536:   # below ~64K values a fork/join costs more than it saves
+    num_threads = _clamp_threads(num_threads)
+    if N * K < 65536:   # below ~64K values a fork/join costs more than it saves
         num_threads = 1
     with nogil:
         if num_threads == 1:
@@ -239,14 +265,6 @@ cdef enum:
     GRID_MIN = 32
 
 
-def _usable_cpus():
-    import os
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 cdef Py_ssize_t _grid_blocks = _usable_cpus()
 
 
@@ -289,8 +307,7 @@ cdef void _par_gemm(bint ta, bint tb, int m, int n, int k, floating alpha,
             _fill_rows(c, m, n, ldc, bias)
         gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
-    if num_threads < 1:
-        num_threads = 1
+    num_threads = _clamp_threads(num_threads)
     if m >= n:
         parts = _grid_parts(m)
         for p in prange(parts, num_threads=num_threads, schedule="static"):
@@ -345,7 +362,8 @@ def colsum_add(floating[::1] out, const floating[:, :] A, int num_threads=1):
     partial = np.empty((nblk, n), np.float64)
     cdef double[:, ::1] P = partial
     cdef double* tot
-    if num_threads < 1 or m * n < 65536:
+    num_threads = _clamp_threads(num_threads)
+    if m * n < 65536:
         num_threads = 1
     with nogil:
         for blk in prange(nblk, num_threads=num_threads, schedule="static"):
@@ -729,6 +747,7 @@ def forward(Cell cell, *, x, out, Py_ssize_t col0, h0, c0=None, h_n, c_n=None, l
     a.G = _rows(ws["G"], "G", cell, &q, keep or not cell.c.in_loop, GH)
     a.hprev = _rows(ws["hprev"], "hprev", cell, &q, keep, P)
     cdef bint f32 = cell.dtype == np.float32
+    num_threads = _clamp_threads(num_threads)
     with nogil:
         if f32:
             rc_forward_f(&cell.c, &q, &a, num_threads)
@@ -770,6 +789,7 @@ def backward(Cell cell, *, dout, Py_ssize_t col0, dh, dc=None, saved, lengths,
         a.HN = _rows(saved["HN"], "HN", cell, &q, True, H)
         a.buf = _data(ws["buf"], "buf", cell.dtype, (q.B, H))
     cdef bint f32 = cell.dtype == np.float32
+    num_threads = _clamp_threads(num_threads)
     with nogil:
         if f32:
             rc_backward_f(&cell.c, &q, &a, num_threads)

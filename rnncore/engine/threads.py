@@ -16,14 +16,26 @@ from rnncore.engine.config import get_config
 __all__ = ["set_num_threads", "get_num_threads", "threads"]
 
 
-def _default_num_threads():
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+def _usable_cpus():
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+# The most threads a kernel runs: asking for more runs this many. Threads beyond the CPUs only
+# time-share them (no speed-up), but a few times more stay useful for testing that results do not
+# depend on the thread count, hence 4 x the CPUs and at least 64. Far above it OpenMP fails to start
+# its team (libgomp aborts near 50,000 threads and 100,000 segfaulted). The compiled kernels clamp
+# to the same number (rnncore._kernels.max_threads()).
+MAX_THREADS = max(64, 4 * _usable_cpus())
+
+
+def _default_num_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), MAX_THREADS)
+    return _usable_cpus()
 
 
 _state = {"num_threads": _default_num_threads()}
@@ -35,7 +47,7 @@ def _check_num_threads(n):
     n = int(n)
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
-    return n
+    return min(n, MAX_THREADS)
 
 
 # `with threads(n):` overrides the process-wide number for the calling Python thread only, so
@@ -46,7 +58,11 @@ _local = threading.local()
 def set_num_threads(n):
     """Set the process-wide number of threads rnncore's kernels use (OpenMP team; BLAS stays on one
     thread inside them). The default honours OMP_NUM_THREADS, else the CPUs this process may run on.
-    A ``with rnncore.threads(n):`` block of the calling thread takes precedence while it runs."""
+    A ``with rnncore.threads(n):`` block of the calling thread takes precedence while it runs.
+
+    Any n >= 1 is accepted. More threads than CPUs time-share them (no faster; results stay the
+    same bits); n above MAX_THREADS (4 x the CPUs this process may use, at least 64) runs
+    MAX_THREADS, and get_num_threads() says so."""
     _state["num_threads"] = _check_num_threads(n)
 
 
@@ -65,7 +81,8 @@ def threads_for(flops):
 @contextlib.contextmanager
 def threads(n):
     """``with rnncore.threads(n):`` runs rnncore's kernels on n threads inside the block, for calls
-    made from this Python thread (other threads keep their own setting). Blocks nest."""
+    made from this Python thread (other threads keep their own setting). Blocks nest. n is clamped
+    to MAX_THREADS as in set_num_threads."""
     n = _check_num_threads(n)
     old = getattr(_local, "num_threads", None)
     _local.num_threads = n

@@ -11,7 +11,9 @@ The forward pass returns a `backprop` closure over what it kept (as thinc does):
 hidden "last input", so two forward_train calls in flight never interfere.
 """
 import contextlib
+import contextvars
 import threading
+import weakref
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from rnncore.engine.config import get_config
 from rnncore.engine.validation import (as_float_array, check_bool, check_float_dtype, check_int,
                                check_lengths, check_shape)
 
-__all__ = ["RNN", "LSTM", "GRU", "StreamState"]
+__all__ = ["RNN", "LSTM", "GRU", "StreamState", "mark_modified"]
 
 _INITS = ("default", "orthogonal", "identity")
 
@@ -64,6 +66,7 @@ class _RecurrentStack:
         self._P = self.proj_size or self.hidden_size
         self.output_size = self.num_directions * self._P
         self._rng = np.random.default_rng(seed)
+        _check_budget(self._num_params(), type(self).__name__)
         self.params = {}
         self._layout = []  # per (layer, direction): {short name: full name}
         for layer in range(self.num_layers):
@@ -71,9 +74,25 @@ class _RecurrentStack:
             for direction in range(self.num_directions):
                 self._layout.append(self._add_params(layer, direction, in_size))
         self._initialise()
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._guard_params({k: np.zeros_like(v) for k, v in self.params.items()})
 
     # ----------------------------------------------------------------------------- parameters
+    def _num_params(self):
+        """How many values the parameters take (computed before allocating them)."""
+        GH, H, P, D = self._cell.gates * self.hidden_size, self.hidden_size, self._P, self.num_directions
+        per = (GH * P + (2 * GH if self.bias else 0) + (P * H if self.proj_size else 0)
+               + (3 * H if self.peephole else 0))
+        inputs = self.input_size + (self.num_layers - 1) * self.output_size
+        return D * (GH * inputs + self.num_layers * per)
+
+    def _guard_params(self, grads):
+        """`params` and `grads` become _ParamDicts (the kernels read them: a replacement of another
+        shape, dtype or layout is refused), registered for mark_modified; the version starts at 0."""
+        self.params, self.grads = _ParamDict(self.params, self), _ParamDict(grads)
+        self._version = 0
+        for a in self.params.values():
+            _owners[id(a)] = self
+
     def _add_params(self, layer, direction, in_size):
         GH, H, P = self._cell.gates * self.hidden_size, self.hidden_size, self._P
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
@@ -120,7 +139,9 @@ class _RecurrentStack:
     def load_state_dict(self, state_dict):
         """Load parameters by PyTorch's names (numpy arrays, array-likes or torch tensors).
 
-        Strict: a missing, unexpected or mis-shaped entry raises ValueError and nothing is changed."""
+        Strict: a missing, unexpected or mis-shaped entry raises ValueError and nothing is changed.
+        The values are copied into the live arrays; a backprop of an earlier forward_train then
+        raises (as torch's backward after an in-place change of a saved tensor)."""
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"state_dict must be a mapping of parameter names to arrays, "
                             f"got {type(state_dict).__name__}")
@@ -137,6 +158,7 @@ class _RecurrentStack:
             new[k] = v
         for k, v in new.items():
             self.params[k][...] = v
+        self._version += 1
 
     def zero_grad(self):
         """Set every accumulated gradient in `grads` to zero."""
@@ -365,7 +387,90 @@ class _RecurrentStack:
         state = dict(self.__dict__)
         for key in ("_local", "_grads_lock", "_pool"):
             state.pop(key, None)
+        state["params"], state["grads"] = dict(self.params), dict(self.grads)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._guard_params(self.grads)
+
+
+class _ParamDict(dict):
+    """A layer's ``params`` (or ``grads``): the dict of its live arrays, which the compiled kernels
+    read and write. Its keys are fixed; ``d[k] = value`` copies value into the live array (which the
+    optimizer and a model's own dicts hold too) when it has the same shape and a float dtype, and
+    raises ValueError/TypeError otherwise, so the kernels never see an array of another size, dtype
+    or layout. Writing params this way counts as a change (see mark_modified)."""
+
+    def __init__(self, arrays, layer=None):
+        super().__init__(arrays)
+        self._layer = None if layer is None else weakref.ref(layer)
+
+    def __setitem__(self, key, value):
+        if key not in self:
+            raise KeyError(f"{key!r} is not a parameter of this layer (its names: {list(self)})")
+        cur = dict.__getitem__(self, key)
+        if value is cur:
+            return
+        v = as_float_array(value, f"params[{key!r}]", cur.dtype, str(cur.shape))
+        if v.shape != cur.shape:
+            raise ValueError(f"params[{key!r}] must have shape {cur.shape}, got {v.shape} "
+                             f"(the value is copied into the live array)")
+        cur[...] = v
+        layer = self._layer and self._layer()
+        if layer is not None:
+            layer._version += 1
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError("a layer's parameters are fixed: assign d[name] = array of the same shape "
+                        "(copied into the live array); names cannot be added or removed")
+
+    __delitem__ = pop = popitem = clear = setdefault = _fixed
+
+    def update(self, *args, **kwargs):
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+# id(live parameter array) -> its layer, for mark_modified (weakly: a dead layer's ids go away)
+_owners = weakref.WeakValueDictionary()
+
+
+def mark_modified(arrays):
+    """Say that these parameter arrays were changed in place (an optimizer's step does): the layers
+    that own them count a new version, and a backprop of a forward_train from before raises
+    RuntimeError, as torch's backward does after an in-place change. Arrays of no layer are ignored."""
+    seen = set()
+    for a in arrays:
+        layer = _owners.get(id(a))
+        if layer is not None and id(layer) not in seen and any(p is a for p in layer.params.values()):
+            seen.add(id(layer))
+            layer._version += 1
+
+
+# The most parameter values a layer may be built with (None: no limit), set by checkpoint loaders
+# (rnncore.training.trainer) so that a forged configuration is refused before anything is allocated.
+_param_budget = contextvars.ContextVar("rnncore_param_budget", default=None)
+
+
+@contextlib.contextmanager
+def param_budget(n):
+    """Within the block, building a layer of more than n parameter values raises ValueError."""
+    token = _param_budget.set(n)
+    try:
+        yield
+    finally:
+        _param_budget.reset(token)
+
+
+def _check_budget(n, what):
+    budget = _param_budget.get()
+    if budget is not None and n > budget:
+        raise ValueError(f"this {what} would have {n} parameter values, more than the {budget} "
+                         f"allowed here")
 
 
 # Training workspaces a layer keeps for reuse (two: a forward_train may start before the previous
@@ -415,6 +520,7 @@ class _Backprop:
         self._layer, self._caches, self.masks = layer, caches, masks
         self._T, self._B, self._unbatched, self._bf = T, B, unbatched, bf
         self._ws = workspace
+        self._version = layer._version
 
     def __call__(self, d_output, d_h_n=None):
         """Runs once (as torch's backward without retain_graph): the forward pass's saved arrays go
@@ -423,6 +529,11 @@ class _Backprop:
             raise RuntimeError("this backprop has already run: the forward pass's saved arrays were given "
                                "back for reuse; call forward_train again for another backward pass")
         lay = self._layer
+        if lay._version != self._version:
+            raise RuntimeError(f"{type(lay).__name__}: its parameters were changed (load_state_dict, "
+                               f"params[...] = ..., or an optimizer step) after this forward_train: "
+                               f"its backprop would be of neither the old nor the new weights; run "
+                               f"forward_train again")
         T, B, D, P, H = self._T, self._B, lay.num_directions, lay._P, lay.hidden_size
         LD = lay.num_layers * D
         has_c = lay._cell.has_cell_state

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from rnncore.layers.recurrent import mark_modified
+
 __all__ = [
     "Optimizer", "SGD", "RMSprop", "Adam", "OPTIMIZERS", "make_optimizer",
     "clip_grad_norm", "clip_grad_value", "global_norm",
@@ -182,7 +184,8 @@ class Optimizer:
         return self.schedule(self.step_count)
 
     def step(self):
-        """Clip the gradients (in place), then update every parameter in place. Returns the lr used."""
+        """Clip the gradients (in place), then update every parameter in place. Returns the lr used.
+        A layer's backprop of a forward_train from before the step then raises RuntimeError."""
         if self.clip_value is not None:
             clip_grad_value(self.grads, self.clip_value)
         if self.clip_norm is not None:
@@ -194,6 +197,9 @@ class Optimizer:
             if self.weight_decay:
                 g = g + p.dtype.type(self.weight_decay) * p
             self._update(k, p, g, lr)
+        # as torch's step (it bumps the parameters' versions): a backprop of a forward from
+        # before this step would mix old and new weights, so it raises
+        mark_modified(self.params.values())
         return lr
 
     def _update(self, name, p, g, lr):

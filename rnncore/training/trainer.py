@@ -70,6 +70,7 @@ import numpy as np
 
 from rnncore.training import checkpoint as ckpt
 from rnncore.engine.validation import check_choice, check_reduction
+from rnncore.layers.recurrent import mark_modified, param_budget
 from rnncore.training.data import Chunk, tbptt_chunks
 from rnncore.training.losses import mse, softmax_cross_entropy
 from rnncore.training.optim import make_optimizer
@@ -396,32 +397,48 @@ class Trainer:
 
         The checkpoint must come from a model with the same configuration (CheckpointError if not)."""
         arrays, meta = ckpt.load(path)
-        if "model" not in meta or "trainer" not in meta or "optimizer" not in meta:
+        if not all(isinstance(meta.get(k), dict) for k in ("model", "trainer", "optimizer")):
             raise ckpt.CheckpointError(f"{path}: not a training checkpoint (no model/optimizer/trainer state)")
         _check_same_model(path, meta["model"], self.model.config)
-        self.model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
-        tr = meta["trainer"]
         try:
+            # everything is checked before anything changes: a bad file leaves this trainer as it was
+            weights = _model_arrays(path, arrays, self.model)
+            tr, carry = meta["trainer"], None
+            rngs = [_checked_rng_state(tr[k]) for k in ("rng_state", "layer_rng_state", "epoch_rng_state")]
+            fields = {k: tr[k] for k in ("step", "epoch", "batch_index", "chunk_start", "bad_evals",
+                                         "optimizer_step")}
+            if not all(type(v) is int and v >= 0 for v in fields.values()):
+                raise ValueError(f"counters must be integers >= 0, got {fields}")
+            if tr["carry"] == "hc":
+                carry = (_int_array(arrays["carry/cols"]), (arrays["carry/h"], arrays["carry/c"]))
+            elif tr["carry"] == "h":
+                carry = (_int_array(arrays["carry/cols"]), arrays["carry/h"])
+            elif tr["carry"] is not None:
+                raise ValueError(f"carry {tr['carry']!r}")
+            best_val, stopped, seed = tr["best_val"], tr["stopped"], tr["seed"]
+            if not (best_val is None or type(best_val) in (int, float)) or type(stopped) is not bool:
+                raise ValueError("best_val or stopped")
             self.optimizer.load_state_dict({
                 "step_count": tr["optimizer_step"],
                 "buffers": {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}})
-        except ValueError as e:
-            raise ckpt.CheckpointError(f"{path}: optimizer state does not fit this optimizer ({e})") from None
-        self.step, self.epoch = tr["step"], tr["epoch"]
-        self.batch_index, self.chunk_start = tr["batch_index"], tr["chunk_start"]
-        self.carry = None
-        if tr["carry"] == "hc":
-            self.carry = (arrays["carry/cols"], (arrays["carry/h"], arrays["carry/c"]))
-        elif tr["carry"] == "h":
-            self.carry = (arrays["carry/cols"], arrays["carry/h"])
+        except ckpt.CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise ckpt.CheckpointError(f"{path}: training state does not fit this trainer "
+                                       f"({type(e).__name__}: {e})") from None
+        self.model.load_state_dict(weights)
+        mark_modified(self.model.params.values())
+        self.step, self.epoch = fields["step"], fields["epoch"]
+        self.batch_index, self.chunk_start = fields["batch_index"], fields["chunk_start"]
+        self.carry = carry
         self.epoch_rng_state = tr["epoch_rng_state"]
-        self.rng.bit_generator.state = tr["rng_state"]
+        self.rng.bit_generator.state = rngs[0]
         layer_rng = _layer_rng(self.model)
-        if layer_rng is not None and tr.get("layer_rng_state"):
-            layer_rng.bit_generator.state = tr["layer_rng_state"]
-        self.best_val = math.inf if tr["best_val"] is None else tr["best_val"]
-        self.bad_evals, self.stopped = tr["bad_evals"], tr["stopped"]
-        self.seed = tr["seed"]
+        if layer_rng is not None and rngs[1]:
+            layer_rng.bit_generator.state = rngs[1]
+        self.best_val = math.inf if best_val is None else best_val
+        self.bad_evals, self.stopped = fields["bad_evals"], stopped
+        self.seed = seed
         return meta
 
     @classmethod
@@ -433,19 +450,19 @@ class Trainer:
         arrays, meta = ckpt.load(path)
         if "trainer" not in meta or "optimizer" not in meta:
             raise ckpt.CheckpointError(f"{path}: not a training checkpoint (no optimizer/trainer state)")
-        model = _model_from_meta(path, meta)
+        model = _model_from_meta(path, meta, arrays)
         try:
             optimizer = make_optimizer(model.params, model.grads, meta["optimizer"])
-        except (TypeError, ValueError, KeyError) as e:
-            raise ckpt.CheckpointError(f"{path}: bad optimizer configuration ({e})") from None
-        tr = meta["trainer"]
-        kwargs.setdefault("tbptt", tr["tbptt"])
-        kwargs.setdefault("loss", tr["loss"])
-        kwargs.setdefault("reduction", tr["reduction"])
-        kwargs.setdefault("seed", tr["seed"])
-        kwargs.setdefault("metadata", {k: v for k, v in meta.items()
-                                       if k not in ("model", "optimizer", "trainer", "format", "version")})
-        trainer = cls(model, optimizer, **kwargs)
+            tr = meta["trainer"]
+            kwargs.setdefault("tbptt", tr["tbptt"])
+            kwargs.setdefault("loss", tr["loss"])
+            kwargs.setdefault("reduction", tr["reduction"])
+            kwargs.setdefault("seed", tr["seed"])
+            kwargs.setdefault("metadata", {k: v for k, v in meta.items()
+                                           if k not in ("model", "optimizer", "trainer", "format", "version")})
+            trainer = cls(model, optimizer, **kwargs)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"{path}: bad optimizer or trainer configuration ({e})") from None
         trainer.load_checkpoint(path)
         return trainer
 
@@ -453,12 +470,60 @@ class Trainer:
 def load_model(path):
     """(model, metadata) from a checkpoint: the model rebuilt from its configuration, with its weights."""
     arrays, meta = ckpt.load(path)
-    model = _model_from_meta(path, meta)
-    try:
-        model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
-    except ValueError as e:
-        raise ckpt.CheckpointError(f"{path}: weights do not fit the model it describes ({e})") from None
+    model = _model_from_meta(path, meta, arrays)
+    model.load_state_dict(_model_arrays(path, arrays, model))
     return model, meta
+
+
+def _model_arrays(path, arrays, model):
+    """The checkpoint's model/* arrays, checked to be exactly the model's names, shapes and dtype."""
+    weights = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    if set(weights) != set(model.params):
+        raise ckpt.CheckpointError(f"{path}: weights do not fit the model it describes (missing "
+                                   f"{sorted(set(model.params) - set(weights))}, unexpected "
+                                   f"{sorted(set(weights) - set(model.params))})")
+    for k, p in model.params.items():
+        if weights[k].shape != p.shape or weights[k].dtype != p.dtype:
+            raise ckpt.CheckpointError(f"{path}: weights do not fit the model it describes ({k!r}: "
+                                       f"expected {p.dtype} {p.shape}, got {weights[k].dtype} "
+                                       f"{weights[k].shape})")
+    return weights
+
+
+def _checked_rng_state(state):
+    """A generator state from a checkpoint, tried on a scratch generator first (ValueError/TypeError
+    if numpy refuses it), so that a bad one changes nothing."""
+    if state is not None:
+        np.random.PCG64().state = state
+    return state
+
+
+def _int_array(a):
+    if a.dtype.kind != "i" or a.ndim != 1:
+        raise ValueError(f"carry/cols must be a 1-D integer array, got {a.dtype} {a.shape}")
+    return a
+
+
+def _check_config_sizes(path, config, arrays):
+    """Refuse a configuration that asks for more than the stored arrays hold, before building it:
+    every integer in it (but seeds) must be at most the largest dimension of the stored model
+    arrays or their number, and the recurrent layers built from it may not have more parameter
+    values than are stored (rnncore.layers.recurrent.param_budget, checked before allocating)."""
+    shapes = [a.shape for k, a in arrays.items() if k.startswith("model/")]
+    bound = max([len(shapes)] + [n for s in shapes for n in s])
+
+    def walk(value, key):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, int) and not isinstance(value, bool) and key != "seed" and value > bound:
+            raise ckpt.CheckpointError(f"{path}: bad model configuration ({key}={value}, but the "
+                                       f"stored weights have no dimension above {bound})")
+    walk(config, None)
+    return param_budget(sum(math.prod(s) for s in shapes))
 
 
 def _layer_rng(model):
@@ -470,13 +535,16 @@ def _class_path(model):
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _model_from_meta(path, meta):
+def _model_from_meta(path, meta, arrays):
     if not isinstance(meta.get("model"), dict):
         raise ckpt.CheckpointError(f"{path}: no model configuration in this checkpoint")
     cls = _model_class(path, meta.get("model_class"))
     try:
-        return cls.from_config(meta["model"])
-    except (TypeError, ValueError) as e:
+        with _check_config_sizes(path, meta["model"], arrays):
+            return cls.from_config(meta["model"])
+    except ckpt.CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, OverflowError, MemoryError) as e:
         raise ckpt.CheckpointError(f"{path}: bad model configuration ({e})") from None
 
 
