@@ -384,7 +384,13 @@ def generate(model, prime_ids, length, temperature=1.0, rng=None):
     state, last = bp.h_n, logits[-1, 0]
     out = np.empty(length, dtype=np.int64)
     for i in range(length):
-        p = softmax(last.astype(np.float64) / temperature)
+        z = last.astype(np.float64)
+        if not np.isfinite(z).all():
+            raise FloatingPointError(f"generate: the model's logits are not finite at sampled character "
+                                     f"{i + 1}: its weights have diverged")
+        with np.errstate(over="ignore", under="ignore"):
+            # shift before dividing: a tiny temperature then sends the others to -inf (greedy), not NaN
+            p = softmax((z - z.max()) / temperature)
         out[i] = rng.choice(len(p), p=p)
         logits, bp = model.forward(out[i:i + 1, None], hx=state, is_train=False)
         state, last = bp.h_n, logits[0, 0]
