@@ -166,7 +166,9 @@ def main(argv=None):
         parser.error("expected a command: train, sample or bench")
     args.argv = argv
     try:
-        return args.func(args) or 0
+        # overflow shows as NaN/inf, which the trainer's non-finite guard and generate report in words
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return args.func(args) or 0
     except (UsageError, DataError, CheckpointError) as e:
         _fail(e)
     except FloatingPointError as e:  # NonFiniteError among them
@@ -176,7 +178,7 @@ def main(argv=None):
     except MemoryError:
         _fail("out of memory (try a smaller --batch-size, --hidden-size or --max-chars)")
     except KeyboardInterrupt:
-        print("rnncore: interrupted", file=sys.stderr)
+        print("rnncore: interrupted (checkpoints already written are left as they were)", file=sys.stderr)
         return 130
     return 1
 
@@ -293,9 +295,12 @@ def cmd_train(args):
         elapsed = time.perf_counter() - start
         rate = (tr.step - step0) * train.batch_size * (tr.tbptt or 1) / max(elapsed, 1e-9)
         best = "  (best so far)" if tr.best_step == tr.step else ""
-        say(f"step {tr.step:>5}/{args.steps}  train {train_bits:.3f}  val {val_loss / math.log(2):.3f} "
+        say(f"step {tr.step:>5}/{args.steps}  train {_num(train_bits)}  val {_num(val_loss / math.log(2))} "
             f"bits/char{best}  ({elapsed:.1f} s, {rate:,.0f} chars/s)")
-        say("  sample: " + repr(_sample(model, vocab, 100, args.temperature, sample_rng))[1:-1][:160])
+        try:
+            say("  sample: " + repr(_sample(model, vocab, 100, args.temperature, sample_rng))[1:-1][:160])
+        except FloatingPointError:  # the next step's loss is not finite either: the guard stops the run
+            say("  sample: none, the model's outputs are not finite")
 
     trainer.on_eval = on_eval
     from threadpoolctl import threadpool_limits
@@ -321,10 +326,10 @@ def cmd_train(args):
     print(f"done: {trainer.step - step0} steps in {elapsed:.1f} s", flush=True)
     if h_unigram > 0:
         change = 100 * (final / h_unigram - 1)
-        print(f"validation: {final:.3f} bits/char (unigram entropy {h_unigram:.3f}: "
-              f"{abs(change):.0f}% {'lower' if change < 0 else 'higher'})", flush=True)
+        print(f"validation: {_num(final)} bits/char (unigram entropy {h_unigram:.3f}: "
+              f"{_num(abs(change), 0)}% {'lower' if change < 0 else 'higher'})", flush=True)
     else:
-        print(f"validation: {final:.3f} bits/char (the text is one repeated character: "
+        print(f"validation: {_num(final)} bits/char (the text is one repeated character: "
               f"nothing to learn)", flush=True)
     if sample:
         print(f"sample (temperature {args.temperature:g}):", flush=True)
@@ -334,9 +339,14 @@ def cmd_train(args):
     print(f"checkpoint: {out}, the last state, step {trainer.step}  (rnncore sample {shlex.quote(out)})", flush=True)
     if trainer.best_step is not None and os.path.exists(best_out):
         best_bits = trainer.best_val / math.log(2)
-        print(f"best: {best_out}, step {trainer.best_step}, validation {best_bits:.3f} bits/char  "
+        print(f"best: {best_out}, step {trainer.best_step}, validation {_num(best_bits)} bits/char  "
               f"(rnncore sample {shlex.quote(best_out)})", flush=True)
     return 0
+
+
+def _num(x, digits=3):
+    """A loss as people read it: fixed digits, or 3 significant ones for a diverged run's huge values."""
+    return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.3g}"
 
 
 def _best_path(out):

@@ -180,6 +180,10 @@ def test_diverging_run_ends_with_one_line(tmp_path, text_file, capsys):
     trainer.save_checkpoint(ckpt)
     code, out, err = run_main(["sample", str(ckpt), "--length", "5"], capsys)
     assert_one_line_error(code, err, "logits are not finite")
+    # training on from there: the loss is not finite, and the trainer's guard says so
+    r = run(["train", "--resume", str(ckpt), "--steps", "12", "--no-progress", "--threads", "1"], tmp_path)
+    assert_one_line_error(r.returncode, r.stderr, "the run diverged: step 7 (epoch")
+    assert "loss is nan" in r.stderr or "loss is inf" in r.stderr
 
 
 @pytest.mark.parametrize("where", ["proc", "under_a_file"])
