@@ -102,7 +102,7 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, default=D["lr"],
                    help=f"peak learning rate (default: {D['lr']:g})")
     t.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), default=D["optimizer"],
-                   help=f"(default: {D['optimizer']})")
+                   help=f"optimizer (default: {D['optimizer']})")
     t.add_argument("--schedule", choices=("cosine", "step", "constant"), default=D["schedule"],
                    help=f"learning-rate schedule; step: x0.5 every steps/4 (default: {D['schedule']})")
     t.add_argument("--clip", type=_positive_float, default=D["clip"], metavar="NORM",

@@ -195,3 +195,16 @@ def test_unwritable_out_is_refused_before_training(tmp_path, text_file, capsys, 
     assert_one_line_error(code, err, f"--out {out}: cannot write in")
     assert ".tmp" not in err and "corpus:" not in stdout   # found before reading the data
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_save_that_fails_during_training_names_the_users_file(tmp_path, text_file, capsys, monkeypatch):
+    from rnncore.training import trainer as trainer_module
+
+    def full_disk(path, arrays, meta):
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".x1y2.tmp")
+        raise OSError(28, "No space left on device", tmp)
+    monkeypatch.setattr(trainer_module.ckpt, "save", full_disk)
+    out = tmp_path / "m.npz"
+    code, stdout, err = run_main(["train", "--data", str(text_file), "--out", str(out), *SMALL], capsys)
+    assert_one_line_error(code, err, f"cannot write the checkpoint {out}: No space left on device")
+    assert ".tmp" not in err
