@@ -12,14 +12,16 @@ from threadpoolctl import threadpool_limits
 import rnncore
 
 EXAMPLES_DIR = os.path.dirname(os.path.abspath(__file__))
+# the clone's one output folder, which .gitignore covers (rnncore train writes its checkpoints there too)
+OUT_DIR = os.path.join(os.path.dirname(EXAMPLES_DIR), "runs", "examples")
 
 
 def add_common_arguments(ap):
-    """--seed, --threads and --out (the directory of the PNG; default: examples/)."""
+    """--seed, --threads and --out (the directory of the PNG; default: runs/examples/ in the clone)."""
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="rnncore and BLAS threads (for problems this small, 1 is fastest)")
-    ap.add_argument("--out", default=EXAMPLES_DIR, help="directory of the PNG")
+    ap.add_argument("--out", default=OUT_DIR, help="directory of the PNG, created if needed (default: %(default)s)")
 
 
 def run_with_threads(run, args):
@@ -32,6 +34,7 @@ def save_figure(fig, args, name):
     """Lay out fig, write it as args.out/name (PNG), close it and say where it went; returns the path."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, name)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,9 +10,21 @@ Layers with torch.nn's arguments, parameter names, shapes and defaults, numpy in
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 
-from rnncore import _kernels
+try:
+    from rnncore import _kernels
+except ImportError:
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if any(f.startswith("_kernels.") and f.endswith((".so", ".pyd")) for f in os.listdir(_here)):
+        raise  # the compiled core is there but does not load: its own message says why
+    raise ImportError(
+        f"rnncore is being imported from its source folder ({_here}), which holds no compiled core "
+        f"(rnncore._kernels was never built there). If you installed rnncore with `pip install .`, run "
+        f"Python from another directory than the clone's root, so that the installed rnncore is imported "
+        f"instead of this folder. To work on the source itself, build it in place: `pip install -e .` "
+        f"(or `python setup.py build_ext --inplace`).") from None
 from rnncore.engine.config import config_context, get_config, set_config
 from rnncore.engine.threads import get_num_threads, set_num_threads, threads
 from rnncore.layers.recurrent import GRU, LSTM, RNN

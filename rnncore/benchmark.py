@@ -3,6 +3,10 @@
     rnncore bench [--cells RNN,GRU,LSTM] [--shapes S,M,L,B1] [--dtype float32[,float64]]
                   [--threads 1,2] [--quick] [--json PATH]
 
+``--quick`` (about half a minute on 2 cores) times the shapes S and M with 3 samples each; the
+default run times every shape with 11. After the table, a few sentences say what was compared,
+whether every layer agreed with its oracle, and how much faster rnncore was.
+
 For each cell, shape, dtype and thread count:
 
 1. a ``torch.nn`` module's weights are copied into the rnncore layer (``load_state_dict``) and the
@@ -40,6 +44,7 @@ CHECK_STEPS = 8             # timesteps used by the check before timing
 TOLERANCE = {"float32": 5e-5, "float64": 1e-9}
 FULL_TOLERANCE = {"float32": 2e-4, "float64": 1e-8}   # full-shape outputs after timing (longer sums)
 SCHEMA = "rnncore-bench/1"
+QUICK_SHAPES = ["S", "M"]   # --quick: a small and a mid-sized problem, well under a minute in all
 
 
 def flops(cell, shape, pass_):
@@ -404,12 +409,14 @@ def build_parser(prog="rnncore bench"):
                    help="comma-separated cells (default: RNN,GRU,LSTM)")
     p.add_argument("--shapes", type=lambda s: parse_list(s, list(SHAPES), "shape"), default=None,
                    help="comma-separated shapes: " + ", ".join("%s=(B=%d,T=%d,I=%d,H=%d)" % ((k,) + v)
-                                                               for k, v in SHAPES.items()) + " (default: all)")
+                                                               for k, v in SHAPES.items())
+                        + " (default: all; --quick: %s)" % ",".join(QUICK_SHAPES))
     p.add_argument("--dtype", "--dtypes", dest="dtypes", default=["float32"], metavar="float32[,float64]",
                    type=lambda s: parse_list(s, ["float32", "float64"], "dtype"), help="default float32")
     p.add_argument("--threads", type=_thread_list, default=None,
                    help="thread count(s), comma-separated (default: rnncore's, %d)" % rnncore.get_num_threads())
-    p.add_argument("--quick", action="store_true", help="fewer repeats and shorter samples (a smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help="shapes %s, 3 short samples each: about half a minute" % ",".join(QUICK_SHAPES))
     p.add_argument("--repeats", type=int, default=None,
                    help="timed samples per implementation, the median is reported (default 11, --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2, --quick 1)")
@@ -429,7 +436,7 @@ def finish_options(opts):
     opts.warmup = opts.warmup or (1 if opts.quick else 2)
     opts.min_time = opts.min_time if opts.min_time is not None else (0.01 if opts.quick else 0.05)
     opts.threads = opts.threads or [rnncore.get_num_threads()]
-    opts.shapes = opts.shapes if opts.shapes is not None else list(SHAPES)
+    opts.shapes = opts.shapes if opts.shapes is not None else list(QUICK_SHAPES if opts.quick else SHAPES)
     if opts.repeats < 1 or opts.warmup < 1 or opts.check_steps < 1:
         raise SystemExit("--repeats, --warmup and --check-steps must be >= 1")
     return opts
@@ -457,16 +464,53 @@ def write_json(path, result):
         f.write("\n")
 
 
+def _shape_text(name):
+    B, T, I, H = SHAPES[name]
+    return "%s (batch %d, %d steps, %d inputs, %d hidden)" % (name, B, T, I, H)
+
+
+def summary(rows, opts, torch, seconds):
+    """What a user wants to know after the table: what was compared, whether every layer was checked
+    and agreed, and how much faster rnncore was, in sentences."""
+    peer = "PyTorch %s (torch.nn, CPU)" % torch.__version__ if torch is not None else None
+    lines = ["Compared: rnncore's %s layers%s, %s, %s thread%s, on %s." % (
+        ", ".join(opts.cells), " against " + peer if peer else " alone (PyTorch is not installed)",
+        " and ".join(opts.dtypes), " and ".join(map(str, opts.threads)), "s" * (opts.threads != [1]),
+        "; ".join(_shape_text(s) for s in opts.shapes))]
+    ok = [r for r in rows if r["check"]["status"] == "ok"]
+    oracle = "torch.nn on the same weights" if peer else "rnncore's numpy reference"
+    if len(ok) == len(rows):
+        worst = max(r["check"]["max_err"] for r in rows)
+        lines.append("Checked before timing: all %d layer runs agreed with %s (outputs, final states and, "
+                     "for training, every gradient; largest relative difference %.0e)." % (len(rows), oracle, worst))
+    else:
+        lines.append("Checked before timing: %d of %d layer runs did NOT agree with %s and were not timed "
+                     "(listed above); please report it." % (len(rows) - len(ok), len(rows), oracle))
+    for p, what in (("fwd", "Inference (layer(x))"), ("train", "Training (forward and backward)")):
+        ratios = sorted(r["ratio"] for r in rows if r["pass"] == p and r["ratio"])
+        if not ratios:
+            continue
+        faster = sum(v > 1 for v in ratios)
+        lines.append("%s: rnncore was faster in %d of %d cases; torch time / rnncore time %s at the median "
+                     "(from %.2f to %.2f; above 1: rnncore faster)." % (
+                         what, faster, len(ratios), "%.2f" % statistics.median(ratios), ratios[0], ratios[-1]))
+    lines.append("Took %.0f s. Timings vary from run to run when other programs share the CPU%s." % (
+        seconds, "; without --quick, rnncore bench times every shape with more samples" if opts.quick else ""))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     """Entry point of `rnncore bench`. Returns the exit status: 0 when every check passed."""
+    started = time.perf_counter()
     opts = finish_options(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     torch = None if opts.no_torch else import_torch()
     combos = [(d, n) for d in opts.dtypes for n in opts.threads]
     rows = []
-    for shape_name in opts.shapes:
-        for cell in opts.cells:
-            print("%s %s ..." % (cell, shape_name), file=sys.stderr, flush=True)
-            rows += bench_cell(cell, shape_name, SHAPES[shape_name], combos, opts, seed_of(opts, shape_name, cell))
+    todo = [(shape_name, cell) for shape_name in opts.shapes for cell in opts.cells]
+    for i, (shape_name, cell) in enumerate(todo):
+        print("[%d/%d] checking, then timing %s at %s ..." % (i + 1, len(todo), cell, _shape_text(shape_name)),
+              file=sys.stderr, flush=True)
+        rows += bench_cell(cell, shape_name, SHAPES[shape_name], combos, opts, seed_of(opts, shape_name, cell))
     versions = {"rnncore": rnncore.__version__, "numpy": np.__version__,
                 "torch": torch.__version__ if torch is not None else None}
     print("rnncore %s against %s; medians of %d interleaved samples; ratio = torch time / rnncore time\n" % (
@@ -476,6 +520,7 @@ def main(argv=None):
     lines = failures(rows)
     if lines:
         print("\n" + "\n".join(lines))
+    print("\n" + summary(rows, opts, torch, time.perf_counter() - started))
     passed = not lines
     if opts.json:
         settings = {k: getattr(opts, k) for k in ("cells", "shapes", "dtypes", "threads", "repeats", "warmup",

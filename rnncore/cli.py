@@ -5,18 +5,30 @@
     rnncore bench [options]                   run the benchmark (rnncore.benchmark)
 
 Mistakes a person can make (a missing, empty or binary file, a bad option value, a checkpoint of
-another model or a corrupted one) end with a one-line message on stderr and exit status 1 (2 for a
-bad command line), never a traceback.
+another model or a corrupted one, a run that diverges) end with a one-line message on stderr and exit
+status 1 (2 for a bad command line), never a traceback.
+
+Ctrl-C during `rnncore train` stops after the step in progress, saves the checkpoint (when the
+parameters are finite) and prints the command that resumes (exit status 130); a second Ctrl-C aborts
+at once. A checkpoint remembers its corpus (the file's path and a SHA-256 of its text) and the run's
+settings, so `rnncore train --resume CHECKPOINT` needs nothing else, continues writing to CHECKPOINT,
+and refuses another text.
 """
 import argparse
+import hashlib
 import math
 import os
+import shlex
+import signal
 import sys
+import tempfile
+import threading
 import time
 
 import numpy as np
 
 from rnncore.training.checkpoint import CheckpointError
+from rnncore.training.trainer import NonFiniteError
 from rnncore.training.data import (CharVocab, DataError, TextStreams, read_text, split_text, stdlib_corpus,
                           unigram_entropy)
 
@@ -24,7 +36,7 @@ __all__ = ["main"]
 
 # Defaults of `rnncore train`, tuned to finish in about a minute on 2 cores (see README).
 DEFAULTS = dict(cell="gru", hidden_size=256, num_layers=1, embedding_dim=64, steps=1000, lr=6e-3,
-                tbptt=64, batch_size=32, seed=0, out="rnncore-char.npz", clip=1.0, optimizer="adam",
+                tbptt=64, batch_size=32, seed=0, out=os.path.join("runs", "rnncore-char.npz"), clip=1.0, optimizer="adam",
                 schedule="cosine", max_chars=2_000_000, val_chars=60_000, sample_length=300,
                 temperature=0.8)
 
@@ -70,62 +82,73 @@ def build_parser():
     t = sub.add_parser(
         "train", help="train a character-level language model",
         description="Train a character-level language model and write a checkpoint. With no --data, "
-                    "trains on Python source from the standard library (no download).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (default: stdlib source)")
-    # model options default to None so that --resume can tell which ones were given
-    t.add_argument("--cell", choices=("rnn", "lstm", "gru"), help=f"recurrent cell (default {DEFAULTS['cell']})")
+                    "trains on Python source from the standard library (no download). Ctrl-C stops after "
+                    "the current step, saves, and prints the command that resumes.")
+    D = DEFAULTS
+    # options that a checkpoint remembers default to None, so that --resume can tell which were given
+    t.add_argument("--data", metavar="FILE",
+                   help="UTF-8 text file to train on (default: the standard library's Python source; "
+                        "with --resume: the checkpoint's corpus)")
+    t.add_argument("--cell", choices=("rnn", "lstm", "gru"), help=f"recurrent cell (default: {D['cell']})")
     t.add_argument("--hidden-size", type=_positive_int, metavar="N",
-                   help=f"hidden units per layer (default {DEFAULTS['hidden_size']})")
+                   help=f"hidden units per layer (default: {D['hidden_size']})")
     t.add_argument("--num-layers", type=_positive_int, metavar="N",
-                   help=f"recurrent layers (default {DEFAULTS['num_layers']})")
+                   help=f"recurrent layers (default: {D['num_layers']})")
     t.add_argument("--embedding-dim", type=_nonnegative_int, metavar="N",
-                   help=f"character embedding size, 0 for one-hot input (default {DEFAULTS['embedding_dim']})")
-    t.add_argument("--steps", type=_positive_int, default=DEFAULTS["steps"], metavar="N",
-                   help="optimizer steps in total (one per truncated-BPTT chunk)")
-    t.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"], help="peak learning rate")
-    t.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), default=DEFAULTS["optimizer"])
-    t.add_argument("--schedule", choices=("cosine", "step", "constant"), default=DEFAULTS["schedule"],
-                   help="learning-rate schedule (step: x0.5 every steps/4)")
-    t.add_argument("--clip", type=_positive_float, default=DEFAULTS["clip"], metavar="NORM",
-                   help="clip the global gradient norm to this value")
-    t.add_argument("--tbptt", type=_positive_int, default=DEFAULTS["tbptt"], metavar="K",
-                   help="truncated BPTT chunk length (steps of backpropagation)")
-    t.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"], metavar="B",
-                   help="parallel text streams per batch")
-    t.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help=f"character embedding size, 0 for one-hot input (default: {D['embedding_dim']})")
+    t.add_argument("--steps", type=_positive_int, metavar="N",
+                   help=f"optimizer steps in total, one per truncated-BPTT chunk (default: {D['steps']}; "
+                        f"with --resume: the checkpoint's, and a larger number continues further)")
+    t.add_argument("--lr", type=_positive_float, default=D["lr"],
+                   help=f"peak learning rate (default: {D['lr']:g})")
+    t.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), default=D["optimizer"],
+                   help=f"optimizer (default: {D['optimizer']})")
+    t.add_argument("--schedule", choices=("cosine", "step", "constant"), default=D["schedule"],
+                   help=f"learning-rate schedule; step: x0.5 every steps/4 (default: {D['schedule']})")
+    t.add_argument("--clip", type=_positive_float, default=D["clip"], metavar="NORM",
+                   help=f"clip the global gradient norm to this value (default: {D['clip']:g})")
+    t.add_argument("--tbptt", type=_positive_int, default=D["tbptt"], metavar="K",
+                   help=f"truncated BPTT chunk length (default: {D['tbptt']})")
+    t.add_argument("--batch-size", type=_positive_int, metavar="B",
+                   help=f"parallel text streams per batch (default: {D['batch_size']})")
+    t.add_argument("--threads", type=_positive_int, metavar="N",
                    help="threads for the kernels (default: the CPUs available)")
-    t.add_argument("--seed", type=_nonnegative_int, default=DEFAULTS["seed"],
-                   help="one seed for initialisation, data order and samples")
-    t.add_argument("--out", default=DEFAULTS["out"], metavar="PATH", help="checkpoint to write")
+    t.add_argument("--seed", type=_nonnegative_int, default=D["seed"],
+                   help=f"one seed for initialisation, data order and samples (default: {D['seed']})")
+    t.add_argument("--out", metavar="PATH",
+                   help=f"checkpoint to write, its folder created if needed; the best one by validation "
+                        f"goes beside it as NAME.best.npz (default: {D['out']}; with --resume: the "
+                        f"checkpoint resumed)")
     t.add_argument("--resume", metavar="CHECKPOINT",
-                   help="continue training from this checkpoint (same data; --steps is the new total)")
-    t.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
-                   help="evaluate and print a sample every N steps (default: steps/5)")
-    t.add_argument("--patience", type=_positive_int, default=None, metavar="N",
-                   help="stop early after N evaluations without improvement")
-    t.add_argument("--max-chars", type=_positive_int, default=DEFAULTS["max_chars"], metavar="N",
-                   help="use at most N characters of the corpus")
-    t.add_argument("--val-chars", type=_positive_int, default=DEFAULTS["val_chars"], metavar="N",
-                   help="hold out at most N characters (10%% of the text at most) for validation")
-    t.add_argument("--sample-length", type=_nonnegative_int, default=DEFAULTS["sample_length"], metavar="N",
-                   help="length of the final sample (0: none)")
-    t.add_argument("--temperature", type=_positive_float, default=DEFAULTS["temperature"],
-                   help="sampling temperature of the printed samples")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="continue training from this checkpoint, on the corpus it remembers (default: a new run)")
+    t.add_argument("--eval-every", type=_positive_int, metavar="N",
+                   help="evaluate, save and print a sample every N steps (default: steps/5)")
+    t.add_argument("--patience", type=_positive_int, metavar="N",
+                   help="stop early after N evaluations without improvement (default: never)")
+    t.add_argument("--max-chars", type=_positive_int, metavar="N",
+                   help=f"use at most N characters of the corpus (default: {D['max_chars']:,})")
+    t.add_argument("--val-chars", type=_positive_int, metavar="N",
+                   help=f"hold out at most N characters, 10%% of the text at most, for validation "
+                        f"(default: {D['val_chars']:,})")
+    t.add_argument("--sample-length", type=_nonnegative_int, default=D["sample_length"], metavar="N",
+                   help=f"length of the final sample, 0 for none (default: {D['sample_length']})")
+    t.add_argument("--temperature", type=_positive_float, default=D["temperature"],
+                   help=f"sampling temperature of the printed samples (default: {D['temperature']:g})")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate text from a checkpoint",
-                       description="Generate text from a checkpoint written by `rnncore train`.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Generate text from a checkpoint written by `rnncore train`.")
     s.add_argument("checkpoint", metavar="CHECKPOINT")
-    s.add_argument("--length", type=_positive_int, default=500, metavar="N", help="characters to generate")
+    s.add_argument("--length", type=_positive_int, default=500, metavar="N",
+                   help="characters to generate (default: 500)")
     s.add_argument("--temperature", type=_positive_float, default=0.8,
-                   help="softmax temperature: lower is more conservative, higher more varied")
+                   help="softmax temperature: lower is more conservative, higher more varied (default: 0.8)")
     s.add_argument("--prime", default=None, metavar="TEXT",
                    help="text to start from (default: a newline, or the first character of the vocabulary)")
     s.add_argument("--seed", type=_nonnegative_int, default=None, help="seed for sampling (default: random)")
-    s.add_argument("--threads", type=_positive_int, default=None, metavar="N")
+    s.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads for the kernels (default: the CPUs available)")
     s.set_defaults(func=cmd_sample)
 
     sub.add_parser("bench", help="run the benchmark (rnncore bench --help for its options)", add_help=False)
@@ -141,16 +164,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("expected a command: train, sample or bench")
+    args.argv = argv
     try:
-        return args.func(args) or 0
+        # overflow shows as NaN/inf, which the trainer's non-finite guard and generate report in words
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return args.func(args) or 0
     except (UsageError, DataError, CheckpointError) as e:
         _fail(e)
+    except FloatingPointError as e:  # NonFiniteError among them
+        _fail(f"the run diverged: {e} (try a lower --lr)" if isinstance(e, NonFiniteError) else e)
     except OSError as e:
         _fail(f"{e.strerror or e}: {e.filename}" if e.filename else e)
     except MemoryError:
         _fail("out of memory (try a smaller --batch-size, --hidden-size or --max-chars)")
     except KeyboardInterrupt:
-        print("rnncore: interrupted", file=sys.stderr)
+        print("rnncore: interrupted (checkpoints already written are left as they were)", file=sys.stderr)
         return 130
     return 1
 
@@ -170,36 +198,27 @@ def cmd_train(args):
     from rnncore.training.optim import OPTIMIZERS, Constant, Cosine, StepDecay
     from rnncore.training.trainer import Trainer
 
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"--out {args.out}: directory {out_dir} does not exist")
-    if os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a directory, expected a file name")
-    threads = args.threads or rnncore.get_num_threads()
-
-    # the text
-    if args.data is not None:
-        text = read_text(args.data)
-        source = f"{args.data}"
-    else:
-        text, files = stdlib_corpus(max_chars=args.max_chars)
-        source = f"Python standard library source ({len(files)} files)"
-    if len(text) > args.max_chars:
-        print(f"note: using the first {args.max_chars:,} of {len(text):,} characters (--max-chars)", flush=True)
-        text = text[: args.max_chars]
-    if len(text) < 100:
-        raise DataError(f"{args.data}: {len(text)} characters, expected at least 100 to train on")
-    train_text, val_text = split_text(text, 0.1, max_val_chars=args.val_chars)
-
     resume_meta = None
     if args.resume:
         from rnncore.training import checkpoint
         _, resume_meta = checkpoint.load(args.resume)
         if "vocab" not in resume_meta or "trainer" not in resume_meta:
             raise CheckpointError(f"{args.resume}: not a checkpoint of `rnncore train`")
-        vocab = CharVocab(resume_meta["vocab"])
-    else:
-        vocab = CharVocab.from_text(text)
+    # what the checkpoint remembers of its run, unless given again
+    remembered = resume_meta.get("run", {}) if resume_meta and isinstance(resume_meta.get("run"), dict) else {}
+    for name in ("steps", "batch_size", "max_chars", "val_chars"):
+        if getattr(args, name) is None:
+            setattr(args, name, remembered.get(name, DEFAULTS[name]))
+    out = args.out or args.resume or DEFAULTS["out"]
+    best_out = _best_path(out)
+    _check_writable(out)
+    threads = args.threads or rnncore.get_num_threads()
+
+    text, source, corpus = _corpus(args, resume_meta)
+    if len(text) < 100:
+        raise DataError(f"{corpus['path'] or source}: {len(text)} characters, expected at least 100 to train on")
+    train_text, val_text = split_text(text, 0.1, max_val_chars=args.val_chars)
+    vocab = CharVocab(resume_meta["vocab"]) if resume_meta is not None else CharVocab.from_text(text)
     train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
     h_unigram = unigram_entropy(train_ids, len(vocab))
     print(f"corpus: {source}: {len(text):,} characters, vocabulary of {len(vocab)}", flush=True)
@@ -218,10 +237,12 @@ def cmd_train(args):
         val = TextStreams(val_ids, max(1, min(batch_size, (len(val_ids) - 1) // 2)), random_offset=False)
 
     eval_every = args.eval_every or max(1, args.steps // 5)
-    metadata = {"vocab": vocab.chars, "data": source,
+    metadata = {"vocab": vocab.chars, "data": source, "corpus": corpus,
+                "run": {name: getattr(args, name) for name in ("steps", "batch_size", "max_chars", "val_chars")},
                 "unigram_bits_per_char": h_unigram}
     trainer_kw = dict(tbptt=args.tbptt, eval_every=eval_every, patience=args.patience,
-                      checkpoint_path=args.out, checkpoint_every=eval_every, metadata=metadata,
+                      checkpoint_path=out, checkpoint_every=eval_every, metadata=metadata,
+                      best_checkpoint_path=best_out if val is not None else None,
                       progress=False if args.no_progress else None, loss_in_bits=True)
 
     if resume_meta is not None:
@@ -261,6 +282,8 @@ def cmd_train(args):
         print(f"resuming from {args.resume} at step {trainer.step}", flush=True)
     if trainer.step >= args.steps:
         raise UsageError(f"the checkpoint is already at step {trainer.step}; ask for more with --steps")
+    print(f"checkpoints: {out} (the last state)" + (f", {best_out} (the best by validation)" if val else "")
+          + "; Ctrl-C saves and stops", flush=True)
 
     sample_rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
@@ -271,15 +294,25 @@ def cmd_train(args):
         train_bits = np.mean(recent) / math.log(2) if recent else float("nan")
         elapsed = time.perf_counter() - start
         rate = (tr.step - step0) * train.batch_size * (tr.tbptt or 1) / max(elapsed, 1e-9)
-        say(f"step {tr.step:>5}/{args.steps}  train {train_bits:.3f}  val {val_loss / math.log(2):.3f} "
-            f"bits/char  ({elapsed:.1f} s, {rate:,.0f} chars/s)")
-        say("  sample: " + repr(_sample(model, vocab, 100, args.temperature, sample_rng))[1:-1][:160])
+        best = "  (best so far)" if tr.best_step == tr.step else ""
+        say(f"step {tr.step:>5}/{args.steps}  train {_num(train_bits)}  val {_num(val_loss / math.log(2))} "
+            f"bits/char{best}  ({elapsed:.1f} s, {rate:,.0f} chars/s)")
+        try:
+            say("  sample: " + repr(_sample(model, vocab, 100, args.temperature, sample_rng))[1:-1][:160])
+        except FloatingPointError:  # the next step's loss is not finite either: the guard stops the run
+            say("  sample: none, the model's outputs are not finite")
 
     trainer.on_eval = on_eval
     from threadpoolctl import threadpool_limits
     # numpy's BLAS (the linear head, sampling) on one thread: faster for its small products
     with rnncore.threads(threads), threadpool_limits(limits=1, user_api="blas"):
-        trainer.fit(train, val, max_steps=args.steps)  # also writes the checkpoint
+        try:
+            with _StopOnCtrlC(trainer):
+                trainer.fit(train, val, max_steps=args.steps)  # also writes the checkpoints
+        except OSError as e:  # a failed save names the hidden temporary file: name the user's
+            raise UsageError(f"cannot write the checkpoint {out}: {e.strerror or e}") from None
+        if trainer.interrupted:
+            return _interrupted(trainer, out, args)
         hist = trainer.history
         if val is None:
             final = float("nan")
@@ -291,16 +324,129 @@ def cmd_train(args):
             if args.sample_length else ""
     elapsed = time.perf_counter() - start
     print(f"done: {trainer.step - step0} steps in {elapsed:.1f} s", flush=True)
-    change = 100 * (final / h_unigram - 1)
-    print(f"validation: {final:.3f} bits/char (unigram entropy {h_unigram:.3f}: "
-          f"{abs(change):.0f}% {'lower' if change < 0 else 'higher'})", flush=True)
+    if h_unigram > 0:
+        change = 100 * (final / h_unigram - 1)
+        print(f"validation: {_num(final)} bits/char (unigram entropy {h_unigram:.3f}: "
+              f"{_num(abs(change), 0)}% {'lower' if change < 0 else 'higher'})", flush=True)
+    else:
+        print(f"validation: {_num(final)} bits/char (the text is one repeated character: "
+              f"nothing to learn)", flush=True)
     if sample:
         print(f"sample (temperature {args.temperature:g}):", flush=True)
         print("-" * 72)
         print(sample)
         print("-" * 72)
-    print(f"checkpoint: {args.out}  (rnncore sample {args.out})", flush=True)
+    print(f"checkpoint: {out}, the last state, step {trainer.step}  (rnncore sample {shlex.quote(out)})", flush=True)
+    if trainer.best_step is not None and os.path.exists(best_out):
+        best_bits = trainer.best_val / math.log(2)
+        print(f"best: {best_out}, step {trainer.best_step}, validation {_num(best_bits)} bits/char  "
+              f"(rnncore sample {shlex.quote(best_out)})", flush=True)
     return 0
+
+
+def _num(x, digits=3):
+    """A loss as people read it: fixed digits, or 3 significant ones for a diverged run's huge values."""
+    return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
+def _best_path(out):
+    """Where the best checkpoint by validation goes: NAME.best.npz beside NAME.npz."""
+    stem, ext = os.path.splitext(out)
+    return f"{stem}.best{ext or '.npz'}"
+
+
+def _check_writable(out):
+    """Before training: the checkpoint's folder exists (created if not) and takes a new file."""
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out} is a directory, expected a file name")
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write in {folder} ({e.strerror or e})") from None
+
+
+def _corpus(args, resume_meta):
+    """(text, description, what the checkpoint remembers: path, characters, sha256 of the text)."""
+    stored = resume_meta.get("corpus") if resume_meta is not None else None
+    stored = stored if isinstance(stored, dict) else None
+    path = args.data
+    if path is None and stored is not None and stored.get("path"):
+        path = stored["path"]
+        if not os.path.exists(path):
+            raise DataError(f"{args.resume} was trained on {path}, which is gone; pass --data FILE with that text")
+    if path is not None:
+        text = read_text(path)
+        source = path
+    else:
+        text, files = stdlib_corpus(max_chars=args.max_chars)
+        source = f"Python standard library source ({len(files)} files)"
+    if len(text) > args.max_chars:
+        print(f"note: using the first {args.max_chars:,} of {len(text):,} characters (--max-chars)", flush=True)
+        text = text[: args.max_chars]
+    corpus = {"path": None if path is None else os.path.abspath(path), "chars": len(text),
+              "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    if stored is not None and stored.get("sha256") != corpus["sha256"]:
+        was = stored.get("path") or "the standard library's source"
+        raise UsageError(f"{args.resume} was trained on another text ({was}, {stored.get('chars', '?'):,} "
+                         f"characters); {source} differs ({len(text):,} characters). Resume on the same "
+                         f"text, or start a new run without --resume")
+    return text, source, corpus
+
+
+class _StopOnCtrlC:
+    """During fit: the first Ctrl-C asks the trainer to stop after its current step (it then saves);
+    the second raises KeyboardInterrupt at once."""
+
+    def __init__(self, trainer):
+        self.trainer, self.pressed, self.previous = trainer, 0, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.pressed += 1
+        if self.pressed > 1:
+            raise KeyboardInterrupt
+        self.trainer.request_stop()
+        # os.write: print() may not be re-entered from a signal handler
+        os.write(sys.stderr.fileno(), b"\nCtrl-C: stopping after this step to save the checkpoint "
+                                      b"(press Ctrl-C again to abort at once without saving)\n")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _interrupted(trainer, out, args):
+    """After a Ctrl-C that stopped training: what was saved and the command that resumes."""
+    if trainer.saved.get(out) == trainer.step:
+        print(f"interrupted at step {trainer.step}/{args.steps}: saved {out}", flush=True)
+        print(f"resume with: {_resume_command(args.argv, out)}", flush=True)
+    elif trainer.step == 0:
+        print("interrupted before the first step: nothing to save", flush=True)
+    else:
+        print(f"interrupted at step {trainer.step}: the parameters are not finite, nothing saved", flush=True)
+    return 130
+
+
+def _resume_command(argv, out):
+    """The command line that resumes: the same options, --resume OUT for --data, --out and --resume."""
+    dropped = ("--resume", "--out", "--data")
+    kept, skip = [], False
+    for a in argv[1:]:
+        if skip:
+            skip = False
+        elif a.split("=", 1)[0] in dropped:
+            skip = "=" not in a
+        else:
+            kept.append(a)
+    return shlex.join(["rnncore", "train", "--resume", out, *kept])
 
 
 def _sample(model, vocab, length, temperature, rng, prime=None):

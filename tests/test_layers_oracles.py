@@ -238,7 +238,8 @@ def test_layer_dropout_masks_match_reference(cell, bf, dtype, rng):
 def test_layer_no_masks_without_dropout_or_depth(rng):
     config = grid_config("gru", num_layers=1)
     (params, x, hx, d_output, d_h_n), _ = problem(config, rng, np.float32)
-    layer = make_layer(config, np.float32, dropout=0.5)
+    with pytest.warns(UserWarning, match="num_layers=1 has none"):   # as torch.nn warns
+        layer = make_layer(config, np.float32, dropout=0.5)
     assert layer_run(layer, params, x, hx, None, d_output, d_h_n)["backprop"].masks == []
     config = grid_config("gru", num_layers=2)
     (params, x, hx, d_output, d_h_n), _ = problem(config, rng, np.float32)

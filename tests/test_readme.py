@@ -2,6 +2,8 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -22,9 +24,35 @@ def test_readme_install_command_runs_the_main_job():
     assert "pip install . && rnncore train" in readme
 
 
-def test_readme_python_examples_run():
+def _python_blocks():
+    """(the paragraph just above, the code) of every ```python block of the README."""
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+    return [(text[:m.start()].rstrip().split("\n\n")[-1], m.group(1))
+            for m in re.finditer(r"```python\n(.*?)```", text, re.S)]
+
+
+# what a snippet imports -> the extra it needs (pyproject.toml); CI's test extra installs them all,
+# so every snippet runs there: none is skipped for a missing package
+EXTRAS = {"torch": "rnncore[torch]", "rnncore.estimators": "rnncore[sklearn]", "sklearn": "rnncore[sklearn]",
+          "matplotlib": "rnncore[plot]"}
+
+
+def test_readme_has_python_examples():
+    assert len(_python_blocks()) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(_python_blocks())))
+def test_readme_python_examples_run(index):
+    _, block = _python_blocks()[index]
+    exec(compile(block, "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize("index", range(len(_python_blocks())))
+def test_each_snippet_says_which_extra_it_needs(index):
+    above, block = _python_blocks()[index]
+    imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", block, re.M))
+    needs = {extra for module, extra in EXTRAS.items() if module in imported}
+    for extra in needs:
+        assert f"`{extra}`" in above, (extra, above)
+    if not needs:
+        assert "Needs nothing beyond `pip install .`" in " ".join(above.split()), above

@@ -446,3 +446,12 @@ def test_checksum_is_documented_as_damage_detection_only():
 
 def test_kernels_clamp_is_the_engines():
     assert _kernels.max_threads() == _threads.MAX_THREADS
+
+
+def test_a_model_backprop_after_its_load_state_dict_is_refused():
+    model = rnncore.SequenceModel("gru", hidden_size=8, vocab_size=5, seed=0)
+    layer = model.rnn
+    out, _, bp = layer.forward_train(np.ones((3, 2, layer.input_size), np.float32))
+    model.load_state_dict(model.state_dict())
+    with pytest.raises(RuntimeError, match="changed"):
+        bp(np.ones_like(out))

@@ -9,10 +9,22 @@ dropout between layers (training only), variable lengths (pack_padded_sequence s
 
 The forward pass returns a `backprop` closure over what it kept (as thinc does): a layer holds no
 hidden "last input", so two forward_train calls in flight never interfere.
+
+torch.nn habits that fit a numpy layer: ``layer.to(np.float64)`` / ``.double()`` / ``.float()`` (in
+place, returning the layer; a torch dtype works too), ``parameters()`` / ``named_parameters()`` (the
+live arrays), ``layer.weight_ih_l0`` (reads ``params``), ``forward`` (``layer(x)``), ``train()`` /
+``eval()`` (layers start in eval mode: ``layer(x)`` applies dropout only after ``train()``, while
+``forward_train`` always does), ``type(layer)(**layer.config)`` (the same architecture, new weights).
+Left out on purpose: autograd (``requires_grad``, ``.grad``, ``backward()``: gradients come from
+``backprop`` into ``grads``), devices (CPU only: ``to("cpu")`` is accepted, nothing else), hooks and
+submodules, and assigning a parameter (``layer.weight_ih_l0 = w`` is refused: write into it,
+``layer.weight_ih_l0[...] = w``, or use ``load_state_dict``, which check shapes).
 """
 import contextlib
 import contextvars
+import sys
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -52,7 +64,10 @@ class _RecurrentStack:
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = float(dropout)
-        self.dtype = check_float_dtype(dtype)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"dropout={self.dropout:g} applies between recurrent layers, and num_layers=1 has "
+                          f"none: it has no effect (as torch.nn warns)", UserWarning, stacklevel=3)
+        self.dtype = check_float_dtype(_numpy_dtype(dtype))
         if seed is not None:
             check_int(seed, "seed", 0)
         self.seed = seed
@@ -182,9 +197,111 @@ class _RecurrentStack:
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name})")
 
+    # ------------------------------------------------------------------------------ torch.nn habits
+    training = False  # eval mode until train(): layer(x) stays the deterministic inference pass
+
+    @classmethod
+    def from_config(cls, config):
+        """The layer a ``config`` describes (its ``mode`` picks RNN, LSTM or GRU), with new weights."""
+        kinds = {"RNN_TANH": RNN, "RNN_RELU": RNN, "LSTM": LSTM, "GRU": GRU}
+        if config.get("mode") not in kinds:
+            raise ValueError(f"config['mode'] must be one of {sorted(kinds)}, got {config.get('mode')!r}")
+        return kinds[config["mode"]](**config)
+
+    def _config_keys(self, given, **fixed):
+        """Accept the keys of ``config`` that this class fixes (mode, ...) when they agree with it,
+        so that ``type(layer)(**layer.config)`` rebuilds the layer."""
+        for key, value in given.items():
+            if key not in fixed:
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {key!r}")
+            if value != fixed[key]:
+                raise ValueError(f"{key}={value!r} does not fit {type(self).__name__} (expected "
+                                 f"{fixed[key]!r}); {type(self).__name__}.from_config picks the class")
+
+    def to(self, dtype):
+        """Convert parameters and gradients to ``dtype`` (numpy.float32/float64, their names, or a
+        torch dtype), in place; returns the layer, as torch's ``Module.to``. Optimizers built on the
+        old ``params`` must be built again, and pending ``backprop`` closures are spent."""
+        if str(dtype) == "cpu":   # torch's device argument (a string or torch.device): rnncore is CPU-only
+            return self
+        dtype = check_float_dtype(_numpy_dtype(dtype))
+        if dtype == self.dtype:
+            return self
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # the dropout warning was given once already
+            new = type(self)(**dict(self.config, dtype=dtype))
+        new.load_state_dict(self.params)
+        for name, g in self.grads.items():
+            new.grads[name][...] = g
+        new.seed, new.init, new.forget_bias = self.seed, self.init, self.forget_bias
+        new._rng, new.training = self._rng, self.training
+        version = self.__dict__.get("_version", 0)
+        self.__dict__.clear()
+        self.__dict__.update(new.__dict__)
+        # the arrays are this layer's now (mark_modified finds it), and a version past the old one's
+        # refuses a backprop taken before the conversion
+        self._guard_params(self.grads)
+        self._version = version + 1
+        return self
+
+    def double(self):
+        """``to(numpy.float64)``."""
+        return self.to(np.float64)
+
+    def float(self):
+        """``to(numpy.float32)``."""
+        return self.to(np.float32)
+
+    def parameters(self):
+        """The parameters' live arrays, in torch's order (update them in place)."""
+        return iter(list(self.params.values()))
+
+    def named_parameters(self):
+        """(name, live array) of each parameter, by torch's names and in torch's order."""
+        return iter(list(self.params.items()))
+
+    def train(self, mode=True):
+        """Train mode: ``layer(x)`` applies dropout between layers (as torch in training mode; still
+        no gradients: use ``forward_train``). Returns the layer."""
+        self.training = check_bool(mode, "mode")
+        return self
+
+    def eval(self):
+        """Eval mode (the default): ``layer(x)`` applies no dropout. Returns the layer."""
+        return self.train(False)
+
+    def forward(self, x, hx=None, lengths=None):
+        """``layer(x, hx, lengths)``, by torch's name."""
+        return self(x, hx, lengths)
+
+    def __getattr__(self, name):
+        # torch's attribute access to a parameter, layer.weight_ih_l0: the live array in params
+        if not name.startswith("_") and name != "params":
+            try:
+                params = object.__getattribute__(self, "params")
+            except AttributeError:
+                params = {}
+            if name in params:
+                return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        try:
+            is_param = name in object.__getattribute__(self, "params")
+        except (AttributeError, TypeError):
+            is_param = False
+        if is_param:
+            raise AttributeError(f"{name} is a parameter: write into it (layer.{name}[...] = value) or use "
+                                 f"load_state_dict, which check its shape and dtype")
+        object.__setattr__(self, name, value)
+
     # ------------------------------------------------------------------------------ forward
     def __call__(self, x, hx=None, lengths=None):
-        """Inference: ``output, h_n = layer(x, hx=None, lengths=None)`` (no dropout)."""
+        """Inference: ``output, h_n = layer(x, hx=None, lengths=None)`` (no dropout, unless the layer
+        is in train mode: ``layer.train()``)."""
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            out, h_n, _ = self.forward_train(x, hx, lengths)
+            return out, h_n
         out, h_n, _ = self._forward(x, hx, lengths, train=False)
         return out, h_n
 
@@ -613,6 +730,14 @@ def _released(lock):
         lock.release()
 
 
+def _numpy_dtype(dtype):
+    """A torch dtype as numpy's (without importing torch: a torch dtype implies torch is loaded)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(dtype, torch.dtype):
+        return {torch.float32: np.float32, torch.float64: np.float64}.get(dtype, dtype)
+    return dtype
+
+
 def _orthogonal(rng, rows, cols):
     """A (rows, cols) matrix with orthonormal rows or columns (QR of a Gaussian, sign-corrected)."""
     a = rng.standard_normal((max(rows, cols), min(rows, cols)))
@@ -632,9 +757,11 @@ class RNN(_RecurrentStack):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32, seed=None,
-                 init="default"):
+                 init="default", **config):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self._config_keys(config, mode="RNN_RELU" if nonlinearity == "relu" else "RNN_TANH", proj_size=0,
+                          peephole=False, reset_after=True)
         self.nonlinearity = nonlinearity
         super().__init__("RNN_RELU" if nonlinearity == "relu" else "RNN_TANH",
                          _cells.RNNCell(relu=nonlinearity == "relu"), input_size, hidden_size,
@@ -657,7 +784,8 @@ class LSTM(_RecurrentStack):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32, seed=None,
-                 peephole=False, init="default", forget_bias=None):
+                 peephole=False, init="default", forget_bias=None, **config):
+        self._config_keys(config, mode="LSTM", nonlinearity="tanh", reset_after=True)
         peephole = check_bool(peephole, "peephole")
         if init == "identity":
             raise ValueError("init='identity' (IRNN) is for ReLU RNNs; use 'default' or 'orthogonal' for an LSTM")
@@ -686,7 +814,8 @@ class GRU(_RecurrentStack):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, reset_after=True,
-                 init="default"):
+                 init="default", **config):
+        self._config_keys(config, mode="GRU", nonlinearity="tanh", proj_size=0, peephole=False)
         reset_after = check_bool(reset_after, "reset_after")
         if init == "identity":
             raise ValueError("init='identity' (IRNN) is for ReLU RNNs; use 'default' or 'orthogonal' for a GRU")

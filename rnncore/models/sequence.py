@@ -18,7 +18,7 @@ import numpy as np
 
 from rnncore.engine.validation import check_choice, check_ids
 from rnncore.training.data import tbptt_chunks
-from rnncore.layers.recurrent import GRU, LSTM, RNN
+from rnncore.layers.recurrent import GRU, LSTM, RNN, mark_modified
 from rnncore.training.losses import mse, softmax, softmax_cross_entropy
 
 __all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "generate", "select_state"]
@@ -180,6 +180,7 @@ class _ParamDicts:
                 raise ValueError(f"parameter {k!r}: expected shape {p.shape}, got {np.shape(state[k])}")
         for k, p in self.params.items():
             p[...] = state[k]
+        mark_modified(self.params.values())   # a backprop taken before now is refused (as torch's)
 
 
 class SequenceModel(_ParamDicts):
@@ -384,7 +385,13 @@ def generate(model, prime_ids, length, temperature=1.0, rng=None):
     state, last = bp.h_n, logits[-1, 0]
     out = np.empty(length, dtype=np.int64)
     for i in range(length):
-        p = softmax(last.astype(np.float64) / temperature)
+        z = last.astype(np.float64)
+        if not np.isfinite(z).all():
+            raise FloatingPointError(f"generate: the model's logits are not finite at sampled character "
+                                     f"{i + 1}: its weights have diverged")
+        with np.errstate(over="ignore", under="ignore"):
+            # shift before dividing: a tiny temperature then sends the others to -inf (greedy), not NaN
+            p = softmax((z - z.max()) / temperature)
         out[i] = rng.choice(len(p), p=p)
         logits, bp = model.forward(out[i:i + 1, None], hx=state, is_train=False)
         state, last = bp.h_n, logits[0, 0]

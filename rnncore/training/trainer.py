@@ -60,6 +60,13 @@ Crash safety. A step whose loss or gradient is not finite raises NonFiniteError 
 (on_nonfinite="skip"; the count is in trainer.skipped_steps). A checkpoint is only written
 between steps and only when every parameter is finite, so a good checkpoint is never replaced by a
 bad one; Ctrl-C (KeyboardInterrupt) leaves the last checkpoint as it was and re-raises.
+
+Stopping cleanly. ``trainer.request_stop()`` (safe from a signal handler or another thread) makes fit
+return after the step in progress, with ``trainer.interrupted`` True, having saved the checkpoint as
+at the end of fit: ``rnncore train`` calls it on the first Ctrl-C (a second one aborts at once).
+With ``best_checkpoint_path``, every evaluation that improves on the best validation loss so far
+also saves the whole state there (``trainer.best_step`` says which step it holds), so the best
+weights survive a run that later overfits.
 """
 import contextlib
 import importlib
@@ -99,6 +106,7 @@ class Trainer:
     eval_every: evaluate on the validation data every this many steps (None: at the end of each epoch).
     patience: stop after this many evaluations without an improvement of at least min_delta.
     checkpoint_path, checkpoint_every: save a checkpoint every this many steps and at the end of fit.
+    best_checkpoint_path: also save a checkpoint there at each new best validation loss.
     metadata: extra JSON-serializable data stored in every checkpoint (e.g. a vocabulary).
     progress: show a tqdm bar with loss and throughput (None: only on a terminal). loss_in_bits: show losses in bits
         (loss / ln 2), e.g. bits per character for a language model.
@@ -112,7 +120,8 @@ class Trainer:
     def __init__(self, model, optimizer, loss="cross_entropy", reduction="mean", tbptt=None, seed=0,
                  eval_every=None, patience=None, min_delta=0.0, checkpoint_path=None,
                  checkpoint_every=None, metadata=None, progress=False, loss_in_bits=False,
-                 on_eval=None, eval_chunk=256, blas_threads=1, on_nonfinite="raise"):
+                 on_eval=None, eval_chunk=256, blas_threads=1, on_nonfinite="raise",
+                 best_checkpoint_path=None):
         for name in ("params", "grads", "zero_grad", "batch_loss"):
             if not hasattr(model, name):
                 raise TypeError(f"model: expected a SequenceModel or an object with params, grads, zero_grad() "
@@ -145,6 +154,11 @@ class Trainer:
         self.blas_threads = blas_threads
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
+        self.best_checkpoint_path = best_checkpoint_path
+        self.best_step = None         # the step of the best validation loss (None: no evaluation yet)
+        self.saved = {}               # path -> step, of every checkpoint this trainer wrote
+        self.interrupted = False      # fit returned early on request_stop()
+        self._stop_requested = False
 
         self.rng = np.random.default_rng(seed)
         self.step = 0                 # optimizer steps done
@@ -161,6 +175,11 @@ class Trainer:
         self._interrupted = False
 
     # ------------------------------------------------------------------------------ training
+    def request_stop(self):
+        """Make fit return after the step in progress (saving the checkpoint as at its end), with
+        ``self.interrupted`` True. Only sets a flag: safe from a signal handler or another thread."""
+        self._stop_requested = True
+
     def fit(self, train, val=None, epochs=None, max_steps=None):
         """Train until `epochs` epochs (counted from 0) or `max_steps` optimizer steps in total
         (counted from step 0, so a resumed trainer continues to the same end), or early stopping.
@@ -189,6 +208,7 @@ class Trainer:
                          disable=None if self.progress is None else not self.progress,
                          dynamic_ncols=True, leave=True)
         tokens, t0 = 0, time.perf_counter()
+        self.interrupted = False
         try:
             while not self.stopped and (epochs is None or self.epoch < epochs):
                 if max_steps is not None and self.step >= max_steps:
@@ -202,6 +222,9 @@ class Trainer:
                         continue
                     for chunk in self._chunks(batch, self.tbptt, self.chunk_start, self._carried_rows()):
                         if max_steps is not None and self.step >= max_steps:
+                            return self.history
+                        if self._stop_requested:  # between two steps: the state is whole
+                            self.interrupted = True
                             return self.history
                         loss, n = self._train_chunk(chunk)
                         if chunk.last:
@@ -227,7 +250,7 @@ class Trainer:
         finally:
             if self.checkpoint_path is not None and self.step > 0 and not self._interrupted:
                 self._save_if_finite(self.checkpoint_path)
-            self._interrupted = False
+            self._interrupted = self._stop_requested = False
             self._bar.close()
             self._bar = None
 
@@ -304,7 +327,9 @@ class Trainer:
         self.history["val_step"].append(self.step)
         self.history["val_loss"].append(v)
         if v < self.best_val - self.min_delta:
-            self.best_val, self.bad_evals = v, 0
+            self.best_val, self.bad_evals, self.best_step = v, 0, self.step
+            if self.best_checkpoint_path is not None:
+                self._save_if_finite(self.best_checkpoint_path)
         else:
             self.bad_evals += 1
             if self.patience is not None and self.bad_evals >= self.patience:
@@ -374,7 +399,7 @@ class Trainer:
                 "rng_state": _jsonable_rng_state(self.rng.bit_generator.state),
                 "layer_rng_state": _jsonable_rng_state(layer_rng.bit_generator.state) if layer_rng else None,
                 "optimizer_step": opt["step_count"], "best_val": _json_float(self.best_val),
-                "bad_evals": self.bad_evals, "stopped": self.stopped, "seed": self.seed,
+                "bad_evals": self.bad_evals, "best_step": self.best_step, "stopped": self.stopped, "seed": self.seed,
                 "tbptt": self.tbptt, "loss": self.loss_name, "reduction": self.reduction,
             },
         }
@@ -390,7 +415,9 @@ class Trainer:
             self.write(f"not saving a checkpoint at step {self.step}: parameters {bad} are not finite "
                        f"(the previous checkpoint at {path} is kept)")
             return None
-        return self.save_checkpoint(path)
+        written = self.save_checkpoint(path)
+        self.saved[path] = self.step
+        return written
 
     def load_checkpoint(self, path):
         """Restore the training state saved by save_checkpoint into this trainer, model and optimizer.
@@ -438,6 +465,9 @@ class Trainer:
             layer_rng.bit_generator.state = rngs[1]
         self.best_val = math.inf if best_val is None else best_val
         self.bad_evals, self.stopped = fields["bad_evals"], stopped
+        best_step = tr.get("best_step")      # informational: which step the best checkpoint holds
+        self.best_step = (best_step if isinstance(best_step, int) and not isinstance(best_step, bool)
+                          and best_step >= 0 else None)
         self.seed = seed
         return meta
 
