@@ -379,10 +379,10 @@ def colsum_add(floating[::1] out, const floating[:, :] A, int num_threads=1):
 def packed_rows_add(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] Wp,
                     int num_threads=1):
     """C += A @ W with rnncore's own GEMM, Wp = pack_n(W) (W is (K, N), A (M, K), C (M, N)), rows in
-    blocks of PROJ_ROWS over the team. Every row of C is summed in one order whatever the number of
+    blocks over the team (_row_block). Every row of C is summed in one order whatever the number of
     rows, so a sequence's input gradient does not depend on the batch around it (BLAS's would)."""
     cdef Py_ssize_t M = C.shape[0], N = C.shape[1], K = A.shape[1], nr = panel_width(&Wp[0, 0])
-    cdef Py_ssize_t nblk = (M + PROJ_ROWS - 1) // PROJ_ROWS, blk, r0, r1
+    cdef Py_ssize_t mr = _row_block(M, num_threads), nblk = (M + mr - 1) // mr, blk, r0, r1
     if A.shape[0] != M or Wp.shape[0] != _npanels(N, nr) * K or Wp.shape[1] != nr:
         raise ValueError(f"packed_rows_add: want A ({M}, K) and Wp = pack_n of a (K, {N}) matrix, got "
                          f"A {tuple(A.shape)}, Wp {tuple(Wp.shape)}")
@@ -392,8 +392,8 @@ def packed_rows_add(floating[:, ::1] C, const floating[:, ::1] A, const floating
         num_threads = 1
     with nogil:
         for blk in prange(nblk, num_threads=num_threads, schedule="static"):
-            r0 = blk * PROJ_ROWS
-            r1 = M if r0 + PROJ_ROWS > M else r0 + PROJ_ROWS
+            r0 = blk * mr
+            r1 = M if r0 + mr > M else r0 + mr
             mm_packed(r1 - r0, N, K, &A[r0, 0], K, False, NULL, 0, &Wp[0, 0], K, 0, True,
                       &C[r0, 0], N)
 

@@ -257,12 +257,24 @@ cdef inline Py_ssize_t _nchunks(Py_ssize_t B, int num_threads) noexcept nogil:
 
 cdef enum:
     PROJ_ROWS = 192     # rows per block of the projection before the loop (its A block stays in L2)
+    PROJ_MIN_ROWS = 16
+
+
+cdef inline Py_ssize_t _row_block(Py_ssize_t rows, int num_threads) noexcept nogil:
+    # rows per block of a product split over the team by rows: at most PROJ_ROWS, and small enough
+    # that every thread gets a block (200 rows on 2 threads: 2 x 100, not 192 + 8). Every row is summed
+    # in one order whatever its block, so the split never changes a bit.
+    cdef Py_ssize_t n = (rows + num_threads - 1) // num_threads if num_threads > 1 else rows
+    if n > PROJ_ROWS:
+        return PROJ_ROWS
+    return n if n > PROJ_MIN_ROWS else PROJ_MIN_ROWS
 
 
 cdef void _project(const rc_cell* c, const rc_seq* q, const rc_arrays* a, int num_threads,
                    floating* G) noexcept nogil:
     # G := bias + x W_ih^T for every step, before the loop
-    cdef Py_ssize_t rows = q.T * q.B, nblk = (rows + PROJ_ROWS - 1) // PROJ_ROWS, blk, r0, r1
+    cdef Py_ssize_t rows = q.T * q.B, nr = _row_block(rows, num_threads)
+    cdef Py_ssize_t nblk = (rows + nr - 1) // nr, blk, r0, r1
     cdef const floating* x = <const floating*> a.x
     if c.n_in == 0:
         # no inputs: G := bias (or 0)
@@ -271,12 +283,12 @@ cdef void _project(const rc_cell* c, const rc_seq* q, const rc_arrays* a, int nu
         else:
             memset(G, 0, rows * c.GH * sizeof(floating))
     elif c.w_ih_t != NULL:
-        # rnncore's own GEMM, blocks of PROJ_ROWS rows (each by one thread)
+        # rnncore's own GEMM, blocks of rows (each by one thread)
         if num_threads < 1 or nblk < 2:
             num_threads = 1
         for blk in prange(nblk, num_threads=num_threads, schedule="static"):
-            r0 = blk * PROJ_ROWS
-            r1 = rows if r0 + PROJ_ROWS > rows else r0 + PROJ_ROWS
+            r0 = blk * nr
+            r1 = rows if r0 + nr > rows else r0 + nr
             mm_packed_bias(r1 - r0, c.GH, c.n_in, x + r0 * a.ldx, a.ldx,
                            <const floating*> c.w_ih_t, <const floating*> c.bias, G + r0 * c.GH, c.GH)
     else:
