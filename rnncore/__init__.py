@@ -36,7 +36,6 @@ __version__ = "0.1.0"
 openmp_enabled = _kernels.openmp_enabled
 
 
-
 # The modules of rnncore's first, flat layout keep their names: `import rnncore.optim` (and pickles
 # and checkpoints that name such a module) gets the module where it now lives, loaded on first use.
 _RENAMED = {f"rnncore.{old}": f"rnncore.{new}" for old, new in {

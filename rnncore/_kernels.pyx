@@ -534,10 +534,11 @@ cdef class Cell:
         if in_loop and (not own_gemm or I == 0):
             raise ValueError("in_loop needs own_gemm and at least one input")
         arrays = {"w_ih": w_ih, "w_hh": w_hh}
+        if "b_ih" in params:    # checked for either pass: the kernels read them through the summed bias
+            _data(params["b_ih"], "params['b_ih']", dtype, (GH,))
+            _data(params["b_hh"], "params['b_hh']", dtype, (GH,))
         if "b_ih" in params and not backward:
             b_ih, b_hh = params["b_ih"], params["b_hh"]
-            _data(b_ih, "params['b_ih']", dtype, (GH,))
-            _data(b_hh, "params['b_hh']", dtype, (GH,))
             if gates == 3:
                 # b_hr and b_hz fold into the projection; b_hn stays inside r ⊙ (...)
                 bias = b_ih.copy()
@@ -571,9 +572,6 @@ cdef class Cell:
         self.c.w_hh_t = _data(arrays.get("w_hh_t"), "w_hh_t", dtype, (None, None), True)
         self.c.w_hh_n = _data(arrays.get("w_hh_n"), "w_hh_n", dtype, (None, None), True)
         self.c.w_ih_t = _data(arrays.get("w_ih_t"), "w_ih_t", dtype, (None, None), True)
-        if "b_ih" in params:
-            _data(params["b_ih"], "params['b_ih']", dtype, (GH,))
-            _data(params["b_hh"], "params['b_hh']", dtype, (GH,))
         self.c.bias = _data(arrays.get("bias"), "bias", dtype, (GH,), True)
         self.c.b_hn = _data(arrays.get("b_hn"), "b_hn", dtype, (H,), True)
         self.c.w_hr = _data(arrays.get("w_hr"), "params['w_hr']", dtype, (P, H), True)
@@ -596,35 +594,9 @@ cdef class Cell:
         return self.c.n_in, self.c.H, self.c.P, self.c.GH
 
     def workspace_size(self, Py_ssize_t batch):
-        """Values of the cell's dtype that `step` (rc_step_*) needs as work for `batch` rows."""
+        """Values of the cell's dtype that one step (rc_step_*, step_stack) needs as work for `batch`
+        rows."""
         return rc_step_workspace(&self.c, batch)
-
-    def step(self, x, h, c, h_out, c_out, work):
-        """h_out, c_out := one step of the cell (inference) at x (B, I), h (B, P), c (B, H, LSTM only,
-        else None); work: workspace_size(B) values. h_out may be h and c_out c."""
-        cdef Py_ssize_t B = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else -1
-        if B < 1:
-            raise ValueError(f"x must be a 2-D array (batch, {self.c.n_in}), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
-        lstm = self.c.kind == RC_LSTM
-        cdef void* px = _data(x, "x", self.dtype, (B, self.c.n_in))
-        cdef void* ph = _data(h, "h", self.dtype, (B, self.c.P))
-        cdef void* pc = NULL
-        cdef void* pco = NULL
-        if lstm:
-            pc = _data(c, "c", self.dtype, (B, self.c.H))
-            pco = _data(c_out, "c_out", self.dtype, (B, self.c.H))
-        cdef void* pho = _data(h_out, "h_out", self.dtype, (B, self.c.P))
-        cdef void* pw = _data(work, "work", self.dtype, (rc_step_workspace(&self.c, B),))
-        cdef bint f32 = self.dtype == np.float32
-        with nogil:
-            if f32:
-                rc_step_f(&self.c, B, <float*> px, <float*> ph, <float*> pc, <float*> pho,
-                          <float*> pco, <float*> pw)
-            else:
-                rc_step_d(&self.c, B, <double*> px, <double*> ph, <double*> pc, <double*> pho,
-                          <double*> pco, <double*> pw)
-
 
 def step_stack(list cells, x, h, c, h_out, c_out, list work):
     """One step of a stack of cells (streaming, layer.step): layer l reads layer l-1's new state (layer
