@@ -57,6 +57,33 @@ def grid_config(cell, **kw):
     return make_config(**dict(dict(CELLS)[cell], **kw))
 
 
+# Every cell variant (5 inputs), each at a hidden size that reaches another kernel path: below, at and
+# above the register panels' widths (16 and 32 floats), odd sizes, projection with peepholes.
+VARIANTS = {
+    "rnn_tanh": lambda **kw: rnncore.RNN(5, 16, **kw),
+    "rnn_relu": lambda **kw: rnncore.RNN(5, 33, nonlinearity="relu", **kw),
+    "lstm": lambda **kw: rnncore.LSTM(5, 32, **kw),
+    "lstm_proj_peephole": lambda **kw: rnncore.LSTM(5, 17, proj_size=6, peephole=True, **kw),
+    "gru": lambda **kw: rnncore.GRU(5, 7, **kw),
+    "gru_reset_before": lambda **kw: rnncore.GRU(5, 16, reset_after=False, **kw),
+}
+
+
+def variant_batch(layer, B, T, rng, dtype):
+    """x, nonzero hx, random lengths in [1, T], d_output and d_h_n for a layer of VARIANTS, in its
+    layout."""
+    x = rng.standard_normal((B, T, 5) if layer.batch_first else (T, B, 5)).astype(dtype)
+    L = layer.num_layers * layer.num_directions
+    h = lambda n: (rng.standard_normal((L, B, n)) * 0.5).astype(dtype)
+    lstm = isinstance(layer, rnncore.LSTM)
+    hx = (h(layer._P), h(layer.hidden_size)) if lstm else h(layer._P)
+    lengths = rng.integers(1, T + 1, B)
+    d_out = rng.standard_normal((B, T, layer.output_size) if layer.batch_first
+                                else (T, B, layer.output_size)).astype(dtype)
+    d_h = (h(layer._P), h(layer.hidden_size)) if lstm else h(layer._P)
+    return x, hx, lengths, d_out, d_h
+
+
 def make_layer(config, dtype, dropout=0.0, seed=0):
     """The rnncore layer of config (API_CONTRACT.md constructor arguments)."""
     common = dict(input_size=config["input_size"], hidden_size=config["hidden_size"],

@@ -16,6 +16,9 @@ params in place from grads.
 """
 import numpy as np
 
+from rnncore import _kernels
+from rnncore.engine.threads import get_num_threads
+
 from rnncore.engine.validation import check_choice, check_ids
 from rnncore.training.data import tbptt_chunks
 from rnncore.layers.recurrent import GRU, LSTM, RNN, mark_modified
@@ -99,10 +102,13 @@ class Linear:
         W, b = self.params["weight"], self.params["bias"]
         if X.ndim < 1 or X.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected input (..., {self.in_features}), got shape {X.shape}")
-        X2 = X.reshape(-1, self.in_features)
-        # Y = X W^T + b
-        Y = X2 @ W.T
-        Y += b
+        X2 = np.ascontiguousarray(X.reshape(-1, self.in_features), dtype=W.dtype)
+        # Y = b + X W^T, on rnncore's own GEMM: a row's result does not depend on the rows around it
+        # (BLAS's does, e.g. one row alone through its matrix-vector path), so a sequence's
+        # prediction does not depend on the batch it is predicted in
+        Y = np.empty((X2.shape[0], self.out_features), W.dtype)
+        Y[...] = b
+        _kernels.packed_rows_add(Y, X2, _kernels.pack_t(W), get_num_threads())
 
         def backprop(dY):
             dY2 = dY.reshape(-1, self.out_features)
