@@ -25,7 +25,8 @@ from rnncore.benchmark import GATES, SHAPES
 
 # the forward scan includes the input projection when it runs before the loop; Cell packs the weights
 PARTS = {"forward": "fwd loop", "backward": "bwd loop", "matmul": "GEMMs", "Cell": "packing",
-         "lstm_peephole_grads": "GEMMs", "colsum_add": "GEMMs"}
+         "step_sums_add": "GEMMs", "step_colsum_add": "GEMMs", "step_dot_add": "GEMMs",
+         "packed_rows_add": "GEMMs"}
 
 
 class _Timed:

@@ -13,8 +13,8 @@
 #       dai = dc' g i(1-i)   daf = dc' c_{t-1} f(1-f)   dag = dc' i (1-g²)
 #       dL/dc_{t-1} = dc' f [+ dai w_ci + daf w_cf]
 #   (1) dL/dh_{t-1} = dL/da_t W_hh                                      (the scan's product)
-#   dw_ci = Σ dai ⊙ c_{t-1}, dw_cf = Σ daf ⊙ c_{t-1}, dw_co = Σ dao ⊙ c_t  (lstm_peephole_grads,
-#                                                                        after the loop)
+#   dw_ci = Σ dai ⊙ c_{t-1}, dw_cf = Σ daf ⊙ c_{t-1}, dw_co = Σ dao ⊙ c_t  (step_dot_add,
+#                                                                        _wgrad.pxi, after the loop)
 # --------------------------------------------------------------------------------------------------
 
 cdef extern from *:
@@ -149,66 +149,3 @@ cdef inline void _lstm_step_backward(const rc_cell* c, const _Step* st, floating
                                    dgb, <const double*> c.w_ci, <const double*> c.w_cf,
                                    <const double*> c.w_co)
         memset(<floating*> st.dh + b * P, 0, P * sizeof(floating))
-
-
-cdef extern from *:
-    """
-    /* dw_ci += s_i, dw_cf += s_f, dw_co += s_o, with s_i = sum of dai * c_{t-1}, s_f = sum of
-     * daf * c_{t-1}, s_o = sum of dao * c_t over rows [0, rows) (dG rows of 4H, cprev and cnew rows
-     * of H): each product rounded, then added in row order from 0, as numpy's einsum did when these
-     * sums lived in Python (the same bits). No contraction into fused multiply-adds, which would
-     * round differently. s: 3H values of work. */
-    #if defined(__GNUC__) && !defined(__clang__)
-    #define RC_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
-    #else
-    #define RC_NO_CONTRACT
-    #endif
-    #define RC_LSTM_PEEPHOLE_GRADS(NAME, T)                                                        \
-    RC_NO_CONTRACT static void NAME(ptrdiff_t rows, ptrdiff_t H, const T *dG, const T *cprev,     \
-                                    const T *cnew, T *s, T *dwci, T *dwcf, T *dwco)              \
-    {                                                                                              \
-        memset(s, 0, 3 * (size_t)H * sizeof(T));                                                   \
-        for (ptrdiff_t i = 0; i < rows; i++) {                                                     \
-            const T *d = dG + i * 4 * H, *cp = cprev + i * H, *cw = cnew + i * H;                 \
-            for (ptrdiff_t j = 0; j < H; j++) {                                                    \
-                T pi = d[j] * cp[j], pf = d[H + j] * cp[j], po = d[3 * H + j] * cw[j];            \
-                s[j] += pi; s[H + j] += pf; s[2 * H + j] += po;                                    \
-            }                                                                                      \
-        }                                                                                          \
-        for (ptrdiff_t j = 0; j < H; j++) {                                                        \
-            dwci[j] += s[j]; dwcf[j] += s[H + j]; dwco[j] += s[2 * H + j];                         \
-        }                                                                                          \
-    }
-    RC_LSTM_PEEPHOLE_GRADS(rc_lstm_peephole_grads_f, float)
-    RC_LSTM_PEEPHOLE_GRADS(rc_lstm_peephole_grads_d, double)
-    """
-    void rc_lstm_peephole_grads_f(Py_ssize_t rows, Py_ssize_t H, const float* dG,
-                                  const float* cprev, const float* cnew, float* s, float* dwci,
-                                  float* dwcf, float* dwco) nogil
-    void rc_lstm_peephole_grads_d(Py_ssize_t rows, Py_ssize_t H, const double* dG,
-                                  const double* cprev, const double* cnew, double* s, double* dwci,
-                                  double* dwcf, double* dwco) nogil
-
-
-def lstm_peephole_grads(floating[::1] dw_ci, floating[::1] dw_cf, floating[::1] dw_co,
-                        const floating[:, ::1] dG, const floating[:, ::1] cprev,
-                        const floating[:, ::1] cnew):
-    """dw_ci += Σ dai ⊙ c_{t-1}; dw_cf += Σ daf ⊙ c_{t-1}; dw_co += Σ dao ⊙ c_t over all rows (dG
-    (rows, 4H), cprev and cnew (rows, H)), in row order (a few flops a value: one thread)."""
-    cdef Py_ssize_t m = dG.shape[0], H = cprev.shape[1]
-    if dG.shape[1] != 4 * H or cprev.shape[0] != m or cnew.shape[0] != m or cnew.shape[1] != H \
-            or dw_ci.shape[0] != H or dw_cf.shape[0] != H or dw_co.shape[0] != H:
-        raise ValueError(f"lstm_peephole_grads: want dG (rows, 4H), cprev and cnew (rows, H), dw_c* "
-                         f"(H,), got dG {tuple(dG.shape)}, cprev {tuple(cprev.shape)}, cnew "
-                         f"{tuple(cnew.shape)}, dw_ci {dw_ci.shape[0]}")
-    if m == 0 or H == 0:
-        return
-    work = np.empty(3 * H, np.float32 if floating is float else np.float64)
-    cdef floating[::1] s = work
-    with nogil:
-        if floating is float:
-            rc_lstm_peephole_grads_f(m, H, &dG[0, 0], &cprev[0, 0], &cnew[0, 0], &s[0], &dw_ci[0],
-                                     &dw_cf[0], &dw_co[0])
-        else:
-            rc_lstm_peephole_grads_d(m, H, &dG[0, 0], &cprev[0, 0], &cnew[0, 0], &s[0], &dw_ci[0],
-                                     &dw_cf[0], &dw_co[0])

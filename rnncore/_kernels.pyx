@@ -12,7 +12,9 @@
     this file          Cell (a layer-direction's weights, packed), `forward` / `backward` / `step`
                        (the Python entries, which check every array before the nogil code runs),
                        `matmul` (every large GEMM: the weight and input gradients of all timesteps
-                       after the loop), `colsum_add` (bias gradients) and the weight packing
+                       after the loop), `colsum_add` and the weight packing
+    _wgrad.pxi         the weight gradients: sums over every step in the backward scan's order (the same
+                       bits in one call or in segments: checkpointed BPTT)
 
 The Python adapters (rnncore/engine/cells.py) call these; nothing below the Python entries checks shapes or
 touches a Python object while computing. All kernels release the GIL.
@@ -41,7 +43,7 @@ cimport numpy as cnp
 from libc.string cimport memcpy, memset
 
 from rnncore._blas cimport (floating, gemm, mm_packed, mm_packed_bias, mm_packed2_bias,
-                            panel_width)
+                            packed_gemm, panel_width)
 
 cnp.import_array()
 
@@ -454,6 +456,7 @@ include "_scan.pxi"
 include "_cell_rnn.pxi"
 include "_cell_lstm.pxi"
 include "_cell_gru.pxi"
+include "_wgrad.pxi"
 
 
 # --------------------------------------------------------------------------------------------------

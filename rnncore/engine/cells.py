@@ -34,7 +34,11 @@ class _Cell:
     gates = 1
     has_cell_state = False
 
-    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf, keep):
+    def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf, keep,
+                checkpoint=None):
+        if keep and checkpoint is not None:
+            return self._forward_segments(p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B,
+                                          nt, ws, bf, checkpoint)
         cfg = get_config()
         own = cfg["step_gemm"] == "own"
         in_loop = own and _step_projection(p, x, B, cfg)
@@ -46,9 +50,11 @@ class _Cell:
         self._workspace(saved, ws, rows, B, H, P, dt, "w_hr" in p)
         K.forward(cell, x=x, out=out, col0=col0, h0=h0, c0=c0, h_n=h_n, c_n=c_n, lengths=lengths,
                   reverse=reverse, batch_first=bf, keep=keep, ws=saved, num_threads=nt)
-        return {"x": x, "saved": saved, "lengths": lengths, "reverse": reverse, "bf": bf}
+        return {"x": x, "saved": saved, "lengths": lengths, "reverse": reverse, "bf": bf, "T": T}
 
     def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws):
+        if "segments" in cache:
+            return self._backward_segments(p, g, cache, dout, col0, dh, dc, dx, nt, ws)
         cell = K.Cell(self.kind, p, own_gemm=get_config()["step_gemm"] == "own", backward=True,
                       num_threads=nt)
         saved = cache["saved"]
@@ -57,7 +63,55 @@ class _Cell:
         self._backward_workspace(tmp, ws, G, dh.shape[0], p)
         K.backward(cell, dout=dout, col0=col0, dh=dh, dc=dc, saved=saved, lengths=cache["lengths"],
                    reverse=cache["reverse"], batch_first=cache["bf"], ws=tmp, num_threads=nt)
-        self._weight_grads(p, g, saved, tmp, cache["x"], dx, nt, cell.arrays.get("w_ih_n"))
+        sums = _StepSums(cache["T"], dh.shape[0], cache["bf"], cache["reverse"], nt)
+        self._weight_grads(p, g, saved, tmp, cache["x"], dx, sums, cell.arrays.get("w_ih_n"))
+        return dh, dc
+
+    # Checkpointed BPTT (Chen et al. 2016; Gruslys et al. 2016): forward keeps the state entering
+    # every segment of k steps only, running the scan segment by segment as inference does; backward
+    # takes the segments last to first, runs each one's forward again from its kept state (keeping
+    # its steps, in a workspace of k steps) and then its backward. Every step computes what it
+    # computes in one whole-sequence call (the scan's rows do not depend on where a call starts or
+    # ends) and the weight gradients are summed in backward's order whatever the segments
+    # (_StepSums), so the gradients are those of full BPTT, bit for bit.
+    def _forward_segments(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws,
+                          bf, k):
+        segs = _segments(T, k, reverse)
+        hs = np.empty((len(segs) + 1,) + h0.shape, x.dtype)
+        cs = np.empty((len(segs) + 1,) + c0.shape, x.dtype) if c0 is not None else None
+        hs[0] = h0
+        if cs is not None:
+            cs[0] = c0
+        P = h0.shape[1]
+        for i, (t0, t1) in enumerate(segs):
+            seg = _Segment(t0, t1, T, B, bf)
+            o, oc = seg.columns(out, col0, P, ws)
+            self.forward(p, seg.rows(x), hs[i], None if cs is None else cs[i], seg.lengths(lengths),
+                         reverse, o, oc, hs[i + 1], None if cs is None else cs[i + 1], t1 - t0, B, nt,
+                         ws, False, keep=False)
+            seg.put_columns(out, o, col0, P)
+        h_n[...] = hs[-1]
+        if cs is not None:
+            c_n[...] = cs[-1]
+        return {"segments": segs, "hs": hs, "cs": cs, "x": x, "lengths": lengths,
+                "reverse": reverse, "bf": bf, "T": T}
+
+    def _backward_segments(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws):
+        T, B, bf, x, hs, cs = cache["T"], dh.shape[0], cache["bf"], cache["x"], cache["hs"], cache["cs"]
+        P, dt = dh.shape[1], dh.dtype
+        h_n = ws("ckpt_h", hs.shape[1:], dt)
+        c_n = ws("ckpt_c", cs.shape[1:], dt) if cs is not None else None
+        for i in reversed(range(len(cache["segments"]))):
+            t0, t1 = cache["segments"][i]
+            seg = _Segment(t0, t1, T, B, bf)
+            out = ws("ckpt_out", ((t1 - t0) * B, P), dt)
+            seg_cache = self.forward(p, seg.rows(x), hs[i], None if cs is None else cs[i],
+                                     seg.lengths(cache["lengths"]), cache["reverse"], out, 0, h_n, c_n,
+                                     t1 - t0, B, nt, ws, False, keep=True)
+            d, dcol = seg.columns(dout, col0, P, None)
+            dx_s = seg.rows(dx)
+            dh, dc = self.backward(p, g, seg_cache, d, dcol, dh, dc, dx_s, nt, ws)
+            seg.put_rows(dx, dx_s)
         return dh, dc
 
     def _workspace(self, saved, ws, rows, B, H, P, dt, proj):
@@ -74,13 +128,10 @@ class RNNCell(_Cell):
         self.relu = relu
         self.kind = "rnn_relu" if relu else "rnn_tanh"
 
-    def _weight_grads(self, p, g, saved, tmp, x, dx, nt, w_ih_n):
-        H = p["w_hh"].shape[0]
-        dG = tmp["dG"].reshape(-1, H)
-        # dW_hh += dG^T @ hprev
-        K.matmul(g["w_hh"], dG, saved["hprev"].reshape(-1, H), trans_a=True, beta=1.0,
-                 num_threads=nt)
-        _input_side_grads(p, g, dG, x, dx, nt, w_ih_n, hh_cols=H)
+    def _weight_grads(self, p, g, saved, tmp, x, dx, sums, w_ih_n):
+        dG = tmp["dG"]
+        sums.add(g["w_hh"], dG, saved["hprev"])             # dW_hh += dG^T @ hprev
+        _input_side_grads(p, g, dG, x, dx, sums, w_ih_n, hh_cols=dG.shape[-1])
 
 
 class LSTMCell(_Cell):
@@ -102,22 +153,18 @@ class LSTMCell(_Cell):
         if "w_hr" in p:
             tmp["dH"] = ws("dH", G.shape[:2] + (p["w_hr"].shape[0],), G.dtype)
 
-    def _weight_grads(self, p, g, saved, tmp, x, dx, nt, w_ih_n):
-        H4, P = p["w_hh"].shape
-        H = H4 // 4
-        dG = tmp["dG"].reshape(-1, H4)
+    def _weight_grads(self, p, g, saved, tmp, x, dx, sums, w_ih_n):
+        dG = tmp["dG"]
+        H = dG.shape[-1] // 4
         if "w_ci" in p:
             # dw_c* += Σ over t, b of dL/da_gate ⊙ (the cell state that gate saw)
-            K.lstm_peephole_grads(g["w_ci"], g["w_cf"], g["w_co"], dG,
-                                  saved["cprev"].reshape(-1, H), saved["cnew"].reshape(-1, H))
+            sums.dot(g["w_ci"], dG[..., :H], saved["cprev"])
+            sums.dot(g["w_cf"], dG[..., H:2 * H], saved["cprev"])
+            sums.dot(g["w_co"], dG[..., 3 * H:], saved["cnew"])
         if "w_hr" in p:
-            # dW_hr += dH^T @ M
-            K.matmul(g["w_hr"], tmp["dH"].reshape(-1, P), saved["M"].reshape(-1, H), trans_a=True,
-                     beta=1.0, num_threads=nt)
-        # dW_hh += dG^T @ hprev
-        K.matmul(g["w_hh"], dG, saved["hprev"].reshape(-1, P), trans_a=True, beta=1.0,
-                 num_threads=nt)
-        _input_side_grads(p, g, dG, x, dx, nt, w_ih_n, hh_cols=H4)
+            sums.add(g["w_hr"], tmp["dH"], saved["M"])      # dW_hr += dH^T @ M
+        sums.add(g["w_hh"], dG, saved["hprev"])             # dW_hh += dG^T @ hprev
+        _input_side_grads(p, g, dG, x, dx, sums, w_ih_n, hh_cols=4 * H)
 
 
 class GRUCell(_Cell):
@@ -144,23 +191,67 @@ class GRUCell(_Cell):
         else:
             tmp["buf"] = ws("drh", (B, H), G.dtype)
 
-    def _weight_grads(self, p, g, saved, tmp, x, dx, nt, w_ih_n):
-        H3, H = p["w_hh"].shape
-        dGx, hprev = tmp["dG"].reshape(-1, H3), saved["hprev"].reshape(-1, H)
-        # dW_h{r,z} += dG_{r,z}^T @ hprev
-        K.matmul(g["w_hh"][:2 * H], dGx[:, :2 * H], hprev, trans_a=True, beta=1.0, num_threads=nt)
+    def _weight_grads(self, p, g, saved, tmp, x, dx, sums, w_ih_n):
+        dG, hprev = tmp["dG"], saved["hprev"]
+        H = dG.shape[-1] // 3
+        sums.add(g["w_hh"][:2 * H], dG[..., :2 * H], hprev)  # dW_h{r,z} += dG_{r,z}^T @ hprev
         if self.reset_after:
             # dW_hn += dGhn^T @ hprev ; db_hn += sum(dGhn), dGhn = dL/d(h W_hn^T + b_hn)
-            dGhn = tmp["dGh"].reshape(-1, H)
-            K.matmul(g["w_hh"][2 * H:], dGhn, hprev, trans_a=True, beta=1.0, num_threads=nt)
+            dGhn = tmp["dGh"]
+            sums.add(g["w_hh"][2 * H:], dGhn, hprev)
             if "b_hh" in g:
-                K.colsum_add(g["b_hh"][2 * H:], dGhn, nt)
-            _input_side_grads(p, g, dGx, x, dx, nt, w_ih_n, hh_cols=2 * H)   # db_h{r,z} too
+                sums.colsum(g["b_hh"][2 * H:], dGhn)
+            _input_side_grads(p, g, dG, x, dx, sums, w_ih_n, hh_cols=2 * H)   # db_h{r,z} too
         else:
             # dW_hn += dG_n^T @ (r ⊙ hprev)
-            K.matmul(g["w_hh"][2 * H:], dGx[:, 2 * H:], saved["HN"].reshape(-1, H), trans_a=True,
-                     beta=1.0, num_threads=nt)
-            _input_side_grads(p, g, dGx, x, dx, nt, w_ih_n, hh_cols=H3)       # db_hh = db_ih
+            sums.add(g["w_hh"][2 * H:], dG[..., 2 * H:], saved["HN"])
+            _input_side_grads(p, g, dG, x, dx, sums, w_ih_n, hh_cols=3 * H)   # db_hh = db_ih
+
+
+def _segments(T, k, reverse):
+    """[t0, t1) of every segment of k steps, in the order the scan runs them (the last first for a
+    reverse direction)."""
+    segs = [(t0, min(t0 + k, T)) for t0 in range(0, T, k)]
+    return segs[::-1] if reverse else segs
+
+
+class _Segment:
+    """Steps [t0, t1) of a layer's (T*B, .) rows as time-major rows of their own: a view when the
+    layer is time-major, a copy (written back by put_*) when it is batch_first."""
+
+    def __init__(self, t0, t1, T, B, bf):
+        self.t0, self.t1, self.T, self.B, self.bf = t0, t1, T, B, bf
+
+    def _steps(self, a):
+        # the segment's part of a, as (t1 - t0, B, width)
+        return a.reshape(self.B, self.T, a.shape[1])[:, self.t0:self.t1].transpose(1, 0, 2)
+
+    def rows(self, a):
+        if not self.bf:
+            return a[self.t0 * self.B:self.t1 * self.B]
+        return np.ascontiguousarray(self._steps(a)).reshape(-1, a.shape[1])
+
+    def put_rows(self, a, rows):
+        if self.bf:
+            self._steps(a)[...] = rows.reshape(self.t1 - self.t0, self.B, a.shape[1])
+
+    def columns(self, a, col0, P, ws):
+        """(rows, col0) for a direction's columns [col0, col0 + P) of a; batch_first: a copy (ws
+        None: of a's values) or new rows (from ws) with those columns at 0."""
+        if not self.bf:
+            return a[self.t0 * self.B:self.t1 * self.B], col0
+        if ws is not None:
+            return ws("ckpt_cols", ((self.t1 - self.t0) * self.B, P), a.dtype), 0
+        return np.ascontiguousarray(self._steps(a)[:, :, col0:col0 + P]).reshape(-1, P), 0
+
+    def put_columns(self, a, rows, col0, P):
+        if self.bf:
+            self._steps(a)[:, :, col0:col0 + P] = rows.reshape(self.t1 - self.t0, self.B, P)
+
+    def lengths(self, lengths):
+        """Each sequence's steps inside the segment (0 once it has ended): step t is active iff
+        t < length, in the segment's own numbering as in the whole's."""
+        return np.clip(lengths - self.t0, 0, self.t1 - self.t0).astype(np.int32)
 
 
 def _rows(T, B, bf, keep=True):
@@ -178,17 +269,45 @@ def _step_projection(p, x, B, cfg):
             and (w_ih.size + w_hh.size) * w_ih.itemsize <= cfg["step_projection_max_bytes"])
 
 
-def _input_side_grads(p, g, dG, x, dx, nt, w_ih_n, hh_cols):
+def _input_side_grads(p, g, dG, x, dx, sums, w_ih_n, hh_cols):
     """dW_ih += dG^T @ x ; db_ih += sum(dG), and db_hh[:hh_cols] too (the columns where b_hh sees
     the same gradient as b_ih); dx += dG @ W_ih, on rnncore's own GEMM (w_ih_n = W_ih packed) so
     that a sequence's input gradient does not depend on its batch, or on BLAS (w_ih_n None)."""
-    K.matmul(g["w_ih"], dG, x, trans_a=True, beta=1.0, num_threads=nt)
+    sums.add(g["w_ih"], dG, x)
     if "b_ih" in g:
-        s = np.zeros(dG.shape[1], dG.dtype)
-        K.colsum_add(s, dG, nt)        # dG.sum(axis=0), on the team
-        g["b_ih"] += s
-        g["b_hh"][:hh_cols] += s[:hh_cols]
+        sums.colsum(g["b_ih"], dG)
+        sums.colsum(g["b_hh"][:hh_cols], dG[..., :hh_cols])
+    dG = dG.reshape(-1, dG.shape[-1])
     if w_ih_n is not None:
-        K.packed_rows_add(dx, dG, w_ih_n, nt)
+        K.packed_rows_add(dx, dG, w_ih_n, sums.nt)
     else:
-        K.matmul(dx, dG, p["w_ih"], beta=1.0, num_threads=nt)
+        K.matmul(dx, dG, p["w_ih"], beta=1.0, num_threads=sums.nt)
+
+
+class _StepSums:
+    """The sums over every step of the weight gradients, in the backward scan's order (rnncore/
+    _wgrad.pxi): so they are the same whether the steps come in one call or in segments
+    (checkpointed BPTT), time-major or batch_first, on any number of threads. Arrays are given in
+    the layer's row layout ((T, B, .) or (B, T, .) batch_first, or (T*B, .) rows)."""
+
+    def __init__(self, T, B, bf, reverse, nt):
+        self.T, self.B, self.bf, self.nt = T, B, bf, nt
+        self.descending = not reverse        # backward visits a forward direction's steps last first
+
+    def steps(self, a):
+        """a as (T, B, width): a view, whatever the row layout."""
+        if self.bf:
+            return a.reshape(self.B, self.T, a.shape[-1]).transpose(1, 0, 2)
+        return a.reshape(self.T, self.B, a.shape[-1])
+
+    def add(self, C, A, B):
+        """C += Σ over rows of A[row]^T B[row]"""
+        K.step_sums_add(C, self.steps(A), self.steps(B), self.descending, self.nt)
+
+    def colsum(self, c, A):
+        """c += Σ over rows of A[row]"""
+        K.step_colsum_add(c, self.steps(A), self.descending, self.nt)
+
+    def dot(self, c, A, B):
+        """c += Σ over rows of A[row] ⊙ B[row]"""
+        K.step_dot_add(c, self.steps(A), self.steps(B), self.descending, self.nt)

@@ -15,6 +15,10 @@ oracles; the paths differ in speed and (for the per-step products) in the last b
                               GRU at L (6-8 MB) 7-12% slower; batch 1 15-19% slower. The choice does
                               not depend on the thread count, so results stay bit-identical across
                               thread counts.
+    bptt_checkpoint           None: training keeps every step for backward (full BPTT); "sqrt" or
+                              an int k: a layer's forward_train keeps its state every k steps
+                              (sqrt(T) for "sqrt") and backward recomputes each segment (the same
+                              gradients, bit for bit; memory ~ T/k + k steps; the Trainer's bptt=)
     small_work_flops          a layer call of fewer flops runs on one thread (a fork/join would cost
                               more than it saves, and a team whose threads wait for a descheduled
                               partner can make a tiny call 100x slower)
@@ -25,6 +29,8 @@ and other threads keep theirs); ``set_config`` changes the defaults of every thr
 import contextlib
 import threading
 
+from rnncore.engine.validation import check_checkpoint
+
 __all__ = ["get_config", "set_config", "config_context"]
 
 _defaults = {
@@ -33,6 +39,7 @@ _defaults = {
     "step_projection_min_rows": 16,
     "step_projection_max_bytes": 2 << 20,
     "small_work_flops": 2e6,
+    "bptt_checkpoint": None,
 }
 
 _local = threading.local()
@@ -44,6 +51,8 @@ def _check(key, value):
     if key == "step_gemm":
         if value not in ("own", "blas"):
             raise ValueError(f"step_gemm must be 'own' or 'blas', got {value!r}")
+    elif key == "bptt_checkpoint":
+        check_checkpoint(value, key)
     elif key == "step_projection":
         if not isinstance(value, bool):
             raise TypeError(f"step_projection must be True or False, got {value!r}")

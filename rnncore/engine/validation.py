@@ -90,6 +90,27 @@ def check_lengths(lengths, T, B, name="lengths", minimum=1, dtype=np.int32):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def check_checkpoint(checkpoint, name="checkpoint"):
+    """A BPTT checkpoint setting: None (keep every step), "sqrt", or an int k >= 1 (keep the state
+    every k steps). Returned as given (resolved against T by checkpoint_steps)."""
+    if checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "sqrt"):
+        return checkpoint
+    if isinstance(checkpoint, (bool, np.bool_)) or not isinstance(checkpoint, (int, np.integer)):
+        raise TypeError(f"{name} must be None, 'sqrt' or an int >= 1 (steps between kept states), got "
+                        f"{checkpoint!r}")
+    if checkpoint < 1:
+        raise ValueError(f"{name} must be None, 'sqrt' or an int >= 1, got {checkpoint}")
+    return int(checkpoint)
+
+
+def checkpoint_steps(checkpoint, T):
+    """The segment length for T steps: None when every step is kept (no checkpoint, or k >= T)."""
+    if checkpoint is None:
+        return None
+    k = max(1, int(np.ceil(np.sqrt(T)))) if checkpoint == "sqrt" else checkpoint
+    return k if k < T else None
+
+
 def check_ids(ids, num_classes, name, what="token ids", ndim=None, doc="", where=None):
     """Integer ids in [0, num_classes) -> int64 array. ndim: the number of dims expected (None: any);
     doc: the expected layout, for messages; where: a boolean mask of the ids that must be in range

@@ -33,8 +33,9 @@ from rnncore.engine import cells as _cells
 from rnncore import _kernels
 from rnncore.engine import threads as _threads
 from rnncore.engine.config import get_config
-from rnncore.engine.validation import (as_float_array, check_bool, check_float_dtype, check_int,
-                               check_lengths, check_shape)
+from rnncore.engine.validation import (as_float_array, check_bool, check_checkpoint,
+                                       checkpoint_steps, check_float_dtype, check_int,
+                                       check_lengths, check_shape)
 
 __all__ = ["RNN", "LSTM", "GRU", "StreamState", "mark_modified"]
 
@@ -305,10 +306,18 @@ class _RecurrentStack:
         out, h_n, _ = self._forward(x, hx, lengths, train=False)
         return out, h_n
 
-    def forward_train(self, x, hx=None, lengths=None):
+    def forward_train(self, x, hx=None, lengths=None, checkpoint=None):
         """Training forward: ``output, h_n, backprop``; ``dx, dhx = backprop(d_output, d_h_n=None)``
-        returns the gradients for x and hx and adds the parameter gradients into ``self.grads``."""
-        return self._forward(x, hx, lengths, train=True)
+        returns the gradients for x and hx and adds the parameter gradients into ``self.grads``.
+
+        checkpoint: BPTT within a memory budget. None keeps every step for backward (unless
+        ``rnncore.config_context(bptt_checkpoint=...)`` says otherwise); an int k keeps each layer's
+        state only every k steps, "sqrt" every ceil(sqrt(T)), and backward recomputes each segment
+        (Chen et al. 2016, Gruslys et al. 2016). The gradients are bit-identical to full BPTT; memory
+        for backward goes from ~T steps to ~T/k + k, for about one more forward pass of time."""
+        if checkpoint is None:
+            checkpoint = get_config()["bptt_checkpoint"]
+        return self._forward(x, hx, lengths, train=True, checkpoint=check_checkpoint(checkpoint))
 
     def _check_input(self, x):
         order = "(batch, time, input_size)" if self.batch_first else "(time, batch, input_size)"
@@ -355,7 +364,7 @@ class _RecurrentStack:
             raise TypeError(f"hx for an {type(self).__name__} is one array h0, got a tuple (h0, c0)")
         return self._check_state(hx, "h0", B, self._P, unbatched), None
 
-    def _forward(self, x, hx, lengths, train):
+    def _forward(self, x, hx, lengths, train, checkpoint=None):
         x, unbatched = self._check_input(x)
         # batch_first input stays as it is: the kernels read and write rows in either order (for one
         # unbatched sequence both orders are the same)
@@ -368,6 +377,7 @@ class _RecurrentStack:
         else:
             lens = check_lengths(lengths, T, B)
         h0, c0 = self._check_hx(hx, B, unbatched)
+        k = checkpoint_steps(checkpoint, T) if train else None
         D, P, H, LD = self.num_directions, self._P, self.hidden_size, self.num_layers * self.num_directions
         has_c = self._cell.has_cell_state
         h_n = np.empty((LD, B, P), self.dtype)
@@ -396,7 +406,8 @@ class _RecurrentStack:
                     ws = scratch.view(f"{layer}.{d}" if train else d)
                     caches.append(self._cell.forward(
                         p, layer_in, h0[idx], c0[idx] if has_c else None, lens, bool(d), out, d * P,
-                        h_n[idx], c_n[idx] if has_c else None, T, B, nt, ws, bf, keep=train))
+                        h_n[idx], c_n[idx] if has_c else None, T, B, nt, ws, bf, keep=train,
+                        checkpoint=k))
                 layer_in = out
         output = out.reshape((B, T, D * P) if bf else (T, B, D * P))
         if unbatched:

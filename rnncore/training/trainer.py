@@ -76,7 +76,8 @@ import time
 import numpy as np
 
 from rnncore.training import checkpoint as ckpt
-from rnncore.engine.validation import check_choice, check_reduction
+from rnncore.engine.config import config_context
+from rnncore.engine.validation import check_checkpoint, check_choice, check_reduction
 from rnncore.layers.recurrent import mark_modified, param_budget
 from rnncore.training.data import Chunk, tbptt_chunks
 from rnncore.training.losses import mse, softmax_cross_entropy
@@ -102,6 +103,11 @@ class Trainer:
     loss: "cross_entropy" or "mse" (or a callable ``loss, dY = f(Y, target, lengths=, mask=,
         reduction=)``); reduction: "mean" (per valid target; the default) or "sum".
     tbptt: chunk length k for truncated BPTT (None: whole sequences).
+    bptt: "full" keeps every step of a chunk for backward; an int k or "sqrt" keeps the recurrent
+        layers' states every k (ceil(sqrt(T))) steps and recomputes the rest during backward: the
+        same gradients, bit for bit, in memory ~ T/k + k steps instead of T, for about one more
+        forward pass of time (so a sequence of 100,000 steps trains without truncating it). Combines
+        with tbptt (each chunk is then checkpointed).
     seed: seeds the generator that orders the data (shuffling, text offsets).
     eval_every: evaluate on the validation data every this many steps (None: at the end of each epoch).
     patience: stop after this many evaluations without an improvement of at least min_delta.
@@ -121,7 +127,7 @@ class Trainer:
                  eval_every=None, patience=None, min_delta=0.0, checkpoint_path=None,
                  checkpoint_every=None, metadata=None, progress=False, loss_in_bits=False,
                  on_eval=None, eval_chunk=256, blas_threads=1, on_nonfinite="raise",
-                 best_checkpoint_path=None):
+                 best_checkpoint_path=None, bptt="full"):
         for name in ("params", "grads", "zero_grad", "batch_loss"):
             if not hasattr(model, name):
                 raise TypeError(f"model: expected a SequenceModel or an object with params, grads, zero_grad() "
@@ -138,6 +144,8 @@ class Trainer:
         else:
             self.loss_name, self.loss_fn = getattr(loss, "__name__", "custom"), loss
         check_reduction(reduction)
+        self.bptt = bptt
+        self._bptt_checkpoint = None if bptt == "full" else check_checkpoint(bptt, "bptt")
         for name, v in (("tbptt", tbptt), ("eval_every", eval_every), ("patience", patience),
                         ("checkpoint_every", checkpoint_every), ("eval_chunk", eval_chunk)):
             if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
@@ -272,7 +280,9 @@ class Trainer:
         """One optimizer step on one chunk. Returns (loss, count) or (None, 0) when no step was taken."""
         self.model.zero_grad()
         state = self.carry[1] if self.carry is not None and self.chunk_start > 0 else None
-        loss, n, backward, state = self._chunk_loss(chunk, state, self.reduction, is_train=True)
+        with config_context(bptt_checkpoint=self._bptt_checkpoint) if self._bptt_checkpoint \
+                else contextlib.nullcontext():
+            loss, n, backward, state = self._chunk_loss(chunk, state, self.reduction, is_train=True)
         if self._carries_state:
             self.carry = (chunk.rows, state)
         if n == 0:
@@ -400,7 +410,7 @@ class Trainer:
                 "layer_rng_state": _jsonable_rng_state(layer_rng.bit_generator.state) if layer_rng else None,
                 "optimizer_step": opt["step_count"], "best_val": _json_float(self.best_val),
                 "bad_evals": self.bad_evals, "best_step": self.best_step, "stopped": self.stopped, "seed": self.seed,
-                "tbptt": self.tbptt, "loss": self.loss_name, "reduction": self.reduction,
+                "tbptt": self.tbptt, "bptt": self.bptt, "loss": self.loss_name, "reduction": self.reduction,
             },
         }
         return arrays, meta
@@ -485,6 +495,7 @@ class Trainer:
             optimizer = make_optimizer(model.params, model.grads, meta["optimizer"])
             tr = meta["trainer"]
             kwargs.setdefault("tbptt", tr["tbptt"])
+            kwargs.setdefault("bptt", tr.get("bptt", "full"))
             kwargs.setdefault("loss", tr["loss"])
             kwargs.setdefault("reduction", tr["reduction"])
             kwargs.setdefault("seed", tr["seed"])
