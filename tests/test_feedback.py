@@ -387,3 +387,26 @@ def test_cli_trains_and_samples_a_gf_gru(tmp_path, capsys):
     assert "model: GF-GRU, 2 layers of 8" in out and "validation:" in out
     assert cli.main(["sample", str(ckpt), "--length", "20", "--prime", "def ", "--seed", "1"]) in (0, None)
     assert capsys.readouterr().out.startswith("def ")
+
+
+def test_example_runs_in_a_tiny_configuration(tmp_path):
+    """examples/feedback.py end to end: both models' figures printed, the PNG written."""
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "examples" / "feedback.py"), "--seconds", "0.5",
+                        "--hidden", "24", "--max-chars", "20000", "--eval-every", "50", "--batch-size", "4",
+                        "--tbptt", "16", "--val-chars", "1000", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import re
+    rows = re.findall(r"^(stacked GRU|GF-GRU) \(3 x \d+\)\s+([\d,]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+) \(best",
+                      r.stdout, re.M)
+    assert [row[0] for row in rows] == ["stacked GRU", "GF-GRU"], r.stdout
+    (_, n_stacked, *_), (_, n_gf, *_) = rows
+    n_stacked, n_gf = int(n_stacked.replace(",", "")), int(n_gf.replace(",", ""))
+    assert abs(n_stacked - n_gf) < 0.05 * n_stacked, rows          # the same parameter count, near enough
+    for _, _, steps, seconds, bits in rows:
+        assert int(steps) > 0 and float(seconds) >= 0.5 and 0 < float(bits) < 10, rows
+    assert (tmp_path / "feedback.png").is_file()
