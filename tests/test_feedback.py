@@ -410,3 +410,25 @@ def test_example_runs_in_a_tiny_configuration(tmp_path):
     for _, _, steps, seconds, bits in rows:
         assert int(steps) > 0 and float(seconds) >= 0.5 and 0 < float(bits) < 10, rows
     assert (tmp_path / "feedback.png").is_file()
+
+
+@pytest.mark.parametrize("cell,torch_cell", [("tanh", "RNN"), ("gru", "GRU"), ("lstm", "LSTM")])
+def test_stacked_rnn_is_the_special_case_without_feedback(cell, torch_cell, rng):
+    """gated=False and U^{i->j} = 0 for i != j: a FeedbackRNN is rnncore's stacked RNN / GRU / LSTM."""
+    L, H = 3, 7
+    stacked = getattr(rnncore, torch_cell)(I, H, L, dtype=np.float64, seed=0)
+    gf = rnncore.FeedbackRNN(I, H, L, cell=cell, gated=False, dtype=np.float64)
+    state = {}
+    for k in range(L):
+        w_hh = np.zeros((ref.GATES[cell] * H, L * H))
+        w_hh[:, k * H:(k + 1) * H] = stacked.params[f"weight_hh_l{k}"]       # only U^{k->k}
+        state.update({f"weight_ih_l{k}": stacked.params[f"weight_ih_l{k}"], f"weight_hh_l{k}": w_hh,
+                      f"bias_ih_l{k}": stacked.params[f"bias_ih_l{k}"], f"bias_hh_l{k}": stacked.params[f"bias_hh_l{k}"]})
+    gf.load_state_dict(state)
+    x = rng.standard_normal((6, 5, I))
+    lengths = [6, 2, 5, 1, 4]
+    want_out, want_state = stacked(x, lengths=lengths)
+    out, st = gf(x, lengths=lengths)
+    assert_close(out, want_out, 1e-12, 1e-12, "output")
+    for a, b in zip(st if cell == "lstm" else [st], want_state if cell == "lstm" else [want_state]):
+        assert_close(a, b, 1e-12, 1e-12, "final state")
