@@ -157,8 +157,8 @@ def run(args):
     ax.grid(alpha=0.3)
     for k, (feedback, title) in enumerate([(False, "stacked RNN, unrolled: a grid"),
                                            (True, "gated-feedback RNN, unrolled: not a grid\n"
-                                                  "(blue: own layer; green: from a lower layer at t-1; red: top-down, from a higher one; "
-                                                  "dots: the global reset gates)")]):
+                                                  "blue: own layer; green: from a lower layer at t-1;\n"
+                                                  "red: top-down, from a higher one; dots: global reset gates")]):
         ax = fig.add_subplot(2, 2, 3 + k)
         draw_unrolled(ax, 3, 4, feedback)
         ax.set_title(title, fontsize=9)
