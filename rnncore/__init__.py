@@ -27,6 +27,7 @@ except ImportError:
         f"(or `python setup.py build_ext --inplace`).") from None
 from rnncore.engine.config import config_context, get_config, set_config
 from rnncore.engine.threads import get_num_threads, set_num_threads, threads
+from rnncore.layers.feedback import FeedbackRNN
 from rnncore.layers.recurrent import GRU, LSTM, RNN
 from rnncore.models.sequence import SequenceModel
 from rnncore.training.trainer import NonFiniteError, Trainer, load_model
@@ -69,6 +70,6 @@ def get_include():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-__all__ = ["RNN", "LSTM", "GRU", "SequenceModel", "Trainer", "NonFiniteError", "load_model",
+__all__ = ["RNN", "LSTM", "GRU", "FeedbackRNN", "SequenceModel", "Trainer", "NonFiniteError", "load_model",
            "set_num_threads", "get_num_threads", "threads", "openmp_enabled", "config_context",
            "get_config", "set_config", "get_include", "__version__"]

@@ -7,6 +7,8 @@
     _cell_rnn.pxi      each cell's step, forward and backward side by side, equations numbered as in
     _cell_lstm.pxi     rnncore/layers/reference.py
     _cell_gru.pxi
+    _feedback.pxi      the gated-feedback RNN (rnncore.FeedbackRNN): a whole stack in one time loop,
+                       forward and backward
     _kernels.pxd       the public nogil API (rc_cell, rc_seq, rc_arrays, rc_forward_*, rc_backward_*,
                        rc_step_*, Cell) that outside Cython extensions cimport
     this file          Cell (a layer-direction's weights, packed), `forward` / `backward` / `step`
@@ -770,3 +772,6 @@ def backward(Cell cell, *, dout, Py_ssize_t col0, dh, dc=None, saved, lengths,
             rc_backward_f(&cell.c, &q, &a, num_threads)
         else:
             rc_backward_d(&cell.c, &q, &a, num_threads)
+
+
+include "_feedback.pxi"

@@ -89,7 +89,9 @@ def build_parser():
     t.add_argument("--data", metavar="FILE",
                    help="UTF-8 text file to train on (default: the standard library's Python source; "
                         "with --resume: the checkpoint's corpus)")
-    t.add_argument("--cell", choices=("rnn", "lstm", "gru"), help=f"recurrent cell (default: {D['cell']})")
+    t.add_argument("--cell", choices=("rnn", "lstm", "gru", "gf-tanh", "gf-gru", "gf-lstm"),
+                   help=f"recurrent cell; gf-*: a gated-feedback stack of that cell, every layer reading "
+                        f"every layer's state at t-1 (rnncore.FeedbackRNN) (default: {D['cell']})")
     t.add_argument("--hidden-size", type=_positive_int, metavar="N",
                    help=f"hidden units per layer (default: {D['hidden_size']})")
     t.add_argument("--num-layers", type=_positive_int, metavar="N",

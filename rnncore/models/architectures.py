@@ -9,6 +9,8 @@ rnncore.training.trainer.Trainer.
     output -> hidden     OutputFeedbackRNN (seed 003, structure 2): the only recurrence is from the
                          output at t-1 to the hidden units at t
     no input             AutonomousRNN (seed 001): h_t = f(h_{t-1}; θ), a trajectory from h_0
+    pre-activation       PreActivationRNN (seed 001, form (ii)): s_t = W[u_t; σ(s_{t-1})] + b, a
+                         layer with rnncore.RNN's parameters (not a protocol model)
     time delay           delay_windows / window_batches / forecast (seed 004): predict y_{t+d} from
                          x_{<=t} with SequenceModel(head="regression"), forecast recursively
     encoder -> decoder   rnncore.models.seq2seq.Seq2Seq (attention: additive / multiplicative)
@@ -32,7 +34,7 @@ from rnncore.training.data import Batch
 from rnncore.training.losses import mse, softmax, softmax_backward, softmax_cross_entropy
 from rnncore.models.sequence import CELLS, Embedding, Linear, SequenceModel, _ParamDicts
 
-__all__ = ["ProtocolModel", "OneToMany", "OutputFeedbackRNN", "AutonomousRNN",
+__all__ = ["ProtocolModel", "OneToMany", "OutputFeedbackRNN", "AutonomousRNN", "PreActivationRNN",
            "delay_windows", "window_batches", "forecast", "softmax", "sample_logits"]
 
 
@@ -578,6 +580,130 @@ class AutonomousRNN(ProtocolModel):
         """(Y (T, B, O), Hs (T, B, H)): the trajectory from h0 (None: the learned h0)."""
         Y, Hs, _ = self.forward(steps, batch_size, h0, is_train=False)
         return Y, Hs
+
+
+# ---------------------------------------------------------------------------------------------------
+# the vanilla RNN's second form (seed 001, (ii)): the state is the pre-activation
+# ---------------------------------------------------------------------------------------------------
+
+class PreActivationRNN(ProtocolModel):
+    """Seed 001's form (ii) of the vanilla RNN, a layer with rnncore.RNN's interface and parameters:
+
+        (i)   h_t = σ(W [h^{l-1}_t; h_{t-1}] + b)       rnncore.RNN: σ at the end of a layer
+        (ii)  s_t = W [u^l_t; σ(s_{t-1})] + b          this class: σ at the start of a layer
+
+    with W = [W_ih, W_hh], b = b_ih + b_hh (PyTorch's names, weight_ih_l{k} ... bias_hh_l{k}, so one
+    state_dict loads into both) and σ = tanh or relu. The layer's input is u^0_t = x_t (the data, no
+    σ) and u^l_t = σ(s^{l-1}_t) above it: σ is applied to every state before a weight multiplies it.
+    The state s, the output (the top layer's s_t at every step, (T, B, H)) and s_n are pre-activations.
+
+    The two forms are the same network (tests/test_preactivation.py): with the same weights and
+    s_{-1} such that σ(s_{-1}) = h_{-1} (zeros for zeros), s^l_t = a^l_t, form (i)'s pre-activation,
+    and σ(s^l_t) = h^l_t at every step and layer; gradients agree through ∂L/∂s = ∂L/∂h ⊙ σ'(s).
+    What differs is where a network's σ sits: form (ii) reads x without σ and emits s, so a head on
+    it sees a_t where form (i)'s sees σ(a_t) (add σ to that head to get form (i)'s function back), and
+    an initial state h_{-1} of form (i) is s_{-1} = σ⁻¹(h_{-1}) in form (ii) (tanh: |h| < 1 only).
+
+    ``out, s_n = layer(x, s0=None)``; ``out, s_n, backprop = layer.forward_train(x, s0)``;
+    ``dx, ds0 = backprop(d_out, d_s_n=None)`` adds the parameter gradients into ``grads``. Time-major,
+    numpy (the recurrence is a Python loop over steps, a GEMM each); no lengths.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 dtype=np.float32, seed=None):
+        check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+        self.input_size = check_int(input_size, "input_size", 1)
+        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
+        self.num_layers = check_int(num_layers, "num_layers", 1)
+        self.nonlinearity, self.bias, self.seed = nonlinearity, bool(bias), seed
+        self.dtype = check_float_dtype(dtype)
+        H = hidden_size
+        rng = np.random.default_rng(seed)
+        self._init_params()
+        for k in range(self.num_layers):
+            self._own(f"weight_ih_l{k}", _uniform(rng, (H, input_size if k == 0 else H), H, self.dtype))
+            self._own(f"weight_hh_l{k}", _uniform(rng, (H, H), H, self.dtype))
+            if self.bias:
+                self._own(f"bias_ih_l{k}", _uniform(rng, (H,), H, self.dtype))
+                self._own(f"bias_hh_l{k}", _uniform(rng, (H,), H, self.dtype))
+
+    @property
+    def config(self):
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "nonlinearity": self.nonlinearity, "bias": self.bias,
+                "dtype": self.dtype.name, "seed": self.seed}
+
+    def _sigma(self, s):
+        return np.maximum(s, 0) if self.nonlinearity == "relu" else np.tanh(s)
+
+    def _dsigma(self, s, sig):
+        """σ'(s), from s and σ(s): relu [s > 0], tanh 1 - σ(s)²."""
+        return (s > 0).astype(s.dtype) if self.nonlinearity == "relu" else 1 - sig * sig
+
+    def __call__(self, x, s0=None):
+        out, s_n, _ = self.forward_train(x, s0)
+        return out, s_n
+
+    def forward_train(self, x, s0=None):
+        x = _as_floats(x, "x", self.dtype, 3, "(time, batch, input_size)")
+        T, B, I = x.shape
+        L, H = self.num_layers, self.hidden_size
+        if I != self.input_size or T < 1 or B < 1:
+            raise ValueError(f"x: expected (T >= 1, batch >= 1, {self.input_size}), got shape {x.shape}")
+        s0 = np.zeros((L, B, H), self.dtype) if s0 is None else _as_floats(s0, "s0", self.dtype, 3,
+                                                                            "(num_layers, batch, hidden)")
+        if s0.shape != (L, B, H):
+            raise ValueError(f"s0: expected shape {(L, B, H)}, got {s0.shape}")
+        p = self.params
+        cache = []                       # per layer: (u, S (T+1, B, H) with S[0] = s0, σ(S))
+        u = x
+        for k in range(L):
+            S = np.empty((T + 1, B, H), self.dtype)
+            S[0] = s0[k]
+            sig = np.empty_like(S)
+            sig[0] = self._sigma(s0[k])
+            # the input part of every step at once: u W_ih^T + b_ih + b_hh
+            AX = u @ p[f"weight_ih_l{k}"].T
+            if self.bias:
+                AX += p[f"bias_ih_l{k}"] + p[f"bias_hh_l{k}"]
+            for t in range(T):
+                # (ii) s_t = W_ih u_t + b + W_hh σ(s_{t-1})
+                S[t + 1] = AX[t] + sig[t] @ p[f"weight_hh_l{k}"].T
+                sig[t + 1] = self._sigma(S[t + 1])
+            cache.append((u, S, sig))
+            u = sig[1:]                  # the next layer reads σ(s)
+        out = cache[-1][1][1:].copy()
+        s_n = np.stack([c[1][-1] for c in cache])
+        g = self.grads
+
+        def backprop(d_out, d_s_n=None):
+            dS_above = _as_floats(d_out, "d_out", self.dtype, 3, "(time, batch, hidden)")
+            ds_n = np.zeros((L, B, H), self.dtype) if d_s_n is None else _as_floats(
+                d_s_n, "d_s_n", self.dtype, 3, "(num_layers, batch, hidden)")
+            ds0 = np.empty((L, B, H), self.dtype)
+            for k in reversed(range(L)):
+                uk, S, sig = cache[k]
+                W_hh = p[f"weight_hh_l{k}"]
+                dS = np.empty((T, B, H), self.dtype)
+                ds = ds_n[k]                                    # ∂L/∂s_t from step t + 1
+                for t in reversed(range(T)):
+                    dS[t] = ds + dS_above[t]
+                    # s_t = ... + W_hh σ(s_{t-1}):  ∂L/∂s_{t-1} += (∂L/∂s_t W_hh) ⊙ σ'(s_{t-1})
+                    ds = (dS[t] @ W_hh) * self._dsigma(S[t], sig[t])
+                ds0[k] = ds
+                dS2 = dS.reshape(T * B, H)
+                # dW_ih += Σ ∂L/∂s u^T;  dW_hh += Σ ∂L/∂s σ(s_{t-1})^T;  db_ih, db_hh += Σ ∂L/∂s
+                g[f"weight_ih_l{k}"] += dS2.T @ uk.reshape(T * B, -1)
+                g[f"weight_hh_l{k}"] += dS2.T @ sig[:-1].reshape(T * B, H)
+                if self.bias:
+                    g[f"bias_ih_l{k}"] += dS2.sum(axis=0)
+                    g[f"bias_hh_l{k}"] += dS2.sum(axis=0)
+                du = dS @ p[f"weight_ih_l{k}"]
+                if k > 0:                                       # u = σ(s of the layer below)
+                    dS_above = du * self._dsigma(cache[k - 1][1][1:], uk)
+            return du, ds0
+
+        return out, s_n, backprop
 
 
 # ---------------------------------------------------------------------------------------------------

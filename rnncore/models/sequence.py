@@ -21,13 +21,17 @@ from rnncore.engine.threads import get_num_threads
 
 from rnncore.engine.validation import check_choice, check_ids
 from rnncore.training.data import tbptt_chunks
+from rnncore.layers.feedback import FeedbackRNN
 from rnncore.layers.recurrent import GRU, LSTM, RNN, mark_modified
 from rnncore.training.losses import mse, softmax, softmax_cross_entropy
 
-__all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "generate", "select_state"]
+__all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "FEEDBACK_CELLS", "generate",
+           "select_state"]
 
 HEADS = ("many_to_many", "many_to_one", "regression")
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+# SequenceModel's recurrent part may also be a gated-feedback stack (rnncore.FeedbackRNN) of these cells
+FEEDBACK_CELLS = {"gf-tanh": "tanh", "gf-gru": "gru", "gf-lstm": "lstm"}
 
 
 class _Backprop:
@@ -199,7 +203,9 @@ class SequenceModel(_ParamDicts):
         taken where it ends, at t = 0), "regression" (real values at every step, (T, B, output_size)).
     output_size: defaults to vocab_size (a language model).
     cell: "rnn", "lstm" or "gru"; rnn_options: further arguments of that layer (nonlinearity,
-        proj_size, peephole, reset_after, init, forget_bias).
+        proj_size, peephole, reset_after, init, forget_bias). Or "gf-tanh", "gf-gru", "gf-lstm": a
+        gated-feedback stack (rnncore.FeedbackRNN, every layer reading every layer's state at t-1;
+        rnn_options: gated, bias).
     seed: one seed for every initialisation (embedding, recurrent stack, head).
     All arrays are time-major, as the layers' default.
 
@@ -213,7 +219,7 @@ class SequenceModel(_ParamDicts):
     def __init__(self, cell="lstm", hidden_size=128, num_layers=1, vocab_size=None, embedding_dim=None,
                  input_size=None, output_size=None, head="many_to_many", dropout=0.0, bidirectional=False,
                  dtype=np.float32, seed=None, rnn_options=None):
-        check_choice(cell, "cell", CELLS)
+        check_choice(cell, "cell", {**CELLS, **FEEDBACK_CELLS})
         check_choice(head, "head", HEADS)
         if (vocab_size is None) == (input_size is None):
             raise ValueError("expected exactly one of vocab_size (token ids in) or input_size (vectors in)")
@@ -237,9 +243,11 @@ class SequenceModel(_ParamDicts):
         else:
             self.embedding = Embedding(vocab_size, embedding_dim, self.dtype, np.random.default_rng(seeds[0]))
             rnn_in = embedding_dim
-        self.rnn = CELLS[cell](rnn_in, hidden_size, num_layers=num_layers, dropout=dropout,
-                               bidirectional=bidirectional, dtype=self.dtype,
-                               seed=int(seeds[1].generate_state(1)[0]), **self.rnn_options)
+        kind = {"cell": FEEDBACK_CELLS[cell]} if cell in FEEDBACK_CELLS else {}
+        self.rnn = CELLS.get(cell, FeedbackRNN)(rnn_in, hidden_size, num_layers=num_layers, dropout=dropout,
+                                                bidirectional=bidirectional, dtype=self.dtype,
+                                                seed=int(seeds[1].generate_state(1)[0]), **kind,
+                                                **self.rnn_options)
         self.head = Linear(self.rnn.output_size, output_size, self.dtype, np.random.default_rng(seeds[2]))
 
         self._init_params()
