@@ -46,7 +46,7 @@ import numpy as np
 from rnncore.training.data import Batch
 
 __all__ = ["Replicas", "DistributedError", "get_comm", "shard_range", "shard_batch", "ShardedSource",
-           "local_ranks", "default_threads"]
+           "launched_size", "local_ranks", "default_threads"]
 
 ABORT_GRACE = 3.0       # seconds a failing rank waits for rank 0 to report it before aborting itself
 _FAIL_TAG = 0x7263      # the tag of failure notices (point to point, on the trainer's communicator)
@@ -80,6 +80,15 @@ def get_comm(comm=None, distributed=False):
     if distributed is not False:
         raise TypeError(f"distributed: expected True or False, got {distributed!r}")
     return None
+
+
+def launched_size():
+    """How many ranks mpiexec started this process among, from the launcher's environment (MPICH's
+    Hydra: PMI_SIZE; Open MPI: OMPI_COMM_WORLD_SIZE); 1 outside mpiexec. Reads no MPI."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
 
 
 def local_ranks(comm):
