@@ -255,6 +255,7 @@ def test_bad_communicator_is_refused():
 
 
 def test_search_on_a_dask_cluster_equals_the_serial_search():
+    import dask
     from dask.distributed import Client, LocalCluster, get_task_stream
     from joblib import parallel_backend
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
@@ -273,7 +274,8 @@ def test_search_on_a_dask_cluster_equals_the_serial_search():
                                         n_iter=3, cv=2, random_state=1, **kw).fit(X, y_reg),
     ]
     serial = [search() for search in searches]
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         with get_task_stream(client) as tasks, parallel_backend("dask"):
             on_cluster = [search(n_jobs=-1) for search in searches]
