@@ -197,7 +197,7 @@ class Replicas:
         n, N = vec.size, self.size
         if N == 1:
             return vec.copy()
-        counts = np.array([np.subtract(*shard_range(n, r, N)[::-1]) for r in range(N)])
+        counts = np.array([hi - lo for lo, hi in (shard_range(n, r, N) for r in range(N))])
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
         mine = int(counts[self.rank])
         parts = np.empty((N, mine), dtype=vec.dtype)
@@ -320,7 +320,8 @@ class Replicas:
             while time.monotonic() < deadline:   # rank 0 reports it and aborts the job meanwhile
                 request.Test()                   # (MPI makes progress on the send only when called)
                 time.sleep(_POLL)
-            sys.stderr.write(f"rnncore: error: rank {self.rank} of {self.size} failed: {msg}\n")
+            sys.stderr.write(f"rnncore: error: rank {self.rank} of {self.size} failed (rank 0 did not "
+                             f"report it within {ABORT_GRACE:g} s): {msg}\n")
             sys.stderr.flush()
         self.comm.Abort(1)
 

@@ -117,14 +117,14 @@ def case_replicas_differ(out, dtype):
     return {"raised": None}
 
 
-def case_fail(out, dtype, how, checkpoint):
-    """Rank 1 raises (or dies) at step 7; a checkpoint every 2 steps."""
+def case_fail(out, dtype, how, checkpoint, rank=1):
+    """Rank `rank` raises (or dies) at step 7; a checkpoint every 2 steps."""
     trainer, train, val = build(dtype, distributed=True, checkpoint_path=checkpoint, checkpoint_every=2)
     orig = trainer._after_step
 
     def after_step(loss, throughput, v):
         orig(loss, throughput, v)
-        if trainer.rank == 1 and trainer.step == 7:
+        if trainer.rank == rank and trainer.step == 7:
             if how == "raise":
                 raise RuntimeError("boom on purpose")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -137,7 +137,7 @@ def main(argv):
     case, out, *args = argv
     fn = globals()[f"case_{case}"]
     kw = dict(a.split("=", 1) for a in args)
-    for k, convert in (("steps", int), ("patience", int), ("min_delta", float)):
+    for k, convert in (("steps", int), ("patience", int), ("min_delta", float), ("rank", int)):
         if k in kw:
             kw[k] = convert(kw[k])
     kw.setdefault("dtype", "float32")
