@@ -13,8 +13,14 @@ parameters are finite) and prints the command that resumes (exit status 130); a 
 at once. A checkpoint remembers its corpus (the file's path and a SHA-256 of its text) and the run's
 settings, so `rnncore train --resume CHECKPOINT` needs nothing else, continues writing to CHECKPOINT,
 and refuses another text.
+
+Under MPI (`mpiexec -n N rnncore train ...`, the extra rnncore[mpi]) the run is data-parallel
+(rnncore.distributed): every rank trains on its own streams of each batch (its block of the text),
+the batch size is the global one, --threads are per rank (default: this machine's CPUs shared by its
+ranks), rank 0 alone prints and writes the checkpoints, which resume on any number of ranks.
 """
 import argparse
+import contextlib
 import hashlib
 import math
 import os
@@ -27,6 +33,7 @@ import time
 
 import numpy as np
 
+from rnncore import distributed as dist
 from rnncore.training.checkpoint import CheckpointError
 from rnncore.training.trainer import NonFiniteError
 from rnncore.training.data import (CharVocab, DataError, TextStreams, read_text, split_text, stdlib_corpus,
@@ -137,6 +144,9 @@ def build_parser():
     t.add_argument("--temperature", type=_positive_float, default=D["temperature"],
                    help=f"sampling temperature of the printed samples (default: {D['temperature']:g})")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
+    t.add_argument("--check-replicas", action="store_true",
+                   help="under mpiexec: compare a digest of every rank's parameters and optimizer state at "
+                        "the end of each epoch, and stop if they differ (default: off)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate text from a checkpoint",
@@ -187,7 +197,10 @@ def main(argv=None):
 
 def _fail(msg):
     line = " ".join(str(msg).split())  # one line, whatever the message held
-    print(f"rnncore: error: {line}", file=sys.stderr)
+    size = dist.launched_size()
+    rank = f" (rank {os.environ.get('PMI_RANK', os.environ.get('OMPI_COMM_WORLD_RANK', '?'))} of {size})" \
+        if size > 1 else ""
+    print(f"rnncore: error{rank}: {line}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +208,20 @@ def _fail(msg):
 
 
 def cmd_train(args):
+    """`rnncore train`; under mpiexec, on every rank, with the output of rank 0 only."""
+    comm = None
+    if dist.launched_size() > 1:
+        try:
+            comm = dist.get_comm(distributed=True)
+        except ImportError as e:
+            raise UsageError(f"started by mpiexec on {dist.launched_size()} ranks, but {e}") from None
+    if comm is None or comm.Get_rank() == 0:
+        return _train(args, comm)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        return _train(args, comm)
+
+
+def _train(args, comm):
     import rnncore
     from rnncore.models.sequence import SequenceModel
     from rnncore.training.optim import OPTIMIZERS, Constant, Cosine, StepDecay
@@ -214,7 +241,8 @@ def cmd_train(args):
     out = args.out or args.resume or DEFAULTS["out"]
     best_out = _best_path(out)
     _check_writable(out)
-    threads = args.threads or rnncore.get_num_threads()
+    threads = args.threads or (rnncore.get_num_threads() if comm is None
+                               else dist.default_threads(comm, rnncore.get_num_threads()))
 
     text, source, corpus = _corpus(args, resume_meta)
     if len(text) < 100:
@@ -245,7 +273,8 @@ def cmd_train(args):
     trainer_kw = dict(tbptt=args.tbptt, eval_every=eval_every, patience=args.patience,
                       checkpoint_path=out, checkpoint_every=eval_every, metadata=metadata,
                       best_checkpoint_path=best_out if val is not None else None,
-                      progress=False if args.no_progress else None, loss_in_bits=True)
+                      progress=False if args.no_progress else None, loss_in_bits=True,
+                      comm=comm, check_replicas=args.check_replicas)
 
     if resume_meta is not None:
         saved = resume_meta["model"]
@@ -278,8 +307,9 @@ def cmd_train(args):
     print(f"model: {model.cell.upper()}, {rnn.num_layers} layer{'s' * (rnn.num_layers > 1)} of "
           f"{rnn.hidden_size}, {'embedding ' + str(model.embedding_dim) if model.embedding_dim else 'one-hot input'}, "
           f"{model.num_params:,} parameters; {opt.name} lr {opt.schedule.lr:g} ({opt.schedule.name}), "
-          f"clip {opt.clip_norm}; tbptt {trainer.tbptt}, batch {train.batch_size}, {threads} thread"
-          f"{'s' * (threads > 1)}", flush=True)
+          f"clip {opt.clip_norm}; tbptt {trainer.tbptt}, batch {train.batch_size}, "
+          f"{f'{trainer.world_size} ranks x ' if comm is not None else ''}{threads} thread"
+          f"{'s' * (threads > 1)}{' per rank' if comm is not None else ''}", flush=True)
     if trainer.step:
         print(f"resuming from {args.resume} at step {trainer.step}", flush=True)
     if trainer.step >= args.steps:

@@ -16,6 +16,7 @@ Truncated BPTT cuts a batch's time axis into chunks: ``tbptt_chunks(batch, k)`` 
 ``Chunk`` (its time range, the sequences still running, the chunk's own Batch), for any model that
 carries its state from one chunk to the next (rnncore.training.trainer's protocol).
 """
+import copy
 import math
 import os
 import sysconfig
@@ -242,32 +243,45 @@ class TextStreams:
         self.ids = ids
         self.batch_size = int(batch_size)
         self.random_offset = random_offset
+        self._streams = (0, self.batch_size)    # the streams batches() builds (shard)
 
     def __len__(self):
         return 1
 
     def batches(self, rng=None):
-        L, B = self.stream_len, self.batch_size
-        ids = self.ids
+        L = self.stream_len
+        lo, hi = self._streams
+        offset = 0
         if self.random_offset and rng is not None:
             # rotate the text: the streams (and chunk boundaries) start elsewhere each epoch
-            offset = int(rng.integers(0, len(ids)))
-            ids = np.concatenate([ids[offset:], ids[:offset]])
-        window = ids[: L * B + 1]
-        # X[t, b] = ids[offset + b*L + t],  Y[t, b] = ids[offset + b*L + t + 1]
-        X = np.ascontiguousarray(window[:-1].reshape(B, L).T)
-        Y = np.ascontiguousarray(window[1:].reshape(B, L).T)
+            offset = int(rng.integers(0, len(self.ids)))
+        # streams lo..hi-1 of the rotated text: window[j] = ids[(offset + lo*L + j) % len(ids)]
+        window = np.take(self.ids, np.arange(offset + lo * L, offset + hi * L + 1), mode="wrap")
+        # X[t, b] = window[b*L + t],  Y[t, b] = window[b*L + t + 1]
+        X = np.ascontiguousarray(window[:-1].reshape(hi - lo, L).T)
+        Y = np.ascontiguousarray(window[1:].reshape(hi - lo, L).T)
         yield Batch(X, Y, None)
 
+    def shard(self, lo, hi):
+        """The same source reduced to streams [lo, hi) (columns lo..hi-1 of every batch): it reads
+        only those streams' text, and draws from the generator as the whole source does."""
+        if not 0 <= lo <= hi <= self.batch_size:
+            raise ValueError(f"streams: expected 0 <= lo <= hi <= {self.batch_size}, got [{lo}, {hi})")
+        part = copy.copy(self)
+        part._streams = (int(lo), int(hi))
+        return part
 
-def tbptt_chunks(batch, k=None, per_step=True, start=0, prev_rows=None):
+
+def tbptt_chunks(batch, k=None, per_step=True, start=0, prev_rows=None, stop=None):
     """The truncated-BPTT chunks of a Batch(X, Y, lengths): Chunk after Chunk of k time steps.
 
     k: steps per chunk (None: the whole batch in one chunk). per_step: Y holds a target per step
     (T, B, ...) and is cut with X; otherwise one per sequence (B, ...). start, prev_rows: resume in
     the middle of a batch, at time step `start`, after a chunk whose rows were prev_rows (None: the
     first chunk yielded starts a fresh state). Chunks stop at the last valid step of the longest
-    sequence, so every valid (t, b) is in exactly one chunk and padding past every length in none.
+    sequence, so every valid (t, b) is in exactly one chunk and padding past every length in none;
+    stop: run the chunks to this time step instead (a shard of a batch, rnncore.distributed, takes
+    the chunks of the whole batch: past its own sequences' ends they hold no rows).
     """
     X, Y, lengths = batch
     T, B = X.shape[:2]
@@ -275,7 +289,8 @@ def tbptt_chunks(batch, k=None, per_step=True, start=0, prev_rows=None):
     if lengths is not None:
         lengths = np.asarray(lengths)
     ends_at = np.full(B, T) if lengths is None else lengths
-    stop = int(ends_at.max()) if B else 0
+    if stop is None:
+        stop = int(ends_at.max()) if B else 0
     s = start
     while s < stop:
         e = min(T, s + k)

@@ -67,6 +67,17 @@ at the end of fit: ``rnncore train`` calls it on the first Ctrl-C (a second one 
 With ``best_checkpoint_path``, every evaluation that improves on the best validation loss so far
 also saves the whole state there (``trainer.best_step`` says which step it holds), so the best
 weights survive a run that later overfits.
+
+Data parallel (rnncore.distributed, over MPI). With ``comm=`` (an mpi4py communicator) or
+``distributed=True`` (MPI.COMM_WORLD), every rank runs the same script: rank 0's parameters are
+broadcast, each rank trains on its columns of every global batch, and the gradients, losses and
+counts are summed over the ranks in rank order (Replicas.reduce_step, between backward and
+optimizer.step, so clipping sees the global gradient) — the replicas stay bit-identical. Validation
+is summed over the ranks' shards, the progress bar and messages are rank 0's, checkpoints are
+written by rank 0 (with the carried state of the whole batch, so any number of ranks resumes them).
+check_replicas=True compares a digest of every rank's parameters and optimizer state at the end of
+each epoch (trainer.check_replicas() on request). A rank whose training raises stops the job
+(rnncore.distributed: rank 0 reports it); NonFiniteError is raised by every rank at the same step.
 """
 import contextlib
 import importlib
@@ -75,6 +86,7 @@ import time
 
 import numpy as np
 
+from rnncore import distributed as dist
 from rnncore.training import checkpoint as ckpt
 from rnncore.engine.config import config_context
 from rnncore.engine.validation import check_checkpoint, check_choice, check_reduction
@@ -121,13 +133,17 @@ class Trainer:
     blas_threads: numpy's BLAS threads during fit and evaluate (None: leave as is). The head's and
         the optimizer's small products run fastest on one thread; rnncore's kernels have their own.
     on_nonfinite: "raise" (NonFiniteError naming the step) or "skip" (drop that step's update).
+    comm, distributed: train data-parallel over the ranks of an mpi4py communicator (distributed=True:
+        MPI.COMM_WORLD); see the module docstring. check_replicas: compare the ranks' digests at the
+        end of every epoch (DistributedError if they differ).
     """
 
     def __init__(self, model, optimizer, loss="cross_entropy", reduction="mean", tbptt=None, seed=0,
                  eval_every=None, patience=None, min_delta=0.0, checkpoint_path=None,
                  checkpoint_every=None, metadata=None, progress=False, loss_in_bits=False,
                  on_eval=None, eval_chunk=256, blas_threads=1, on_nonfinite="raise",
-                 best_checkpoint_path=None, bptt="full"):
+                 best_checkpoint_path=None, bptt="full", comm=None, distributed=False,
+                 check_replicas=False):
         for name in ("params", "grads", "zero_grad", "batch_loss"):
             if not hasattr(model, name):
                 raise TypeError(f"model: expected a SequenceModel or an object with params, grads, zero_grad() "
@@ -167,6 +183,18 @@ class Trainer:
         self.saved = {}               # path -> step, of every checkpoint this trainer wrote
         self.interrupted = False      # fit returned early on request_stop()
         self._stop_requested = False
+
+        comm = dist.get_comm(comm, distributed)
+        self._dist = None if comm is None else dist.Replicas(comm)
+        self.rank = 0 if comm is None else self._dist.rank
+        self.world_size = 1 if comm is None else self._dist.size
+        self.check_replicas_every_epoch = bool(check_replicas)
+        self._columns = (0, 0)        # this rank's columns [lo, hi) of the current global batch
+        if self._dist is not None:
+            self._dist.broadcast_params(model.params)
+            mark_modified(model.params.values())
+            if self.rank != 0:
+                self.progress = False
 
         self.rng = np.random.default_rng(seed)
         self.step = 0                 # optimizer steps done
@@ -208,8 +236,8 @@ class Trainer:
     def _fit(self, train, val, epochs, max_steps):
         if epochs is None and max_steps is None:
             raise ValueError("fit: expected epochs or max_steps")
-        train = _as_source(train)
-        val = None if val is None else _as_source(val)
+        train = self._shard(train)
+        val = None if val is None else self._shard(val)
         from tqdm.auto import tqdm
         total = max_steps if max_steps is not None else None
         self._bar = tqdm(total=total, initial=self.step, unit="step",
@@ -228,6 +256,9 @@ class Trainer:
                 for bi, batch in enumerate(train.batches(self.rng)):
                     if bi < self.batch_index:
                         continue
+                    if self._dist is not None:   # a resumed checkpoint's carried state: this rank's part
+                        self._columns = train.columns
+                        self.carry = self._dist.local_carry(self.carry, *self._columns)
                     for chunk in self._chunks(batch, self.tbptt, self.chunk_start, self._carried_rows()):
                         if max_steps is not None and self.step >= max_steps:
                             return self.history
@@ -248,12 +279,17 @@ class Trainer:
                     self.batch_index, self.chunk_start, self.carry = bi + 1, 0, None
                 self.epoch += 1
                 self.batch_index, self.epoch_rng_state = 0, None
+                if self.check_replicas_every_epoch:
+                    self.check_replicas()
                 if val is not None and self.eval_every is None:
                     self._evaluate_and_stop(val)
             return self.history
-        except KeyboardInterrupt:
-            # the last checkpoint stays as it was: the interrupted step may have half-updated the model
-            self._interrupted = True
+        except BaseException as e:
+            if self._dist is not None and not isinstance(e, (NonFiniteError, dist.DistributedError)):
+                self._dist.fail(e)  # one rank only: rank 0 reports it and stops the job (no return)
+            if isinstance(e, KeyboardInterrupt):
+                # the last checkpoint stays as it was: the interrupted step may have half-updated the model
+                self._interrupted = True
             raise
         finally:
             if self.checkpoint_path is not None and self.step > 0 and not self._interrupted:
@@ -264,13 +300,17 @@ class Trainer:
 
     def _chunks(self, batch, k, start=0, prev_rows=None):
         """The chunks one batch is trained or evaluated in: tbptt_chunks for a model that carries its
-        state, else the whole batch as one chunk."""
+        state, else the whole batch as one chunk. A rank's shard takes the chunks of the whole batch
+        (its padded length), so that every rank takes part in every step."""
         if self._carries_state:
-            return tbptt_chunks(batch, k, self.model.targets_per_step, start, prev_rows)
+            stop = None if self._dist is None else np.shape(batch.X)[0]
+            return tbptt_chunks(batch, k, self.model.targets_per_step, start, prev_rows, stop)
         return [Chunk(0, None, None, None, batch, None, True)] if start == 0 else []
 
     def _chunk_loss(self, chunk, state, reduction, is_train):
         """(loss, count, backward, state out) of one chunk, through the model's protocol."""
+        if self._dist is not None and np.shape(chunk.batch[0])[1] == 0:  # a shard without sequences here
+            return 0.0, 0, None, None
         kw = {"loss_fn": self.loss_fn} if getattr(self.model, "uses_trainer_loss", False) else {}
         if self._carries_state:
             return self.model.chunk_loss(chunk, state, reduction=reduction, is_train=is_train, **kw)
@@ -280,14 +320,20 @@ class Trainer:
         """One optimizer step on one chunk. Returns (loss, count) or (None, 0) when no step was taken."""
         self.model.zero_grad()
         state = self.carry[1] if self.carry is not None and self.chunk_start > 0 else None
+        local = self.reduction if self._dist is None else "sum"
         with config_context(bptt_checkpoint=self._bptt_checkpoint) if self._bptt_checkpoint \
                 else contextlib.nullcontext():
-            loss, n, backward, state = self._chunk_loss(chunk, state, self.reduction, is_train=True)
+            loss, n, backward, state = self._chunk_loss(chunk, state, local, is_train=True)
         if self._carries_state:
             self.carry = (chunk.rows, state)
+        if self._dist is not None:
+            # the gradients (and loss, count) of the global batch on every rank, before clipping
+            loss, n, self._stop_requested = self._dist.reduce_step(
+                self.model.grads, loss, n, backward, self.reduction, self._stop_requested)
+        elif n:
+            backward()
         if n == 0:
             return None, 0
-        backward()
         if not self._finite_step(loss):
             return None, 0
         self.optimizer.step()
@@ -314,6 +360,24 @@ class Trainer:
         self.model.zero_grad()
         self.write(f"step {self.step + 1}: {bad}; skipped ({self.skipped_steps} skipped so far)")
         return False
+
+    def _shard(self, data):
+        """The data source, as this rank's shard of it when distributed."""
+        data = _as_source(data)
+        if self._dist is None or isinstance(data, dist.ShardedSource):
+            return data
+        return dist.ShardedSource(data, self.rank, self.world_size)
+
+    def check_replicas(self):
+        """Distributed: DistributedError on every rank unless every rank holds the same parameters
+        and optimizer state (SHA-256 digests compared); returns the digest (None in one process)."""
+        if self._dist is None:
+            return None
+        opt = self.optimizer.state_dict()
+        arrays = {**{f"model/{k}": v for k, v in self.model.params.items()},
+                  **{f"optim/{k}": v for k, v in opt["buffers"].items()},
+                  "optim/step": np.array([opt["step_count"], self.step])}
+        return self._dist.check_replicas(arrays)
 
     def _carried_rows(self):
         """The rows of the chunk whose state is carried into the next one (None at a batch's start)."""
@@ -350,7 +414,9 @@ class Trainer:
             self.write(f"early stopping at step {self.step}: no improvement in {self.bad_evals} evaluations")
 
     def write(self, msg):
-        """Print a line without breaking the progress bar."""
+        """Print a line without breaking the progress bar (rank 0's only)."""
+        if self.rank != 0:
+            return
         if self._bar is not None and not self._bar.disable:
             self._bar.write(msg)
         else:
@@ -359,20 +425,27 @@ class Trainer:
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, data):
         with self._blas_limit():
-            return self._evaluate(data)
+            try:
+                return self._evaluate(data)
+            except BaseException as e:
+                if self._dist is not None:
+                    self._dist.fail(e)
+                raise
 
     def _evaluate(self, data):
         """Loss over a whole data source (mean per valid target, or the sum), no gradients.
 
         Long batches are run in chunks of eval_chunk steps with the state carried, which gives the
         same numbers as one pass over the whole sequence."""
-        data = _as_source(data)
+        data = self._shard(data)
         total, count = 0.0, 0
         for batch in data.batches(None):
             state = None
             for chunk in self._chunks(batch, self.eval_chunk):
                 loss, n, _, state = self._chunk_loss(chunk, state, "sum", is_train=False)
                 total, count = total + float(loss), count + n
+        if self._dist is not None:   # every rank's shard, summed in rank order
+            total, count = self._dist.sum_scalars(total, count)
         if self.reduction == "sum":
             return total
         return total / max(count, 1)
@@ -384,8 +457,11 @@ class Trainer:
         opt = self.optimizer.state_dict()
         arrays.update({f"optim/{k}": v for k, v in opt["buffers"].items()})
         carry_kind = None
-        if self.carry is not None and self.chunk_start > 0:
-            cols, h = self.carry
+        carry = self.carry if self.chunk_start > 0 else None
+        if self._dist is not None:   # every rank's rows: the carried state of the whole batch
+            carry = self._dist.gather_carry(carry, self._columns[0])
+        if carry is not None:
+            cols, h = carry
             arrays["carry/cols"] = np.asarray(cols, dtype=np.int64)
             if isinstance(h, tuple) and len(h) == 2:
                 arrays["carry/h"], arrays["carry/c"] = h
@@ -416,7 +492,11 @@ class Trainer:
         return arrays, meta
 
     def save_checkpoint(self, path):
+        """Write the training state to path (atomically). Distributed: every rank calls it (the
+        carried state is gathered), rank 0 writes."""
         arrays, meta = self.state()
+        if self.rank != 0:
+            return None
         return ckpt.save(path, arrays, meta)
 
     def _save_if_finite(self, path):
@@ -467,7 +547,7 @@ class Trainer:
         mark_modified(self.model.params.values())
         self.step, self.epoch = fields["step"], fields["epoch"]
         self.batch_index, self.chunk_start = fields["batch_index"], fields["chunk_start"]
-        self.carry = carry
+        self.carry = carry if carry is None or self._dist is None else dist.GlobalCarry(carry)
         self.epoch_rng_state = tr["epoch_rng_state"]
         self.rng.bit_generator.state = rngs[0]
         layer_rng = _layer_rng(self.model)
