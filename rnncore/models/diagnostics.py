@@ -260,8 +260,7 @@ def _checked_lengths(lengths, X):
 
 def _estimator_batch(est, X, y):
     """A fitted estimator's X, y -> (scaled time-major X, encoded / scaled targets, lengths, loss)."""
-    Xp, lengths = est._sequences(X, fitting=False)
-    Xp = est._scale(Xp, lengths)
+    Xp, lengths = est._model_inputs(X)
     if y is None:
         raise ValueError("y: expected the targets of the sequences, got None")
     if hasattr(est, "classes_"):
@@ -400,8 +399,7 @@ def gate_saturation(model, X, lengths=None, hx=None, threshold=0.05):
     model: a SequenceModel, a layer or a fitted estimator; X as for diagnose."""
     layer, seq_model = _unpack(model)
     if _is_estimator(model):
-        Xp, lengths = model._sequences(X, fitting=False)
-        X = model._scale(Xp, lengths)
+        X, lengths = model._model_inputs(X)
         lengths = None if (lengths == X.shape[0]).all() else lengths
     cfg = dict(layer.config)
     params = {k: np.asarray(v, dtype=np.float64) for k, v in layer.params.items()}
