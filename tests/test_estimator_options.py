@@ -216,8 +216,13 @@ def test_early_stopping_restores_the_best_weights(rng):
     for k, p in clf.model_.params.items():
         np.testing.assert_array_equal(p, short.model_.params[k], err_msg=k)
     np.testing.assert_array_equal(clf.predict_proba(X), short.predict_proba(X))
-    # the held-out part is stratified: both classes in it, and it is left out of training
-    assert clone(clf).set_params(validation_fraction=0.5).fit(X, y).validation_scores_ is not None
+    # the held-out part: validation_fraction of the samples, stratified, disjoint from the training part
+    half = clone(clf).set_params(validation_fraction=0.5, max_iter=2).fit(X, y)
+    assert all(abs(s * 60 - round(s * 60)) < 1e-9 for s in half.validation_scores_)   # scores of 60
+    train, val = half._validation_split(y, np.random.RandomState(0))
+    assert len(val) == 60 and not set(train) & set(val) and len(train) + len(val) == 120
+    counts = {c: int((y[val] == c).sum()) for c in np.unique(y)}
+    assert all(abs(n - (y == c).sum() / 2) <= 1 for c, n in counts.items()), counts
 
 
 def test_training_loss_stopping_rule_and_the_regressor(rng):
