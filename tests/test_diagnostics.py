@@ -65,10 +65,18 @@ def sequence_model_loss(model, out, lengths, y, loss):
     D = model.rnn.num_directions
     P = out.shape[2] // D
     if model.head_kind == "many_to_one":
-        last = (np.full(B, T) if lengths is None else np.asarray(lengths)) - 1
-        Hlast = out[torch.tensor(last), torch.arange(B)]
-        if D == 2:
-            Hlast = torch.cat([Hlast[:, :P], out[0, :, P:]], dim=1)
+        lens = np.full(B, T) if lengths is None else np.asarray(lengths)
+        valid = torch.tensor(np.arange(T)[:, None] < lens[None, :])
+        if model.pooling == "last":
+            Hlast = out[torch.tensor(lens - 1), torch.arange(B)]
+            if D == 2:
+                Hlast = torch.cat([Hlast[:, :P], out[0, :, P:]], dim=1)
+        elif model.pooling == "max":
+            Hlast = out.masked_fill(~valid[..., None], -torch.inf).max(dim=0).values
+        else:   # attention: u_t = tanh(W h_t + b), α = softmax over the valid t of q · u_t
+            pw, pb, pq = (torch.tensor(model.pool.params[k]) for k in ("weight", "bias", "query"))
+            e = (torch.tanh(out @ pw.T + pb) @ pq).masked_fill(~valid, -torch.inf)
+            Hlast = (torch.softmax(e, dim=0)[..., None] * out).sum(0)
         Y = Hlast @ W.T + b
         if loss == "mse":
             return ((Y - torch.tensor(y)) ** 2).mean()
@@ -86,6 +94,8 @@ CASES = [
     ("gru_bidirectional", dict(cell="gru", bidirectional=True), "many_to_one", [9, 3, 6, 9]),
     ("rnn_tanh_2layers_regression", dict(cell="rnn", num_layers=2), "regression", [5, 9, 2, 8]),
     ("lstm_bidir_2layers_equal_lengths", dict(cell="lstm", num_layers=2, bidirectional=True), "many_to_one", None),
+    ("gru_attention_pooling", dict(cell="gru", pooling="attention"), "many_to_one", [9, 3, 6, 9]),
+    ("lstm_bidir_max_pooling", dict(cell="lstm", bidirectional=True, pooling="max"), "many_to_one", [2, 9, 5, 7]),
 ]
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from rnncore.layers import reference
 from rnncore.engine.validation import check_ids, check_lengths
+from rnncore.models.sequence import pool_states
 from rnncore.training.losses import mse, softmax_cross_entropy
 
 __all__ = ["diagnose", "Diagnostics", "NonFinite", "gradient_norms", "first_nonfinite", "gate_saturation",
@@ -220,19 +221,14 @@ def _diagnose(model, X, y, lengths, hx, loss, d_output, d_h_n):
         E = np.eye(seq_model.embedding.num_classes)[check_ids(X, seq_model.vocab_size, "X")]
     lengths = _checked_lengths(lengths, E)
     Hs, _, cache = reference.forward(cfg, params, E, hx, lengths)
-    T, B = Hs.shape[:2]
     W = seq_model.head.params["weight"].astype(np.float64)
     b = seq_model.head.params["bias"].astype(np.float64)
     D = 2 if cfg["bidirectional"] else 1
-    P = Hs.shape[2] // D
     if seq_model.head_kind == "many_to_one":
-        # the head reads the last valid step (forward half) and t = 0 (reverse half), as models.py
-        last = (np.full(B, T) if lengths is None else np.asarray(lengths)) - 1
-        cols = np.arange(B)
-        Hlast = Hs[last, cols].copy()
-        if D == 2:
-            Hlast[:, P:] = Hs[0, :, P:]
-        Y = Hlast @ W.T + b
+        # the head reads the pooled states (the model's own readout, on float64 copies of its weights)
+        pool_params = {k: v.astype(np.float64) for k, v in seq_model.pool.params.items()}
+        Hpool, pool_backprop = pool_states(seq_model.pooling, Hs, lengths, D, pool_params)
+        Y = Hpool @ W.T + b
     else:
         Y = Hs @ W.T + b
     if loss is None:
@@ -248,10 +244,7 @@ def _diagnose(model, X, y, lengths, hx, loss, d_output, d_h_n):
         # back through the head: dH = dO W
         dHead = dO @ W
     if seq_model.head_kind == "many_to_one":
-        dY = np.zeros_like(Hs)
-        dY[last, cols, :P] = dHead[:, :P]
-        if D == 2:
-            dY[0, :, P:] += dHead[:, P:]
+        dY = pool_backprop(dHead)[0]
     else:
         dY = dHead
     record = {}
@@ -267,8 +260,7 @@ def _checked_lengths(lengths, X):
 
 def _estimator_batch(est, X, y):
     """A fitted estimator's X, y -> (scaled time-major X, encoded / scaled targets, lengths, loss)."""
-    Xp, lengths = est._sequences(X, fitting=False)
-    Xp = est._scale(Xp, lengths)
+    Xp, lengths = est._model_inputs(X)
     if y is None:
         raise ValueError("y: expected the targets of the sequences, got None")
     if hasattr(est, "classes_"):
@@ -407,8 +399,7 @@ def gate_saturation(model, X, lengths=None, hx=None, threshold=0.05):
     model: a SequenceModel, a layer or a fitted estimator; X as for diagnose."""
     layer, seq_model = _unpack(model)
     if _is_estimator(model):
-        Xp, lengths = model._sequences(X, fitting=False)
-        X = model._scale(Xp, lengths)
+        X, lengths = model._model_inputs(X)
         lengths = None if (lengths == X.shape[0]).all() else lengths
     cfg = dict(layer.config)
     params = {k: np.asarray(v, dtype=np.float64) for k, v in layer.params.items()}

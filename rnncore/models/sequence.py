@@ -8,10 +8,12 @@ for the input and adds (+=) the parameter gradients into ``piece.grads`` (zero t
     x_t   input at step t: a token id (Embedding or OneHot turns it into a vector) or a float vector
     h_t   the recurrent stack's output at step t (rnncore.RNN / LSTM / GRU)
     o_t   head output, o = h W^T + b:  logits at every step ("many_to_many"), real values at every
-          step ("regression"), or logits from the last valid step of each sequence ("many_to_one")
+          step ("regression"), or logits from one vector per sequence ("many_to_one"): the states
+          read out by a Pooling ("last" valid step, "mean", "max" or "attention" over the valid steps)
 
 SequenceModel owns ``params`` and ``grads``: dicts of the live arrays by dotted name
-("embedding.weight", "rnn.weight_ih_l0", ..., "head.weight", "head.bias"); an optimizer updates
+("embedding.weight", "rnn.weight_ih_l0", ..., ["pool.weight", "pool.bias", "pool.query",]
+"head.weight", "head.bias"); an optimizer updates
 params in place from grads.
 """
 import numpy as np
@@ -23,12 +25,13 @@ from rnncore.engine.validation import check_choice, check_ids
 from rnncore.training.data import tbptt_chunks
 from rnncore.layers.feedback import FeedbackRNN
 from rnncore.layers.recurrent import GRU, LSTM, RNN, mark_modified
-from rnncore.training.losses import mse, softmax, softmax_cross_entropy
+from rnncore.training.losses import mse, softmax, softmax_backward, softmax_cross_entropy
 
-__all__ = ["Embedding", "OneHot", "Linear", "SequenceModel", "HEADS", "CELLS", "FEEDBACK_CELLS", "generate",
-           "select_state"]
+__all__ = ["Embedding", "OneHot", "Linear", "Pooling", "SequenceModel", "HEADS", "CELLS", "FEEDBACK_CELLS",
+           "POOLINGS", "pool_states", "generate", "select_state"]
 
 HEADS = ("many_to_many", "many_to_one", "regression")
+POOLINGS = ("last", "mean", "max", "attention")
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 # SequenceModel's recurrent part may also be a gated-feedback stack (rnncore.FeedbackRNN) of these cells
 FEEDBACK_CELLS = {"gf-tanh": "tanh", "gf-gru": "gru", "gf-lstm": "lstm"}
@@ -128,6 +131,110 @@ class Linear:
             g.fill(0)
 
 
+def pool_states(kind, H, lengths=None, num_directions=1, params=None):
+    """The many-to-one readout: one vector per sequence from the recurrent stack's outputs.
+
+    H (T, B, D) time-major outputs, lengths (B,) or None (every sequence has T steps). Only the valid
+    steps t < L_b of sequence b are read: padding never reaches p_b or gets a gradient.
+
+        last       p_b = h_{L_b - 1, b}; a bidirectional stack's reverse half (the last D / 2
+                   features) is read at t = 0, where that direction ends
+        mean       p_b = (1 / L_b) Σ_{t < L_b} h_{t, b}
+        max        p_{b, j} = max_{t < L_b} h_{t, b, j}    (the gradient goes to the first step that
+                   holds the max, as numpy's argmax picks it)
+        attention  a learned query over the states (Yang et al. 2016's attention for classification;
+                   the additive score of Bahdanau et al. with a fixed, learned query q):
+                   u_t = tanh(W h_t + b),  e_t = q · u_t,  α = softmax over t < L_b of e,
+                   p_b = Σ_{t < L_b} α_t h_t         params: weight W (D, D), bias b (D,), query q (D,)
+
+    Returns (P (B, D) in H's dtype, backprop) with ``dH, dparams = backprop(dP)``: dH (T, B, D),
+    zero at padding; dparams the gradients of params by name (empty unless attention).
+    """
+    T, B, D = H.shape
+    L = np.full(B, T, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    valid = np.arange(T)[:, None] < L[None, :]                     # (T, B)
+    if kind == "last":
+        last, cols = L - 1, np.arange(B)
+        F = D // num_directions                                    # features of the forward half
+        P = H[last, cols].copy()
+        if num_directions == 2:
+            P[:, F:] = H[0, :, F:]
+
+        def backprop(dP):
+            dH = np.zeros_like(H)
+            dH[last, cols, :F] = dP[:, :F]
+            if num_directions == 2:
+                dH[0, :, F:] += dP[:, F:]
+            return dH, {}
+    elif kind == "mean":
+        inv_L = (1.0 / L).astype(H.dtype)[:, None]
+        # p = Σ_t valid_t h_t / L
+        P = np.where(valid[..., None], H, 0).sum(axis=0) * inv_L
+
+        def backprop(dP):
+            # dh_t = dp / L at the valid steps
+            return np.where(valid[..., None], (dP * inv_L)[None], 0).astype(H.dtype, copy=False), {}
+    elif kind == "max":
+        at = np.where(valid[..., None], H, -np.inf).argmax(axis=0)  # (B, D): the step of each max
+        P = np.take_along_axis(H, at[None], axis=0)[0]
+
+        def backprop(dP):
+            dH = np.zeros_like(H)
+            np.put_along_axis(dH, at[None], dP[None], axis=0)
+            return dH, {}
+    elif kind == "attention":
+        W, b, q = params["weight"], params["bias"], params["query"]
+        # u_t = tanh(W h_t + b);  e_t = q · u_t;  α = softmax over the valid t;  p = Σ_t α_t h_t
+        U = np.tanh(H @ W.T + b)                                   # (T, B, D)
+        alpha = softmax(U @ q, axis=0, mask=valid)                 # (T, B), 0 at padding
+        P = np.einsum("tb,tbd->bd", alpha, H)
+
+        def backprop(dP):
+            # dα_t = dp · h_t;  de = J_softmax^T dα (0 at padding);  dq = Σ de_t u_t
+            de = softmax_backward(alpha, np.einsum("bd,tbd->tb", dP, H), axis=0)
+            dq = np.einsum("tb,tbd->d", de, U)
+            # dz_t = de_t q (1 - u_t²);  dW = Σ dz_t^T h_t;  db = Σ dz_t;  dh_t = α_t dp + dz_t W
+            dZ = de[..., None] * q * (1 - U * U)
+            dW = dZ.reshape(-1, D).T @ H.reshape(-1, D)
+            dH = alpha[..., None] * dP[None] + dZ @ W
+            return dH, {"weight": dW, "bias": dZ.sum(axis=(0, 1)), "query": dq}
+    else:
+        check_choice(kind, "pooling", POOLINGS)
+    return P, backprop
+
+
+class Pooling:
+    """The readout of a many-to-one head: ``P, backprop = pool.forward(H, lengths)`` (pool_states's
+    equations), ``dH = backprop(dP)`` adding (+=) into pool.grads. Parameters only for "attention":
+    weight (D, D), bias (D,) and query (D,), initialised U(-1/√D, 1/√D) as torch.nn.Linear."""
+
+    def __init__(self, kind, size, num_directions=1, dtype=np.float32, rng=None):
+        check_choice(kind, "pooling", POOLINGS)
+        self.kind, self.size, self.num_directions = kind, size, num_directions
+        self.params = {}
+        if kind == "attention":
+            rng = np.random.default_rng(rng)
+            k = 1.0 / np.sqrt(size)
+            self.params = {name: rng.uniform(-k, k, shape).astype(dtype)
+                           for name, shape in (("weight", (size, size)), ("bias", (size,)), ("query", (size,)))}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, H, lengths=None, is_train=True):
+        P, pool_backprop = pool_states(self.kind, H, lengths, self.num_directions, self.params)
+
+        def backprop(dP):
+            dH, dparams = pool_backprop(dP)
+            for name, g in dparams.items():
+                self.grads[name] += g
+            return dH
+
+        return P, backprop
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+
 class _ParamDicts:
     """Parameter bookkeeping shared by SequenceModel and the protocol models
     (rnncore.models.architectures.ProtocolModel): ``params``/``grads`` dicts by dotted name, zero_grad,
@@ -198,9 +305,13 @@ class SequenceModel(_ParamDicts):
 
     Token input: give vocab_size (ids (T, B)); embedding_dim=None uses one-hot vectors.
     Dense input: give input_size (floats (T, B, input_size)).
-    head: "many_to_many" (logits at every step, (T, B, output_size)), "many_to_one" (logits from the
-        last valid step of each sequence, (B, output_size); a bidirectional stack's reverse half is
-        taken where it ends, at t = 0), "regression" (real values at every step, (T, B, output_size)).
+    head: "many_to_many" (logits at every step, (T, B, output_size)), "many_to_one" (logits from one
+        vector per sequence, (B, output_size), read out by `pooling`), "regression" (real values at
+        every step, (T, B, output_size)).
+    pooling: how "many_to_one" reads a sequence's states (pool_states): "last" (the last valid step;
+        a bidirectional stack's reverse half where it ends, at t = 0), "mean" or "max" over the valid
+        steps, or "attention" (a learned query over the valid steps; parameters pool.weight,
+        pool.bias, pool.query). Pooled models read every step in one pass: no truncated BPTT.
     output_size: defaults to vocab_size (a language model).
     cell: "rnn", "lstm" or "gru"; rnn_options: further arguments of that layer (nonlinearity,
         proj_size, peephole, reset_after, init, forget_bias). Or "gf-tanh", "gf-gru", "gf-lstm": a
@@ -213,14 +324,17 @@ class SequenceModel(_ParamDicts):
     across truncated-BPTT chunks (chunk_loss) and is scored by the Trainer's loss (loss_fn).
     """
 
-    carries_state = True        # chunk_loss: truncated BPTT, state carried from chunk to chunk
     uses_trainer_loss = True    # batch_loss / chunk_loss take the Trainer's loss as loss_fn
 
     def __init__(self, cell="lstm", hidden_size=128, num_layers=1, vocab_size=None, embedding_dim=None,
                  input_size=None, output_size=None, head="many_to_many", dropout=0.0, bidirectional=False,
-                 dtype=np.float32, seed=None, rnn_options=None):
+                 dtype=np.float32, seed=None, rnn_options=None, pooling="last"):
         check_choice(cell, "cell", {**CELLS, **FEEDBACK_CELLS})
         check_choice(head, "head", HEADS)
+        check_choice(pooling, "pooling", POOLINGS)
+        if pooling != "last" and head != "many_to_one":
+            raise ValueError(f"pooling={pooling!r} reads one vector per sequence: expected "
+                             f"head='many_to_one', got head={head!r}")
         if (vocab_size is None) == (input_size is None):
             raise ValueError("expected exactly one of vocab_size (token ids in) or input_size (vectors in)")
         if output_size is None:
@@ -232,10 +346,11 @@ class SequenceModel(_ParamDicts):
         self.vocab_size, self.embedding_dim, self.input_size = vocab_size, embedding_dim, input_size
         self.hidden_size, self.num_layers, self.output_size = hidden_size, num_layers, output_size
         self.dropout, self.bidirectional, self.seed = dropout, bidirectional, seed
+        self.pooling = pooling
         self.rnn_options = dict(rnn_options or {})
 
         # one seed -> independent streams for each part
-        seeds = np.random.SeedSequence(seed).spawn(3)
+        seeds = np.random.SeedSequence(seed).spawn(4)   # the first three as before pooling existed
         if vocab_size is None:
             self.embedding, rnn_in = None, input_size
         elif embedding_dim is None:
@@ -249,9 +364,12 @@ class SequenceModel(_ParamDicts):
                                                 seed=int(seeds[1].generate_state(1)[0]), **kind,
                                                 **self.rnn_options)
         self.head = Linear(self.rnn.output_size, output_size, self.dtype, np.random.default_rng(seeds[2]))
+        self.pool = (Pooling(pooling, self.rnn.output_size, self.rnn.num_directions, self.dtype,
+                             np.random.default_rng(seeds[3])) if head == "many_to_one" else None)
 
         self._init_params()
-        self._add_parts(("embedding", self.embedding), ("rnn", self.rnn), ("head", self.head))
+        self._add_parts(("embedding", self.embedding), ("rnn", self.rnn), ("pool", self.pool),
+                        ("head", self.head))
 
     # ------------------------------------------------------------------------------ config
     @property
@@ -261,13 +379,17 @@ class SequenceModel(_ParamDicts):
                 "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
                 "input_size": self.input_size, "output_size": self.output_size, "head": self.head_kind,
                 "dropout": self.dropout, "bidirectional": self.bidirectional, "dtype": self.dtype.name,
-                "seed": self.seed, "rnn_options": dict(self.rnn_options)}
+                "seed": self.seed, "rnn_options": dict(self.rnn_options),
+                # only when not the default: configs (and checkpoints) of models without pooling
+                # stay as they were written before it existed
+                **({"pooling": self.pooling} if self.pooling != "last" else {})}
 
     def __repr__(self):
         inp = (f"vocab_size={self.vocab_size}, embedding_dim={self.embedding_dim}"
                if self.vocab_size is not None else f"input_size={self.input_size}")
+        pooling = f", pooling={self.pooling!r}" if self.pooling != "last" else ""
         return (f"SequenceModel({self.cell}, {inp}, hidden_size={self.hidden_size}, "
-                f"num_layers={self.num_layers}, head={self.head_kind!r}, output_size={self.output_size})")
+                f"num_layers={self.num_layers}, head={self.head_kind!r}{pooling}, output_size={self.output_size})")
 
     # ------------------------------------------------------------------------------ parameters
     # zero_grad, state_dict, load_state_dict (strict), from_config, num_params: from _ParamDicts
@@ -287,21 +409,15 @@ class SequenceModel(_ParamDicts):
             E, emb_backprop = self.embedding.forward(X, is_train)
         else:
             E, emb_backprop = np.asarray(X, dtype=self.dtype), None
-        T, B = E.shape[:2]
         if is_train:
             H, h_n, rnn_backprop = self.rnn.forward_train(E, hx=hx, lengths=lengths)
         else:
             H, h_n = self.rnn(E, hx=hx, lengths=lengths)
 
         if self.head_kind == "many_to_one":
-            # last valid step of each sequence: forward half at t = L_b - 1, reverse half at t = 0
-            last = (np.full(B, T) if lengths is None else np.asarray(lengths)) - 1
-            cols = np.arange(B)
-            P = self.rnn.output_size // self.rnn.num_directions
-            Hlast = H[last, cols].copy()
-            if self.rnn.num_directions == 2:
-                Hlast[:, P:] = H[0, :, P:]
-            Y, head_backprop = self.head.forward(Hlast, is_train)
+            # one vector per sequence: the last valid step, or pooled over the valid steps
+            Hpool, pool_backprop = self.pool.forward(H, lengths, is_train)
+            Y, head_backprop = self.head.forward(Hpool, is_train)
         else:
             Y, head_backprop = self.head.forward(H, is_train)
 
@@ -311,10 +427,7 @@ class SequenceModel(_ParamDicts):
         def backprop(dY):
             dH_head = head_backprop(dY)
             if self.head_kind == "many_to_one":
-                dH = np.zeros_like(H)
-                dH[last, cols, :P] = dH_head[:, :P]
-                if self.rnn.num_directions == 2:
-                    dH[0, :, P:] += dH_head[:, P:]
+                dH = pool_backprop(dH_head)
             else:
                 dH = dH_head
             dE, _ = rnn_backprop(dH)
@@ -325,6 +438,13 @@ class SequenceModel(_ParamDicts):
         return Y, _Backprop(backprop, h_n)
 
     # ------------------------------------------------------------------------------ trainer protocol
+    @property
+    def carries_state(self):
+        """True: truncated BPTT (chunk_loss), the state carried from chunk to chunk. False for a pooled
+        readout ("mean", "max", "attention"): it reads every step of a sequence in one pass, so the
+        Trainer takes whole batches (and refuses tbptt)."""
+        return self.pooling == "last"
+
     @property
     def targets_per_step(self):
         """True: a target at every step (cut into chunks with X); False: one per sequence."""
@@ -350,6 +470,10 @@ class SequenceModel(_ParamDicts):
         and backward None (no step to take). count: the targets (for mse, the values) the mean is
         over."""
         loss_fn = self._default_loss() if loss_fn is None else loss_fn
+        if not self.carries_state and (chunk.start != 0 or not chunk.last):
+            raise ValueError(f"pooling={self.pooling!r} reads every step of a sequence in one pass: expected "
+                             f"a chunk holding whole sequences (tbptt=None), got steps [{chunk.start}, "
+                             f"{chunk.end}) of a longer batch")
         X, Y, lens = chunk.batch
         hx = None if state is None or chunk.keep is None else select_state(state, chunk.keep)
         if self.targets_per_step:

@@ -282,6 +282,14 @@ def tbptt_chunks(batch, k=None, per_step=True, start=0, prev_rows=None, stop=Non
     sequence, so every valid (t, b) is in exactly one chunk and padding past every length in none;
     stop: run the chunks to this time step instead (a shard of a batch, rnncore.distributed, takes
     the chunks of the whole batch: past its own sequences' ends they hold no rows).
+
+    Where the cuts fall. Targets per step: at k, 2k, ... from t = 0. One target per sequence
+    (per_step=False): at stop - k, stop - 2k, ... counted back from the end of the longest sequence
+    (stop), so that the first chunk is the short one and the last holds k steps. A one-per-sequence
+    target is scored in the chunk where its sequence ends and the gradient stops at that chunk's
+    start: cut from the end, a sequence as long as the batch's longest gets its gradient through its
+    last k steps (truncated BPTT's k steps back from the loss), a shorter one through its last 1 to
+    k steps; cut from t = 0, a sequence of k + 1 steps would get it through one step only.
     """
     X, Y, lengths = batch
     T, B = X.shape[:2]
@@ -293,7 +301,8 @@ def tbptt_chunks(batch, k=None, per_step=True, start=0, prev_rows=None, stop=Non
         stop = int(ends_at.max()) if B else 0
     s = start
     while s < stop:
-        e = min(T, s + k)
+        # per step: the next multiple of k; per sequence: the next stop - j k
+        e = min(T, s + k) if per_step else s + (stop - s - 1) % k + 1
         if lengths is None:
             rows, lens = np.arange(B), None
         else:

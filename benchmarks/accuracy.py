@@ -1,0 +1,213 @@
+"""Accuracy, not speed: rnncore's RNNClassifier on five UCR/UEA classification sets, against 1-NN
+baselines computed here and the published accuracies of 1-NN-DTW, FCN and ResNet.
+
+    python benchmarks/accuracy.py [--datasets ArrowHead,GunPoint,...] [--seeds 5] [--cv-repeats 3]
+                                  [--json out.json] [--threads 1]
+
+Data: the official train/test splits bundled inside sktime's wheel (sktime.datasets, no download;
+``pip install -e ".[accuracy]"``): ArrowHead, GunPoint, ItalyPowerDemand (univariate, UCR),
+BasicMotions and JapaneseVowels (multivariate, UEA; JapaneseVowels has sequences of 7-29 steps).
+
+Protocol. For each set, the settings (stride, pooling, ... from a small grid per set, below) are
+chosen by GridSearchCV with 3-fold stratified cross-validation repeated 3 times (3 x 3 folds: on
+training splits of 36 to 270 sequences one 3-fold split is a noisy judge) on the TRAINING split only; the
+chosen settings are refitted on the whole training split with `--seeds` random_state values and
+scored once on the test split (mean, min and max over the seeds are reported, and the accuracy of
+the seeds' networks as one ensemble: the mean of their class probabilities). The test split is
+never looked at before that.
+
+Computed baselines: 1-NN with Euclidean distance, and 1-NN with DTW (full window, squared
+point-to-point cost summed over the channels, i.e. DTW_D for the multivariate sets), both on the
+data as bundled. JapaneseVowels has unequal lengths: 1-NN-ED compares the sequences linearly
+resampled to 29 steps; DTW compares them as they are.
+
+Published baselines (cited in benchmarks/README.md): the UCR archive's 1-NN-DTW (Dau et al. 2019),
+the UEA archive's 1-NN-DTW_D / DTW_I (Bagnall et al. 2018), and FCN / ResNet (Fawaz et al. 2019,
+mean of 10 runs).
+
+Fit times are wall-clock on the machine of the run (shared: see README). Nothing here is a test.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+# the grids: small, so that the whole run fits in minutes on 2 shared cores; `stride` makes a long
+# series short (ArrowHead's 251 steps -> 32 or 16), `pooling` reads every step
+COMMON = dict(cell="gru", hidden_size=32, max_iter=200, n_iter_no_change=25, lr=0.01, batch_size=16)
+BOTH = {"bidirectional": [False, True]}
+GRIDS = {
+    "ArrowHead": {"stride": [8, 16], "pooling": ["mean", "attention"], **BOTH},
+    "GunPoint": {"stride": [5, 10], "pooling": ["mean", "attention"], **BOTH},
+    "ItalyPowerDemand": {"stride": [1, 2], "pooling": ["mean", "attention"], **BOTH},
+    "BasicMotions": {"stride": [4, 10], "pooling": ["mean", "max"], **BOTH},
+    "JapaneseVowels": {"stride": [1, 2], "pooling": ["last", "mean"], **BOTH},
+}
+DATASETS = list(GRIDS)
+
+
+def load(name):
+    """(X_train, y_train, X_test, y_test): (n, T, F) arrays, or lists of (T_i, F) for JapaneseVowels."""
+    from sktime.datasets import load_UCR_UEA_dataset
+
+    def split(part):
+        if name == "JapaneseVowels":
+            X, y = load_UCR_UEA_dataset(name, split=part, return_type="df-list")
+            return [np.asarray(x, dtype=np.float64) for x in X], np.asarray(y)
+        X, y = load_UCR_UEA_dataset(name, split=part, return_type="numpy3D")
+        return np.ascontiguousarray(np.asarray(X, dtype=np.float64).transpose(0, 2, 1)), np.asarray(y)
+
+    return (*split("train"), *split("test"))
+
+
+def resample(seqs, length):
+    """Each (T_i, F) sequence linearly interpolated to `length` steps: (n, length, F)."""
+    out = []
+    for s in seqs:
+        src, dst = np.linspace(0, 1, len(s)), np.linspace(0, 1, length)
+        out.append(np.stack([np.interp(dst, src, s[:, j]) for j in range(s.shape[1])], axis=1))
+    return np.array(out)
+
+
+def one_nn_euclidean(Xtr, ytr, Xte, yte):
+    if isinstance(Xtr, list):
+        L = max(len(s) for s in Xtr + Xte)
+        Xtr, Xte = resample(Xtr, L), resample(Xte, L)
+    A, B = Xte.reshape(len(Xte), -1), Xtr.reshape(len(Xtr), -1)
+    # ‖a - b‖² = ‖a‖² - 2 a·b + ‖b‖²
+    d = (A * A).sum(1)[:, None] - 2 * A @ B.T + (B * B).sum(1)[None]
+    return float(np.mean(ytr[d.argmin(axis=1)] == yte))
+
+
+def dtw_distances(Xte, Xtr):
+    """Full-window DTW between every test and training sequence, (n_test, n_train).
+
+    D[i, j] = c(i, j) + min(D[i-1, j-1], D[i-1, j], D[i, j-1]),  c(i, j) = ‖a_i - b_j‖² (all
+    channels), the distance D[L_a - 1, L_b - 1]. Vectorised over all pairs, one (i, j) cell at a
+    time; sequences of unequal lengths are padded and each pair read at its own end (a cell only
+    depends on cells above and to its left, so padding never reaches it)."""
+    def pad(seqs):
+        L = np.array([len(s) for s in seqs])
+        out = np.zeros((len(seqs), L.max(), seqs[0].shape[1]))
+        for k, s in enumerate(seqs):
+            out[k, :len(s)] = s
+        return out, L
+    A, La = pad(list(Xte))
+    B, Lb = pad(list(Xtr))
+    na, nb = len(A), len(B)
+    Ta, Tb = A.shape[1], B.shape[1]
+    result = np.empty((na, nb))
+    prev = np.full((Tb, na, nb), np.inf)
+    for i in range(Ta):
+        # c(i, j) for every pair: (Tb, na, nb)
+        cost = ((A[None, :, i, None, :] - B.transpose(1, 0, 2)[:, None, :, :]) ** 2).sum(-1)
+        cur = np.empty_like(prev)
+        for j in range(Tb):
+            if i == 0 and j == 0:
+                best = 0.0
+            elif i == 0:
+                best = cur[j - 1]
+            elif j == 0:
+                best = prev[0]
+            else:
+                best = np.minimum(np.minimum(prev[j - 1], prev[j]), cur[j - 1])
+            cur[j] = cost[j] + best
+        ends = (La - 1 == i)
+        if ends.any():
+            result[ends] = cur[Lb - 1, :, np.arange(nb)].T[ends]
+        prev = cur
+    return result
+
+
+def one_nn_dtw(Xtr, ytr, Xte, yte):
+    return float(np.mean(ytr[dtw_distances(Xte, Xtr).argmin(axis=1)] == yte))
+
+
+def run(name, seeds, cv_repeats, log):
+    from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold
+
+    from rnncore.estimators import RNNClassifier
+
+    Xtr, ytr, Xte, yte = load(name)
+    row = {"dataset": name, "n_train": len(Xtr), "n_test": len(Xte)}
+    t0 = time.perf_counter()
+    row["1nn_euclidean"] = one_nn_euclidean(Xtr, ytr, Xte, yte)
+    row["1nn_dtw_computed"] = one_nn_dtw(Xtr, ytr, Xte, yte)
+    log(f"{name}: 1-NN ED {row['1nn_euclidean']:.3f}, 1-NN DTW {row['1nn_dtw_computed']:.3f} "
+        f"({time.perf_counter() - t0:.0f} s)")
+
+    search = GridSearchCV(RNNClassifier(random_state=0, **COMMON), GRIDS[name],
+                          cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=cv_repeats, random_state=0),
+                          refit=False)
+    t0 = time.perf_counter()
+    search.fit(Xtr, ytr)
+    row["cv_seconds"] = time.perf_counter() - t0
+    row["chosen"] = search.best_params_
+    row["cv_accuracy"] = float(search.best_score_)
+    row["cv_table"] = [(p, float(s)) for p, s in zip(search.cv_results_["params"],
+                                                      search.cv_results_["mean_test_score"])]
+    log(f"{name}: CV chose {search.best_params_} (CV accuracy {search.best_score_:.3f}, "
+        f"{row['cv_seconds']:.0f} s for {len(row['cv_table'])} settings x 3 folds x {cv_repeats})")
+
+    accs, fit_s, epochs, proba = [], [], [], 0
+    for seed in range(seeds):
+        clf = RNNClassifier(**{**COMMON, **search.best_params_, "random_state": seed})
+        t0 = time.perf_counter()
+        clf.fit(Xtr, ytr)
+        fit_s.append(time.perf_counter() - t0)
+        p = clf.predict_proba(Xte)
+        proba = proba + p
+        accs.append(float(np.mean(clf.classes_[p.argmax(axis=1)] == yte)))
+        epochs.append(clf.n_iter_)
+        log(f"{name}: seed {seed}: test accuracy {accs[-1]:.3f}, fit {fit_s[-1]:.1f} s, {clf.n_iter_} epochs")
+    # the seeds' networks as one ensemble: the mean of their class probabilities (InceptionTime's way)
+    ensemble = float(np.mean(clf.classes_[proba.argmax(axis=1)] == yte))
+    log(f"{name}: ensemble of the {seeds} seeds: test accuracy {ensemble:.3f}")
+    row.update(test_accuracy=accs, mean_accuracy=float(np.mean(accs)), ensemble_accuracy=ensemble,
+               fit_seconds=fit_s, epochs=epochs)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--seeds", type=int, default=5, help="refits of the chosen settings (random_state 0..)")
+    ap.add_argument("--cv-repeats", type=int, default=3, help="repeats of the 3-fold cross-validation")
+    ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--threads", type=int, default=1, help="rnncore's threads (default 1)")
+    args = ap.parse_args()
+    try:
+        import sktime  # noqa: F401
+    except ImportError:
+        sys.exit('benchmarks/accuracy.py needs sktime (its bundled data): pip install -e ".[accuracy]"')
+    import rnncore
+    rnncore.set_num_threads(args.threads)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    rows = []
+    for name in args.datasets.split(","):
+        if name not in GRIDS:
+            sys.exit(f"--datasets: expected names among {DATASETS}, got {name!r}")
+        rows.append(run(name, args.seeds, args.cv_repeats, log))
+        if args.json:
+            with open(args.json + ".tmp", "w") as f:
+                json.dump({"common": COMMON, "grids": GRIDS, "cv_repeats": args.cv_repeats, "rows": rows},
+                          f, indent=1)
+            os.replace(args.json + ".tmp", args.json)
+    print()
+    print("| data set | rnncore (mean of seeds; min-max) | ensemble of the seeds | chosen by CV | fit (s) "
+          "| 1-NN ED | 1-NN DTW (computed) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['mean_accuracy']:.3f} ({min(r['test_accuracy']):.3f}-"
+              f"{max(r['test_accuracy']):.3f}) | {r['ensemble_accuracy']:.3f} | {r['chosen']} | "
+              f"{np.mean(r['fit_seconds']):.1f} | {r['1nn_euclidean']:.3f} | {r['1nn_dtw_computed']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
