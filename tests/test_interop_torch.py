@@ -237,6 +237,22 @@ def test_weights_are_shared_not_copied_and_rebound_after_to():
                                stock(x.double())[0].detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_a_non_contiguous_parameter_is_read_by_value():
+    """A parameter that is a strided view (here every other column of a larger tensor) is copied for
+    the kernels, never written to; outputs and its gradient are torch.nn's."""
+    torch.manual_seed(0)
+    stock = torch.nn.LSTM(4, 5, dtype=torch.float64)
+    ours = rt.convert(stock)
+    big = torch.randn(20, 10, dtype=torch.float64)
+    for m in (stock, ours):
+        m.weight_hh_l0 = torch.nn.Parameter(big[:, ::2])
+        assert not m.weight_hh_l0.is_contiguous()
+    before = big.clone()
+    x, hx = inputs(stock, None, True, torch.float64, torch.Generator().manual_seed(0))
+    compare(run(ours, x, hx, None, 3), run(stock, x, hx, None, 3), 1e-10, 1e-11, "strided weight_hh_l0")
+    assert torch.equal(big, before)
+
+
 def test_module_habits_survive():
     """state_dict keys, repr, deepcopy and pickle (the rnncore layer is rebuilt, not pickled)."""
     torch.manual_seed(0)

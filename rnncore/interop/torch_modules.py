@@ -53,20 +53,17 @@ def _as_numpy(t):
 
 def _bind(layer, names, weights):
     """Point the rnncore layer's parameter arrays at the weight tensors' memory (no copy when a tensor
-    is contiguous, as torch's own parameters are). The layer's params dict refuses replacement by
-    design (it guards numpy users' live arrays); here the tensors own the memory, so the entries are
-    rebound below that guard."""
+    is contiguous, as torch's own parameters are; a contiguous copy otherwise). The layer's params dict
+    refuses replacement by design (it guards numpy users' live arrays); here the tensors own the
+    memory, so the entries are rebound below that guard."""
     params = layer.params
     for name, w in zip(names, weights):
+        if not w.is_contiguous():
+            dict.__setitem__(params, name, np.ascontiguousarray(w.detach().numpy()))
+            continue
         cur = dict.__getitem__(params, name)
-        if w.is_contiguous():
-            if cur.__array_interface__["data"][0] != w.data_ptr() or cur.shape != tuple(w.shape):
-                dict.__setitem__(params, name, w.detach().numpy())
-        else:
-            if cur.base is not None:            # a view of another tensor: give the layer its own
-                cur = np.empty(cur.shape, cur.dtype)
-                dict.__setitem__(params, name, cur)
-            cur[...] = w.detach().numpy()
+        if cur.__array_interface__["data"][0] != w.data_ptr() or cur.shape != tuple(w.shape):
+            dict.__setitem__(params, name, w.detach().numpy())
 
 
 def _fresh_grads(layer):
@@ -210,7 +207,7 @@ class _Rnncore:
         return out, state
 
     def __getstate__(self):
-        state = dict(super().__getstate__())
+        state = dict(super().__getstate__())        # torch.nn.RNNBase's (it drops its weakrefs)
         state.pop("_rnncore", None)                 # rebuilt on the next call
         return state
 
