@@ -32,6 +32,7 @@ import json
 
 import numpy as np
 
+from rnncore.engine.validation import check_bool
 from rnncore.layers import recurrent as _recurrent
 from rnncore.models.sequence import Embedding, OneHot, SequenceModel
 
@@ -152,9 +153,7 @@ def export(obj, path, *, lengths=False, hx=False):
     if layer.proj_size:
         raise ValueError(f"proj_size={layer.proj_size} cannot be exported: ONNX's LSTM operator has no "
                          f"projection of the hidden state (export an LSTM without proj_size)")
-    for name, flag in (("lengths", lengths), ("hx", hx)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
+    lengths, hx = check_bool(lengths, "lengths"), check_bool(hx, "hx")
     helper, TP = onnx.helper, onnx.TensorProto
     ftype = TP.FLOAT if layer.dtype == np.float32 else TP.DOUBLE
     g = _Graph(onnx)

@@ -27,23 +27,12 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from rnncore.engine.validation import check_bool, check_cpu_float_tensor
 from rnncore.layers import recurrent as _recurrent
 
 __all__ = ["RNN", "LSTM", "GRU", "convert"]
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _check_tensor(t, name):
-    """A CPU float32/float64 tensor, or TypeError/ValueError saying what it is instead."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"rnncore runs on the CPU: {name} is on {t.device}; move it with .cpu() "
-                         f"(or keep torch.nn's module for {t.device})")
-    if t.dtype not in _NUMPY_DTYPES:
-        raise TypeError(f"rnncore computes in float32 or float64: {name} has dtype {t.dtype}")
-    return t
 
 
 def _as_numpy(t):
@@ -146,7 +135,7 @@ class _Rnncore:
         return layer
 
     def _checked_weights(self):
-        weights = [_check_tensor(getattr(self, name), f"{type(self).__name__}.{name}")
+        weights = [check_cpu_float_tensor(getattr(self, name), f"{type(self).__name__}.{name}")
                    for name in self._flat_weights_names]
         dtypes = {w.dtype for w in weights}
         if len(dtypes) > 1:
@@ -161,8 +150,8 @@ class _Rnncore:
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx for an LSTM must be a tuple (h_0, c_0), got {type(hx).__name__}")
-            return _check_tensor(hx[0], "h_0"), _check_tensor(hx[1], "c_0")
-        return _check_tensor(hx, "hx"), None
+            return check_cpu_float_tensor(hx[0], "h_0"), check_cpu_float_tensor(hx[1], "c_0")
+        return check_cpu_float_tensor(hx, "hx"), None
 
     def forward(self, input, hx=None):
         weights = self._checked_weights()
@@ -174,7 +163,7 @@ class _Rnncore:
             lengths = lengths.numpy()
         else:
             x, lengths = input, None
-        _check_tensor(x, "input")
+        check_cpu_float_tensor(x, "input")
         if x.dtype != dtype:
             raise TypeError(f"input must have the parameters' dtype {dtype}, got {x.dtype}")
         h0, c0 = self._split_hx(hx)
@@ -248,8 +237,7 @@ def convert(module, inplace=False):
     float32/float64, a subclass of torch's (its forward may differ) and a parametrized one."""
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be True or False, got {type(inplace).__name__}")
+    inplace = check_bool(inplace, "inplace")
     found = []
     for name, sub in module.named_modules():
         where = f"{name or 'the module'} ({type(sub).__name__})"
@@ -260,7 +248,7 @@ def convert(module, inplace=False):
                              f"plain recurrent modules only; remove the parametrization first")
         if type(sub) in _SWAP:
             for pname in sub._flat_weights_names:
-                _check_tensor(getattr(sub, pname), f"{where}.{pname}")
+                check_cpu_float_tensor(getattr(sub, pname), f"{where}.{pname}")
             found.append(name)
         elif isinstance(sub, torch.nn.RNNBase):
             raise ValueError(f"{where} is a subclass of torch.nn.{type(sub).__mro__[1].__name__}: its "
