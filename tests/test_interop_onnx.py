@@ -86,6 +86,20 @@ def test_onnx_runtime_computes_what_rnncore_computes(tmp_path, cell, num_layers,
             np.testing.assert_array_equal(a, b, err_msg=label)
 
 
+def test_float64_layers_round_trip(tmp_path):
+    """ONNX Runtime runs the recurrent operators in float32 only; a float64 layer's file is checked by
+    onnx's checker and loads back as the same float64 layer."""
+    for cls, extra in CELLS.values():
+        layer = cls(I, 5, num_layers=2, bidirectional=True, dtype=np.float64, seed=1, **extra)
+        path = tmp_path / "f64.onnx"
+        model = ro.export(layer, path, lengths=True, hx=True)
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+        back = ro.load(path)
+        assert back.dtype == np.float64 and back.config == layer.config
+        for name, value in layer.params.items():
+            np.testing.assert_array_equal(back.params[name], value, err_msg=name)
+
+
 def test_batch_and_time_axes_are_dynamic(tmp_path):
     layer = rnncore.GRU(I, 6, num_layers=2, bidirectional=True, seed=0)
     path = tmp_path / "gru.onnx"

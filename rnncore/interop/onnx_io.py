@@ -16,7 +16,8 @@ runtime runs the file with its own kernels:
     SequenceModel       embedding (Gather, or OneHot), the stack, the head (MatMul + Add per step, or for
                         "many_to_one" a Gemm on the last layer's final states, which are the outputs at
                         each sequence's last valid step and, for the reverse half, at t = 0)
-Batch and time are dynamic axes ("batch", "time"). The rnncore configuration rides along in the
+Batch and time are dynamic axes ("batch", "time"). The graph has the layer's dtype (ONNX Runtime
+runs these operators in float32 only; float64 files are valid ONNX and load back). The rnncore configuration rides along in the
 model's metadata (key "rnncore"), so load() rebuilds the same object (batch_first, model head, ...).
 Refused: proj_size (no ONNX operator projects the hidden state), dropout has no effect at inference
 and is not exported (kept in the metadata).
