@@ -130,14 +130,14 @@ def from_keras(obj):
                              f"the previous one's output")
     kind, H = first["kind"], first["units"]
     dtype = np.result_type(first["directions"][0][0].dtype, np.float32)
-    common = dict(input_size=first["input_size"], hidden_size=H, num_layers=len(descs), bias=first["use_bias"],
-                  batch_first=True, bidirectional=first["bidirectional"], dtype=dtype)
+    config = dict(mode=kind, input_size=first["input_size"], hidden_size=H, num_layers=len(descs),
+                  bias=first["use_bias"], batch_first=True, bidirectional=first["bidirectional"], dtype=dtype)
     if kind == "SimpleRNN":
-        layer = _recurrent.RNN(nonlinearity=first["activation"], **common)
-    elif kind == "LSTM":
-        layer = _recurrent.LSTM(**common)
-    else:
-        layer = _recurrent.GRU(reset_after=first["reset_after"], **common)
+        config.update(mode="RNN_RELU" if first["activation"] == "relu" else "RNN_TANH",
+                      nonlinearity=first["activation"])
+    elif kind == "GRU":
+        config["reset_after"] = first["reset_after"]
+    layer = _recurrent._RecurrentStack.from_config(config)
     params = {}
     for k, desc in enumerate(descs):
         for d, (kernel, recurrent, bias) in enumerate(desc["directions"]):

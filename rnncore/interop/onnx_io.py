@@ -405,10 +405,8 @@ def load(path):
     if saved is not None:
         layer = _recurrent._RecurrentStack.from_config(saved["config"])
     else:
-        kind = {"RNN_TANH": _recurrent.RNN, "RNN_RELU": _recurrent.RNN, "LSTM": _recurrent.LSTM,
-                "GRU": _recurrent.GRU}[config.pop("mode")]
         config["batch_first"] = _reads_transposed_input(consts, graph, first)
-        layer = kind(**config)
+        layer = _recurrent._RecurrentStack.from_config(config)
     layer.load_state_dict(params)
     return layer
 

@@ -121,16 +121,13 @@ class _Rnncore:
         cached = self.__dict__.get("_rnncore")
         if cached is not None and cached[0] == key:
             return cached[1]
-        kind = {"RNN_TANH": _recurrent.RNN, "RNN_RELU": _recurrent.RNN, "LSTM": _recurrent.LSTM,
-                "GRU": _recurrent.GRU}[self.mode]
-        config = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+        config = dict(mode=self.mode, input_size=self.input_size, hidden_size=self.hidden_size,
                       num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                      bidirectional=self.bidirectional, dtype=_NUMPY_DTYPES[dtype], seed=0)
-        if self.mode == "LSTM":
-            config["proj_size"] = self.proj_size
-        elif self.mode != "GRU":
+                      bidirectional=self.bidirectional, proj_size=self.proj_size,
+                      dtype=_NUMPY_DTYPES[dtype], seed=0)
+        if self.mode.startswith("RNN"):
             config["nonlinearity"] = self.nonlinearity
-        layer = kind(**config)                      # dropout is set per call (train/eval)
+        layer = _recurrent._RecurrentStack.from_config(config)   # dropout is set per call (train/eval)
         object.__setattr__(self, "_rnncore", (key, layer))
         return layer
 
