@@ -301,6 +301,27 @@ def test_dropout_follows_train_and_eval_and_torch_seed():
     assert not np.allclose(a, m.eval()(x)[0].detach().numpy())
 
 
+def test_gradcheck_with_dropout_in_train_mode():
+    """Dropout between layers (train mode): with torch's seed reset before each call the masks repeat,
+    and central differences check the gradient through them (x, h0 and the weights)."""
+    torch.manual_seed(0)
+    module = rt.GRU(2, 3, num_layers=3, dropout=0.4, dtype=torch.float64).train()
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = (torch.rand(3, 2, 3, dtype=torch.float64) - 0.5).requires_grad_()
+
+    def f(x, h0, *weights):
+        torch.manual_seed(5)
+        return torch.func.functional_call(module, dict(zip(names, weights)), (x, h0))
+
+    assert torch.autograd.gradcheck(f, (x, h0, *params), eps=1e-6, atol=1e-7, rtol=1e-6)
+    torch.manual_seed(5)
+    a = f(x, h0, *params)[0]
+    module.eval()
+    assert not torch.allclose(a, f(x, h0, *params)[0])      # the masks did something
+
+
 def test_refusals_say_what_was_expected():
     with pytest.raises(ValueError, match="CPU.*meta"):
         rt.convert(torch.nn.LSTM(3, 4, device="meta"))
