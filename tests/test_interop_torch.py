@@ -391,3 +391,21 @@ def test_bench_refuses_to_time_a_conversion_that_disagrees(capsys, monkeypatch):
     opts = benchmark.finish_options(benchmark.build_parser().parse_args(["--quick", "--threads", "1"]))
     row = benchmark.training_loop_row(opts, 0, TINY_TRAINING)
     assert row["check"]["status"] == "FAIL" and row["torch"] is None and row["ratio"] is None
+
+
+def test_bridge_names_do_not_shadow_the_real_packages():
+    """rnncore.torch / .onnx / .keras are aliases of rnncore/interop's modules, not files named after
+    the packages: a script run from inside rnncore/ (sys.path[0] = that folder) imports the real
+    torch, onnx and keras, and the aliases are the implementation modules."""
+    import importlib
+    import pathlib
+    import subprocess
+    import sys
+    folder = pathlib.Path(rt.__file__).resolve().parents[1]
+    for name, impl in (("torch", "torch_modules"), ("onnx", "onnx_io"), ("keras", "keras_io")):
+        assert not (folder / f"{name}.py").exists() and not (folder / name).exists()
+        assert importlib.import_module(f"rnncore.{name}") is importlib.import_module(f"rnncore.interop.{impl}")
+    code = "import torch, onnx; print(torch.__file__); print(onnx.__file__)"
+    out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); {code}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(out) == 2 and all(str(folder) not in path for path in out), out
