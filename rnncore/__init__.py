@@ -39,11 +39,15 @@ openmp_enabled = _kernels.openmp_enabled
 
 # The modules of rnncore's first, flat layout keep their names: `import rnncore.optim` (and pickles
 # and checkpoints that name such a module) gets the module where it now lives, loaded on first use.
+# The bridges' public names are served the same way: rnncore.torch, rnncore.onnx and rnncore.keras
+# are their implementations in rnncore/interop. No file of the package is named torch.py, onnx.py or
+# keras.py: a script run from inside the package folder would import it in place of the real one.
 _RENAMED = {f"rnncore.{old}": f"rnncore.{new}" for old, new in {
     "reference": "layers.reference", "trainer": "training.trainer", "optim": "training.optim",
     "losses": "training.losses", "checkpoint": "training.checkpoint", "data": "training.data",
     "architectures": "models.architectures", "seq2seq": "models.seq2seq",
-    "estimators": "models.estimators", "diagnostics": "models.diagnostics"}.items()}
+    "estimators": "models.estimators", "diagnostics": "models.diagnostics",
+    "torch": "interop.torch_modules", "onnx": "interop.onnx_io", "keras": "interop.keras_io"}.items()}
 
 
 class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):

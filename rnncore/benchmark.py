@@ -45,6 +45,10 @@ TOLERANCE = {"float32": 5e-5, "float64": 1e-9}
 FULL_TOLERANCE = {"float32": 2e-4, "float64": 1e-8}   # full-shape outputs after timing (longer sums)
 SCHEMA = "rnncore-bench/1"
 QUICK_SHAPES = ["S", "M"]   # --quick: a small and a mid-sized problem, well under a minute in all
+# The torch training-loop row: a torch model, embedding -> GRU -> linear, trained with cross-entropy and
+# Adam, stock (torch.nn.GRU) and converted (rnncore.torch.convert), one step per call; at shape S
+# (batch, steps, embedding = inputs, hidden) with this vocabulary.
+TRAINING_VOCAB = 64
 
 
 def flops(cell, shape, pass_):
@@ -342,6 +346,93 @@ def bench_cell(cell, shape_name, shape, combos, opts, seed, extras=None):
 
 
 # ---------------------------------------------------------------------------------------------------
+# The torch training loop: stock torch.nn.GRU against the same model converted by rnncore.torch
+
+def _gru_classifier(torch, shape):
+    class Net(torch.nn.Module):
+        """ids (batch, steps) -> logits (batch, steps, vocab)."""
+
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(shape["vocab"], shape["embedding"])
+            self.rnn = torch.nn.GRU(shape["embedding"], shape["hidden"], batch_first=True)
+            self.head = torch.nn.Linear(shape["hidden"], shape["vocab"])
+
+        def forward(self, ids):
+            return self.head(self.rnn(self.embedding(ids))[0])
+
+    return Net()
+
+
+def training_loop_row(opts, seed, shape=None):
+    """The stock and the converted model's training steps per second, in one interleaved series on
+    the first of ``opts.threads``, after checking that their first step's loss and every gradient
+    agree (relative to each array's largest value, within TOLERANCE["float32"]); a disagreeing
+    conversion is not timed."""
+    torch = import_torch()
+    from rnncore.torch import convert
+    if shape is None:
+        B, T, I, H = SHAPES["S"]
+        shape = {"batch": B, "steps": T, "vocab": TRAINING_VOCAB, "embedding": I, "hidden": H}
+    n = opts.threads[0]
+    torch.manual_seed(seed)
+    models = {"torch": _gru_classifier(torch, shape)}
+    models["rnncore"] = convert(models["torch"])
+    gen = torch.Generator().manual_seed(seed)
+    ids, target = (torch.randint(0, shape["vocab"], (shape["batch"], shape["steps"]), generator=gen)
+                   for _ in range(2))
+    optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+
+    def step(name):
+        model, opt = models[name], optimizers[name]
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(ids).reshape(-1, shape["vocab"]), target.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss
+
+    row = dict(shape, model="embedding -> GRU -> linear, cross-entropy, Adam", dtype="float32",
+               threads=n, torch=None, rnncore=None, ratio=None)
+    try:
+        with threads(n):
+            got = {}
+            for name, model in models.items():
+                model.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(ids).reshape(-1, shape["vocab"]),
+                                                         target.reshape(-1))
+                loss.backward()
+                got[name] = [loss.detach()] + [p.grad for p in model.parameters()]
+        err = max(float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+                  for a, b in zip(got["rnncore"], got["torch"]))
+        tol = TOLERANCE["float32"]
+        row["check"] = {"status": "ok" if err <= tol else "FAIL", "oracle": "torch", "max_err": err,
+                        "tol": tol, "worst": "loss or gradient"}
+        if row["check"]["status"] == "ok":
+            setups = {name: (lambda: threads(n)) for name in models}
+            times = time_interleaved({name: (lambda name=name: step(name)) for name in models},
+                                     opts.repeats, opts.warmup, opts.min_time, setups)
+            for name in models:
+                row[name] = dict(times[name], steps_per_s=1e3 / times[name]["median_ms"])
+            row["ratio"] = times["torch"]["median_ms"] / times["rnncore"]["median_ms"]
+    except Exception as exc:
+        row["check"] = {"status": "ERROR", "oracle": "torch", "error": error_text(exc)}
+    return row
+
+
+def render_training_row(row):
+    """The training-loop row as a markdown table of one line."""
+    head = ["| torch training loop | batch, steps, vocab, embedding, hidden | threads | check "
+            "| torch.nn steps/s | rnncore.torch steps/s | speed-up |", "|---|---|---:|---|---:|---:|---:|"]
+    check = row["check"]
+    checked = check_text(check) if check["status"] != "ERROR" else "**ERROR** " + check["error"]
+    return "\n".join(head + ["| %s | %d, %d, %d, %d, %d | %d | %s | %s | %s | %s |" % (
+        row["model"], row["batch"], row["steps"], row["vocab"], row["embedding"], row["hidden"], row["threads"],
+        checked, "%.1f" % row["torch"]["steps_per_s"] if row["torch"] else "–",
+        "%.1f" % row["rnncore"]["steps_per_s"] if row["rnncore"] else "–",
+        "%.2fx" % row["ratio"] if row["ratio"] else "–")])
+
+
+# ---------------------------------------------------------------------------------------------------
 # Output and command line
 
 def ms_text(v):
@@ -426,6 +517,9 @@ def build_parser(prog="rnncore bench"):
                    help="timesteps of the check before timing (default %d)" % CHECK_STEPS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="time rnncore alone (checked against the numpy reference)")
+    p.add_argument("--no-training-loop", action="store_true",
+                   help="skip the torch training-loop row (a torch model's steps/s, stock and converted by "
+                        "rnncore.torch; run when torch is installed and GRU is among the cells)")
     p.add_argument("--json", metavar="PATH", help="also write every number (samples, checks) here")
     return p
 
@@ -517,7 +611,15 @@ def main(argv=None):
         rnncore.__version__, "torch %s" % torch.__version__ if torch is not None else "no PyTorch (rnncore alone)",
         opts.repeats))
     print(render_table(rows))
+    training = None
+    if torch is not None and "GRU" in opts.cells and not opts.no_training_loop:
+        print("[training loop] checking, then timing a torch model stock and converted ...", file=sys.stderr,
+              flush=True)
+        training = training_loop_row(opts, opts.seed)
+        print("\n" + render_training_row(training))
     lines = failures(rows)
+    if training is not None and training["check"]["status"] != "ok":
+        lines += failures([dict(training, cell="training loop", shape="")])
     if lines:
         print("\n" + "\n".join(lines))
     print("\n" + summary(rows, opts, torch, time.perf_counter() - started))
@@ -527,7 +629,7 @@ def main(argv=None):
                                                    "min_time", "check_steps", "seed", "quick")}
         write_json(opts.json, {"schema": SCHEMA, "versions": versions, "openblas_coretype":
                                os.environ.get("OPENBLAS_CORETYPE"), "settings": settings, "rows": rows,
-                               "all_checks_passed": passed})
+                               "training_loop": training, "all_checks_passed": passed})
     return 0 if passed else 1
 
 

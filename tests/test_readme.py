@@ -34,7 +34,9 @@ def _python_blocks():
 # what a snippet imports -> the extra it needs (pyproject.toml); CI's test extra installs them all,
 # so every snippet runs there: none is skipped for a missing package
 EXTRAS = {"torch": "rnncore[torch]", "rnncore.estimators": "rnncore[sklearn]", "sklearn": "rnncore[sklearn]",
-          "matplotlib": "rnncore[plot]", "mpi4py": "rnncore[mpi]", "dask.distributed": "rnncore[dask]"}
+          "matplotlib": "rnncore[plot]", "mpi4py": "rnncore[mpi]", "dask.distributed": "rnncore[dask]",
+          "rnncore.torch": "rnncore[torch]", "rnncore.onnx": "rnncore[onnx]", "onnxruntime": "rnncore[onnx]",
+          "rnncore.keras": "rnncore[keras]", "keras": "rnncore[keras]"}
 
 
 def test_readme_has_python_examples():

@@ -3,6 +3,7 @@
 Checks live here, at the Python boundary; the compiled kernels below trust their arguments.
 """
 import numbers
+import sys
 
 import numpy as np
 
@@ -42,6 +43,20 @@ def _to_numpy(value):
     if hasattr(value, "detach") and hasattr(value, "cpu") and callable(value.detach):
         value = value.detach().cpu().numpy()
     return value
+
+
+def check_cpu_float_tensor(t, name):
+    """A torch tensor on the CPU of dtype float32 or float64 (for rnncore.torch; torch is not imported:
+    a tensor implies it is loaded)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"rnncore runs on the CPU: {name} is on {t.device}; move it with .cpu() "
+                         f"(or keep torch.nn's module for {t.device})")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"rnncore computes in float32 or float64: {name} has dtype {t.dtype}")
+    return t
 
 
 def as_float_array(value, name, dtype, shape_doc):
