@@ -454,6 +454,8 @@ include "_scan.pxi"
 include "_cell_rnn.pxi"
 include "_cell_lstm.pxi"
 include "_cell_gru.pxi"
+include "_optim.pxi"
+include "_model.pxi"
 
 
 # --------------------------------------------------------------------------------------------------
