@@ -16,10 +16,20 @@ cdef extern from *:
     static inline double NAME(ptrdiff_t V, const T *restrict z, ptrdiff_t y, T scale,              \\
                               T *restrict d)                                                       \\
     {                                                                                              \\
-        T m = z[0], s[16] = {0};                                                                   \\
+        T mx[16], s[16] = {0}, m;                                                                  \\
         ptrdiff_t j, l;                                                                            \\
-        for (j = 1; j < V; j++)                                                                    \\
-            m = z[j] > m ? z[j] : m;                                                               \\
+        for (l = 0; l < 16; l++) mx[l] = z[0];                                                     \\
+        for (j = 0; j + 16 <= V; j += 16)      /* the max in 16 lanes too (a NaN is skipped here,  \\
+                                                  and makes exp, the sum and the loss NaN) */      \\
+            for (l = 0; l < 16; l++)                                                               \\
+                mx[l] = z[j + l] > mx[l] ? z[j + l] : mx[l];                                       \\
+        for (l = 0; j + l < V; l++)                                                                \\
+            mx[l] = z[j + l] > mx[l] ? z[j + l] : mx[l];                                           \\
+        for (l = 0; l < 8; l++) mx[l] = mx[l + 8] > mx[l] ? mx[l + 8] : mx[l];                     \\
+        for (l = 0; l < 4; l++) mx[l] = mx[l + 4] > mx[l] ? mx[l + 4] : mx[l];                     \\
+        m = mx[1] > mx[0] ? mx[1] : mx[0];                                                         \\
+        m = mx[2] > m ? mx[2] : m;                                                                 \\
+        m = mx[3] > m ? mx[3] : m;                                                                 \\
         for (j = 0; j < V; j++)                                                                    \\
             d[j] = EXP(z[j] - m);                                                                  \\
         for (j = 0; j + 16 <= V; j += 16)                                                          \\
