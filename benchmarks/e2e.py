@@ -2,6 +2,7 @@
 
     python benchmarks/e2e.py [--cells RNN,GRU,LSTM] [--layers 1,2] [--threads 2] [--rounds 5]
                              [--steps 20] [--warmup 3] [--check-steps 5] [--no-profile] [--json PATH]
+                             [--baseline DIR]
 
 The model (issue 22): embedding 64 -> recurrent layers of 256 (one, or two stacked) -> linear to a
 vocabulary of 99, softmax cross-entropy (mean over the tokens), Adam (lr 2e-3) after clipping the
@@ -27,6 +28,10 @@ id for all others, cut into 32 parallel streams.
    input-gradient GEMMs after the backward scan (and the bias sums), packing the weights, the head
    (forward and backward), the loss, the embedding (forward and backward), the optimizer step
    (clipping included), zeroing the gradients and the trainer's finite check, and the rest (Python).
+
+--baseline DIR: also time and profile another rnncore, the source tree DIR with its compiled core built
+in place (``git worktree add DIR <commit> && cd DIR && python setup.py build_ext --inplace``), in the
+same rounds (its own process, put first on PYTHONPATH): an A/B of two versions, both against PyTorch.
 
 Not a test: nothing fails for being slow. Figures on a machine shared with other processes are noisy
 (see the "others" column): compare ratios from one run.
@@ -301,12 +306,17 @@ class _nullcontext:
 
 
 def run_worker(framework, opts, profile_run=False):
+    """Run one worker process: framework "rnncore", "torch" or "baseline" (rnncore from --baseline)."""
+    env = dict(os.environ)
+    if framework == "baseline":
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(opts.baseline)] + env.get("PYTHONPATH", "").split(os.pathsep))
+        framework = "rnncore"
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework,
            "--cells", ",".join(opts.cells), "--layers", ",".join(map(str, opts.layers)),
            "--threads", str(opts.threads), "--steps", str(opts.steps), "--warmup", str(opts.warmup)]
     if profile_run:
         cmd.append("--profile")
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"{framework} worker failed:\n{res.stderr}")
     return json.loads(res.stdout)
@@ -327,6 +337,7 @@ def parse(argv):
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--baseline", metavar="DIR", help="also run the rnncore of this source tree (built in place)")
     ap.add_argument("--worker", choices=("rnncore", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
@@ -374,10 +385,11 @@ def main(argv=None):
         return 1
 
     # 2. the timing, one framework per process, alternating
-    rows = {"rnncore": [], "torch": []}
+    frameworks = ("rnncore", "torch") + (("baseline",) if opts.baseline else ())
+    rows = {fw: [] for fw in frameworks}
     loads = []
     for r in range(opts.rounds):
-        order = ("rnncore", "torch") if r % 2 == 0 else ("torch", "rnncore")
+        order = frameworks if r % 2 == 0 else frameworks[::-1]
         for fw in order:
             got = run_worker(fw, opts)
             rows[fw] += got
@@ -386,31 +398,41 @@ def main(argv=None):
     print(f"\n{opts.rounds} processes per framework (alternating), {opts.warmup} warm-up + {opts.steps} "
           f"timed steps per model in each; median ms/step over all of them; others' load "
           f"{statistics.median(loads) if loads else float('nan'):.2f} cores (median)\n")
-    print("| cell | layers | rnncore ms/step | PyTorch ms/step | ratio (torch / rnncore) | losses agree to |")
-    print("|---|---:|---:|---:|---:|---:|")
+    base = " baseline ms/step | ratio (torch / baseline) |" if opts.baseline else ""
+    print(f"| cell | layers | rnncore ms/step | PyTorch ms/step | ratio (torch / rnncore) |{base} losses agree to |")
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if opts.baseline else "") + "---:|")
     table = []
     for cell in opts.cells:
         for layers in opts.layers:
             ours, theirs = _median(rows["rnncore"], cell, layers), _median(rows["torch"], cell, layers)
-            table.append({"cell": cell, "layers": layers, "rnncore_ms": ours, "torch_ms": theirs,
-                          "ratio": theirs / ours, "check_rel": checks[(cell, layers)]})
-            print(f"| {cell} | {layers} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.2f} "
-                  f"| {checks[(cell, layers)]:.0e} |")
+            row = {"cell": cell, "layers": layers, "rnncore_ms": ours, "torch_ms": theirs,
+                   "ratio": theirs / ours, "check_rel": checks[(cell, layers)]}
+            extra = ""
+            if opts.baseline:
+                row["baseline_ms"] = b = _median(rows["baseline"], cell, layers)
+                extra = f" {b:.1f} | {theirs / b:.2f} |"
+            table.append(row)
+            print(f"| {cell} | {layers} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.2f} |{extra} "
+                  f"{checks[(cell, layers)]:.0e} |")
 
     # 3. where rnncore's step goes
     profiles = []
     if not opts.no_profile:
-        profiles = run_worker("rnncore", opts, profile_run=True)
-        print(f"\nrnncore's step by part (ms/step, mean of {opts.steps} steps, exclusive times; "
-              f"'outside' = everything but the recurrent scans, their GEMMs and packing)\n")
-        print("| cell | layers | step | " + " | ".join(PARTS) + " | outside |")
-        print("|---|---:|---:|" + "---:|" * (len(PARTS) + 1))
-        for p in profiles:
-            parts = p["profile"]
-            outside = sum(parts[k] for k in PARTS if k not in RECURRENT)
-            print(f"| {p['cell']} | {p['layers']} | {parts['total']:.1f} | "
-                  + " | ".join(f"{parts[k]:.2f}" for k in PARTS)
-                  + f" | {outside:.2f} ({100 * outside / parts['total']:.0f}%) |")
+        print(f"\nrnncore's step by part (ms/step, mean of {opts.steps} steps after {opts.warmup}, exclusive "
+              f"times; 'outside' = everything but the recurrent scans, their GEMMs and packing; 'others' = "
+              f"cores other processes used meanwhile)\n")
+        print("| version | cell | layers | step | " + " | ".join(PARTS) + " | outside | others |")
+        print("|---|---|---:|---:|" + "---:|" * (len(PARTS) + 2))
+        for fw in ("rnncore", "baseline") if opts.baseline else ("rnncore",):
+            for p in run_worker(fw, opts, profile_run=True):
+                p["version"] = "this" if fw == "rnncore" else "baseline"
+                profiles.append(p)
+                parts = p["profile"]
+                outside = sum(parts[k] for k in PARTS if k not in RECURRENT)
+                print(f"| {p['version']} | {p['cell']} | {p['layers']} | {parts['total']:.1f} | "
+                      + " | ".join(f"{parts[k]:.2f}" for k in PARTS)
+                      + f" | {outside:.2f} ({100 * outside / parts['total']:.0f}%) | "
+                      + f"{(p.get('load') or {}).get('others', float('nan')):.2f} |")
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"environment": env, "settings": {k: v for k, v in vars(opts).items()},
