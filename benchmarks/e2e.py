@@ -61,6 +61,7 @@ from rnncore.training.trainer import Trainer  # noqa: E402
 
 VOCAB, EMBED, HIDDEN, BATCH, TBPTT = 99, 64, 256, 32, 64
 LR, CLIP = 2e-3, 1.0
+PROCESS_WARMUP = 5     # steps of a throwaway model at the start of each timing process
 CHECK_RTOL = 1e-5      # losses of the first steps, relative: float32, different summation orders
 CELLS = {"RNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
 
@@ -273,6 +274,13 @@ def worker(opts):
         import torch
     set_threads(opts.threads, torch)
     batch = make_batch(opts.warmup + opts.steps)
+    # A process's first steps are slower (thread teams start, the allocator settles: the first model
+    # of a process measured 2-3x its head time): a throwaway model takes them before anything counts.
+    warm = (TorchRun if torch is not None else RnncoreRun)(opts.cells[0], opts.layers[0], batch)
+    with warm.blas_limit() if torch is None else _nullcontext():
+        for _ in range(min(PROCESS_WARMUP, opts.warmup + opts.steps)):
+            warm.step()
+    del warm
     out = []
     for cell in opts.cells:
         for layers in opts.layers:
