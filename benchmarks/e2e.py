@@ -1,8 +1,8 @@
 """End-to-end training benchmark: a character model's training step, rnncore against the PyTorch loop.
 
     python benchmarks/e2e.py [--cells RNN,GRU,LSTM] [--layers 1,2] [--threads 2] [--rounds 5]
-                             [--steps 20] [--warmup 3] [--check-steps 5] [--no-profile] [--json PATH]
-                             [--baseline DIR]
+                             [--steps 20] [--warmup 3] [--check-steps 5] [--no-profile]
+                             [--profile-rounds 3] [--json PATH] [--baseline DIR]
 
 The model (issue 22): embedding 64 -> recurrent layers of 256 (one, or two stacked) -> linear to a
 vocabulary of 99, softmax cross-entropy (mean over the tokens), Adam (lr 2e-3) after clipping the
@@ -22,8 +22,9 @@ id for all others, cut into 32 parallel streams.
    for rnncore and one for PyTorch (the order alternates between rounds); each runs every model,
    --warmup steps then --steps timed steps. Reported: the median ms/step over all rounds, the ratio
    PyTorch time / rnncore time (above 1: rnncore faster), and the cores other processes used meanwhile.
-3. Where rnncore's step goes: one more rnncore process times each part of the step (exclusive time,
-   a part nested in another counts for the inner one only), averaged over --steps steps: the
+3. Where rnncore's step goes: --profile-rounds more rnncore processes time each part of the step
+   (exclusive time, a part nested in another counts for the inner one only), averaged over --steps
+   steps in a process; each part's median over the processes is reported: the
    recurrent forward and backward scans (rnncore._kernels.forward / backward), the weight- and
    input-gradient GEMMs after the backward scan (and the bias sums), packing the weights, the head
    (forward and backward), the loss, the embedding (forward and backward), the optimizer step
@@ -344,6 +345,7 @@ def parse(argv):
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--profile-rounds", type=int, default=3, help="profiling processes per version")
     ap.add_argument("--json")
     ap.add_argument("--baseline", metavar="DIR", help="also run the rnncore of this source tree (built in place)")
     ap.add_argument("--worker", choices=("rnncore", "torch"), help=argparse.SUPPRESS)
@@ -426,21 +428,30 @@ def main(argv=None):
     # 3. where rnncore's step goes
     profiles = []
     if not opts.no_profile:
-        print(f"\nrnncore's step by part (ms/step, mean of {opts.steps} steps after {opts.warmup}, exclusive "
-              f"times; 'outside' = everything but the recurrent scans, their GEMMs and packing; 'others' = "
-              f"cores other processes used meanwhile)\n")
+        versions = ("rnncore", "baseline") if opts.baseline else ("rnncore",)
+        runs = {fw: [] for fw in versions}
+        for r in range(opts.profile_rounds):
+            for fw in versions if r % 2 == 0 else versions[::-1]:
+                runs[fw] += run_worker(fw, opts, profile_run=True)
+        print(f"\nrnncore's step by part: ms/step, mean of {opts.steps} steps after {opts.warmup} in a process, "
+              f"median of {opts.profile_rounds} processes per version (alternating); exclusive times; "
+              f"'outside' = everything but the recurrent scans, their GEMMs and packing; 'others' = "
+              f"cores other processes used meanwhile (median)\n")
         print("| version | cell | layers | step | " + " | ".join(PARTS) + " | outside | others |")
         print("|---|---|---:|---:|" + "---:|" * (len(PARTS) + 2))
-        for fw in ("rnncore", "baseline") if opts.baseline else ("rnncore",):
-            for p in run_worker(fw, opts, profile_run=True):
-                p["version"] = "this" if fw == "rnncore" else "baseline"
-                profiles.append(p)
-                parts = p["profile"]
-                outside = sum(parts[k] for k in PARTS if k not in RECURRENT)
-                print(f"| {p['version']} | {p['cell']} | {p['layers']} | {parts['total']:.1f} | "
-                      + " | ".join(f"{parts[k]:.2f}" for k in PARTS)
-                      + f" | {outside:.2f} ({100 * outside / parts['total']:.0f}%) | "
-                      + f"{(p.get('load') or {}).get('others', float('nan')):.2f} |")
+        for fw in versions:
+            for cell in opts.cells:
+                for layers in opts.layers:
+                    got = [p for p in runs[fw] if (p["cell"], p["layers"]) == (cell, layers)]
+                    parts = {k: statistics.median(p["profile"][k] for p in got) for k in PARTS + ("total",)}
+                    others = statistics.median((p.get("load") or {}).get("others", float("nan")) for p in got)
+                    outside = sum(parts[k] for k in PARTS if k not in RECURRENT)
+                    version = "this" if fw == "rnncore" else "baseline"
+                    profiles.append({"version": version, "cell": cell, "layers": layers, "profile": parts,
+                                     "others": others, "samples": got})
+                    print(f"| {version} | {cell} | {layers} | {parts['total']:.1f} | "
+                          + " | ".join(f"{parts[k]:.2f}" for k in PARTS)
+                          + f" | {outside:.2f} ({100 * outside / parts['total']:.0f}%) | {others:.2f} |")
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"environment": env, "settings": {k: v for k, v in vars(opts).items()},
