@@ -1,7 +1,7 @@
 """End-to-end training benchmark: a character model's training step, rnncore against the PyTorch loop.
 
     python benchmarks/e2e.py [--cells RNN,GRU,LSTM] [--layers 1,2] [--threads 2] [--rounds 5]
-                             [--steps 20] [--warmup 3] [--check-steps 5] [--no-profile]
+                             [--steps 15] [--warmup 3] [--check-steps 5] [--no-profile]
                              [--profile-rounds 3] [--json PATH] [--baseline DIR]
 
 The model (issue 22): embedding 64 -> recurrent layers of 256 (one, or two stacked) -> linear to a
@@ -341,7 +341,7 @@ def parse(argv):
     ap.add_argument("--layers", default="1,2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="processes per framework (alternating)")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per model and process")
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per model and process")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--no-profile", action="store_true")
