@@ -459,6 +459,8 @@ include "_cell_rnn.pxi"
 include "_cell_lstm.pxi"
 include "_cell_gru.pxi"
 include "_wgrad.pxi"
+include "_optim.pxi"
+include "_model.pxi"
 
 
 # --------------------------------------------------------------------------------------------------

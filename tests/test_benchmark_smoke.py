@@ -451,3 +451,20 @@ def test_streaming_checks_and_times_each_implementation_per_step(capsys, cell):
     for ln in rows:
         check, us = (c.strip() for c in ln.strip("|").split("|")[3:5])
         assert check.startswith("ok ") and float(us) > 0, ln
+
+
+# ------------------------------------------------------------------------------ benchmarks/e2e.py
+def test_e2e_check_and_profile_on_the_real_model():
+    """The end-to-end benchmark's check (rnncore's SequenceModel + Trainer against the PyTorch loop on
+    the same weights and batches: the losses of the first steps) and its split of a step into parts
+    (every part timed, the parts summing to the step)."""
+    e2e = load_benchmarks_module("e2e")
+    batch = e2e.make_batch(4)
+    assert batch.X.shape == (4 * e2e.TBPTT, e2e.BATCH) and 0 <= batch.X.min() and batch.X.max() < e2e.VOCAB
+    np.testing.assert_array_equal(batch.X[1:], batch.Y[:-1])        # Y is the next character
+    rel, ours, theirs = e2e.check("GRU", 1, 2, batch)
+    assert rel <= e2e.CHECK_RTOL and ours[1] < ours[0], (ours, theirs)
+    parts = e2e.profile(e2e.RnncoreRun("LSTM", 1, batch), steps=2, warmup=1)
+    assert set(parts) == set(e2e.PARTS) | {"total"}
+    assert all(parts[k] > 0 for k in e2e.PARTS if k != "Python")
+    assert sum(parts[k] for k in e2e.PARTS) == pytest.approx(parts["total"])

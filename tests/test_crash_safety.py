@@ -88,8 +88,7 @@ def test_diverged_parameters_are_never_checkpointed(tmp_path, rng):
     good = path.read_bytes()
     model.params["head.bias"][0] = np.inf          # e.g. an overflow in the update itself
     trainer.on_nonfinite = "skip"
-    with pytest.warns(RuntimeWarning):
-        trainer.fit(_regression_batches(rng, n=2), epochs=2)
+    trainer.fit(_regression_batches(rng, n=2), epochs=2)   # (the compiled head and loss warn of nothing)
     assert trainer.skipped_steps == 2
     assert path.read_bytes() == good               # neither the periodic nor the final save replaced it
 

@@ -145,3 +145,57 @@ def test_bad_arguments_say_what_was_expected(call, exc, words):
     with pytest.raises(exc) as e:
         call()
     assert words in str(e.value)
+
+
+# ------------------------------------------------------------------------------ the compiled cross-entropy
+# rnncore._kernels.cross_entropy: one pass per row (rnncore/_model.pxi), rows over the team.
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cross_entropy_with_padding_matches_torch(rng, dtype, reduction):
+    T, B, V = 7, 9, 99                     # V = 99: 16-value lanes and a tail of 3
+    logits = (rng.standard_normal((T, B, V)) * 4).astype(dtype)
+    y = rng.integers(0, V, (T, B))
+    lengths = rng.integers(1, T + 1, B)
+    valid = length_mask(lengths, T, B)
+    lt = torch.tensor(logits[valid], requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(lt, torch.tensor(y[valid]), reduction=reduction)
+    ref.backward()
+    loss, d = softmax_cross_entropy(logits, y, lengths=lengths, reduction=reduction)
+    assert d.dtype == dtype and d.shape == logits.shape
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    assert loss == pytest.approx(ref.item(), rel=tol)
+    np.testing.assert_allclose(d[valid], lt.grad.numpy(), rtol=10 * tol, atol=tol / V)
+    assert not d[~valid].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cross_entropy_bits_depend_neither_on_threads_nor_on_other_rows(rng, dtype):
+    import rnncore
+    T, B, V = 40, 21, 99                   # 840 rows x 99: above the size where the team runs
+    logits = (rng.standard_normal((T, B, V)) * 3).astype(dtype)
+    y = rng.integers(0, V, (T, B))
+    runs = []
+    for n in (1, 2, 3):
+        with rnncore.threads(n):
+            runs.append(softmax_cross_entropy(logits, y, reduction="sum"))
+    for loss, d in runs[1:]:
+        assert loss == runs[0][0]
+        np.testing.assert_array_equal(d, runs[0][1])
+    # a few sequences alone: their rows' gradients have the same bits
+    cols = [3, 4, 17]
+    _, d_sub = softmax_cross_entropy(np.ascontiguousarray(logits[:, cols]), y[:, cols], reduction="sum")
+    np.testing.assert_array_equal(d_sub, runs[0][1][:, cols])
+
+
+def test_cross_entropy_of_nan_or_infinite_logits():
+    z = np.zeros((2, 20), np.float32)
+    z[0, 7] = np.nan                        # not the first value: the max skips it, exp does not
+    z[1, 3] = -np.inf                       # a class ruled out: probability 0
+    loss, d = softmax_cross_entropy(z[:1], np.array([0]))
+    assert math.isnan(loss) and np.isnan(d).all()
+    loss, d = softmax_cross_entropy(z[1:], np.array([0]))
+    assert loss == pytest.approx(math.log(19), rel=1e-6)
+    assert 0 <= d[0, 3] < 1e-30

@@ -217,3 +217,72 @@ def test_token_ids_out_of_range_are_refused():
         model.forward(np.array([[0], [6]]))
     with pytest.raises(TypeError, match="integer token ids"):
         model.forward(np.zeros((2, 1)))
+
+
+# ------------------------------------------------------------------------------ the compiled embedding gradient, the head
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_embedding_gradient_is_np_add_at_bit_for_bit_on_any_thread_count(rng, dtype):
+    import rnncore
+    emb = Embedding(50, 130, dtype=dtype, rng=0)           # 130 columns: blocks of 64, 64 and 2
+    ids = rng.integers(0, 50, (80, 50))                    # 4000 ids, each id about 80 times
+    dE = rng.standard_normal((80, 50, 130)).astype(dtype)
+    start = rng.standard_normal((50, 130)).astype(dtype)   # the gradient accumulates (+=)
+    want = start.copy()
+    np.add.at(want, ids.reshape(-1), dE.reshape(-1, 130))
+    for n in (1, 2, 3):
+        emb.grads["weight"][...] = start
+        _, bp = emb.forward(ids)
+        with rnncore.threads(n):
+            bp(dE)
+        np.testing.assert_array_equal(emb.grads["weight"], want, err_msg=f"{n} threads")
+
+
+def test_embedding_gradient_kernel_refuses_ids_out_of_range():
+    from rnncore import _kernels as K
+    with pytest.raises(ValueError, match="id 4 at 1 is not in"):
+        K.embedding_backward(np.zeros((4, 2)), np.array([0, 4]), np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_linear_matches_torch(rng, dtype):
+    import torch
+    lin = Linear(33, 17, dtype=dtype, rng=0)
+    mod = torch.nn.Linear(33, 17, dtype=torch.float32 if dtype == np.float32 else torch.float64)
+    with torch.no_grad():
+        mod.weight.copy_(torch.from_numpy(lin.params["weight"]))
+        mod.bias.copy_(torch.from_numpy(lin.params["bias"]))
+    X = rng.standard_normal((9, 7, 33)).astype(dtype)
+    dY = rng.standard_normal((9, 7, 17)).astype(dtype)
+    Xt = torch.tensor(X, requires_grad=True)
+    Yt = mod(Xt)
+    Yt.backward(torch.from_numpy(dY))
+    Y, bp = lin.forward(X)
+    dX = bp(dY)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for got, want in ((Y, Yt), (dX, Xt.grad), (lin.grads["weight"], mod.weight.grad),
+                      (lin.grads["bias"], mod.bias.grad)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want.detach().numpy(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_linear_rows_depend_neither_on_the_batch_nor_on_threads(rng, dtype):
+    import rnncore
+    lin = Linear(64, 99, dtype=dtype, rng=0)
+    X = rng.standard_normal((300, 64)).astype(dtype)       # 3.8 MFLOP: the team runs
+    dY = rng.standard_normal((300, 99)).astype(dtype)
+    runs = []
+    for n in (1, 2, 3):
+        lin.zero_grad()
+        with rnncore.threads(n):
+            Y, bp = lin.forward(X)
+            dX = bp(dY)
+        runs.append((Y, dX, lin.grads["weight"].copy(), lin.grads["bias"].copy()))
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, b)
+    rows = [0, 5, 299]                                      # a row's Y and dX, alone or in any batch
+    for sub in (rows, rows[:1]):
+        Y, bp = lin.forward(X[sub])
+        np.testing.assert_array_equal(Y, runs[0][0][sub])
+        np.testing.assert_array_equal(bp(dY[sub]), runs[0][1][sub])

@@ -297,3 +297,28 @@ def test_protocol_models_train_evaluate_and_checkpoint(tmp_path, rng):
     # the checkpoint names the class; one outside rnncore is never imported from a file
     with pytest.raises(CheckpointError, match="not an rnncore model"):
         load_model(path)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_training_a_language_model_is_bit_identical_whatever_the_thread_count(dtype):
+    """Every part of the step runs on rnncore's team here (the head's products, the cross-entropy's
+    rows, the embedding gradient, the optimizer's passes over 99k parameter values), and each splits
+    its work on a grid that does not depend on the thread count: the same losses and weights, bit for
+    bit, on 1, 2 and 3 threads."""
+    import rnncore
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 99, (40, 21))
+    Y = rng.integers(0, 99, (40, 21))
+    runs = []
+    for n in (1, 2, 3):
+        model = SequenceModel("lstm", hidden_size=128, vocab_size=99, embedding_dim=32, seed=0, dtype=dtype)
+        opt = Adam(model.params, model.grads, lr=0.01, clip_norm=0.5, clip_value=0.05, weight_decay=1e-3)
+        trainer = Trainer(model, opt, tbptt=20, seed=0)
+        with rnncore.threads(n):
+            hist = trainer.fit([Batch(X, Y, None)] * 2, max_steps=4)
+        runs.append((hist["loss"], opt.last_grad_norm, model.state_dict()))
+    assert model.num_params > 65_536 and len(runs[0][0]) == 4      # the optimizer's passes use the team
+    for losses, norm, params in runs[1:]:
+        assert losses == runs[0][0] and norm == runs[0][1]
+        for k, p in params.items():
+            np.testing.assert_array_equal(p, runs[0][2][k], err_msg=k)

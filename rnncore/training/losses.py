@@ -11,12 +11,18 @@ Softmax cross-entropy follows the lecture notes (../shared/seeds): for one seque
 and over a batch L sums over every valid (t, b) position. ``reduction="mean"`` divides by the number
 of valid positions (so the loss is nats per token, and the gradient is divided by the same count).
 
+The cross-entropy runs in one compiled pass (rnncore._kernels.cross_entropy): each row of logits is
+read once for its max, once for exp, and its gradient written once, without temporaries the size of
+the logits; its loss is summed in double.
+
 Positions at or past ``lengths[b]`` (padding) add nothing to the loss and get a zero gradient.
 Clipping is *not* done here: the gradient returned is the exact gradient of the loss returned
 (clip in the optimizer step, see rnncore.training.optim).
 """
 import numpy as np
 
+from rnncore import _kernels as K
+from rnncore.engine.threads import get_num_threads
 from rnncore.engine.validation import check_ids, check_lengths, check_reduction
 
 __all__ = ["softmax_cross_entropy", "mse", "length_mask", "log_softmax", "softmax", "softmax_backward"]
@@ -79,7 +85,7 @@ def softmax_cross_entropy(logits, targets, lengths=None, mask=None, reduction="s
     """
     check_reduction(reduction)
     logits = np.asarray(logits)
-    if logits.dtype.kind != "f":
+    if logits.dtype not in (np.float32, np.float64):
         logits = logits.astype(np.float64)
     targets = np.asarray(targets)
     if targets.shape != logits.shape[:-1]:
@@ -87,25 +93,17 @@ def softmax_cross_entropy(logits, targets, lengths=None, mask=None, reduction="s
     valid = _valid_mask(logits.shape[:-1], lengths, mask)
     # padding may hold any id; only valid positions must name a class
     targets = check_ids(targets, logits.shape[-1], "targets", what="class ids", where=valid)
-    safe_targets = np.where(valid, targets, 0)
-
-    # logp = o - max(o) - log Σ exp(o - max(o))
-    logp = log_softmax(logits)
-    picked = np.take_along_axis(logp, safe_targets[..., None], axis=-1)[..., 0]
-    # L = -Σ_{valid} logp[y]   (accumulated in float64)
-    loss = -float(np.sum(picked, where=valid, dtype=np.float64))
-
-    # ∂L/∂o = softmax(o) - onehot(y), zero at padding
-    d_logits = np.exp(logp)
-    np.put_along_axis(d_logits, safe_targets[..., None],
-                      np.take_along_axis(d_logits, safe_targets[..., None], axis=-1) - 1, axis=-1)
-    d_logits *= valid[..., None]
-    if reduction == "mean":
-        n = int(valid.sum())
-        if n:
-            loss /= n
-            d_logits /= d_logits.dtype.type(n)
-    return loss, d_logits
+    n = int(valid.sum())
+    scale = 1.0 / n if reduction == "mean" and n else 1.0
+    V = logits.shape[-1]
+    z = np.ascontiguousarray(logits).reshape(-1, V)
+    d_logits = np.empty_like(z)
+    # L = Σ_{valid} (log Σ exp(o - max o) - (o[y] - max o));  ∂L/∂o = scale (softmax(o) - onehot(y)),
+    # zero at padding
+    loss = K.cross_entropy(d_logits, z, np.ascontiguousarray(targets).reshape(-1),
+                           None if n == valid.size else valid.reshape(-1).view(np.uint8), scale,
+                           get_num_threads())
+    return loss * scale, d_logits.reshape(logits.shape)
 
 
 def mse(pred, target, lengths=None, mask=None, reduction="mean"):

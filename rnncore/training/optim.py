@@ -14,11 +14,19 @@ Update rules (g = gradient after clipping and weight decay, t = 1, 2, ... the st
               p -= lr m̂ / (√v̂ + ε),  m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)
 
 These are torch.optim's formulas (same defaults), so results can be compared with it.
+
+A step is two compiled passes over all parameters at most, whatever their number (as torch's fused
+optimizers; rnncore/_optim.pxi): the global norm (with the clamping by value on the way), then the
+update (with the scaling by the norm, the weight decay and the rule). Each buffer of the state is one
+flat array per dtype, and ``state[buffer][name]`` a view into it. The bits do not depend on the
+thread count.
 """
 import math
 
 import numpy as np
 
+from rnncore import _kernels as K
+from rnncore.engine.threads import get_num_threads
 from rnncore.layers.recurrent import mark_modified
 
 __all__ = [
@@ -32,13 +40,23 @@ __all__ = [
 # clipping
 
 
+def _by_dtype(arrays):
+    """The arrays in lists of one dtype each (the compiled passes take one dtype at a time)."""
+    groups = {}
+    for a in arrays:
+        groups.setdefault(np.asarray(a).dtype, []).append(a)
+    return list(groups.values())
+
+
+def _sumsq(groups, clip_value, num_threads):
+    # Σ g² over every gradient, clamping each to [-clip_value, clip_value] first (clip_value > 0)
+    return sum(K.grad_sumsq(g, clip_value, num_threads) for g in groups)
+
+
 def global_norm(grads):
-    """sqrt(Σ_name Σ g²) over every gradient array, accumulated in float64."""
-    total = 0.0
-    for g in grads.values():
-        flat = g.reshape(-1).astype(np.float64, copy=False)
-        total += float(np.dot(flat, flat))
-    return math.sqrt(total)
+    """sqrt(Σ_name Σ g²) over every gradient array (float32/float64, C-contiguous), accumulated in
+    float64 in a fixed order."""
+    return math.sqrt(_sumsq(_by_dtype(grads.values()), 0.0, get_num_threads()))
 
 
 def clip_grad_norm(grads, max_norm):
@@ -54,11 +72,10 @@ def clip_grad_norm(grads, max_norm):
 
 
 def clip_grad_value(grads, clip_value):
-    """Clamp every gradient element to [-clip_value, clip_value], in place."""
+    """Clamp every gradient element to [-clip_value, clip_value], in place (the optimizer's pass)."""
     if not clip_value > 0:
         raise ValueError(f"clip_value: expected a positive number, got {clip_value!r}")
-    for g in grads.values():
-        np.clip(g, -clip_value, clip_value, out=g)
+    _sumsq(_by_dtype(grads.values()), clip_value, get_num_threads())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +181,17 @@ class Optimizer:
             raise ValueError(f"params and grads: expected the same names, got {sorted(set(params) ^ set(grads))} "
                              f"in only one of them")
         for k in params:
-            if params[k].shape != grads[k].shape:
-                raise ValueError(f"grads[{k!r}]: expected shape {params[k].shape}, got {grads[k].shape}")
+            p, g = params[k], grads[k]
+            if not (isinstance(p, np.ndarray) and isinstance(g, np.ndarray)):
+                raise TypeError(f"params[{k!r}], grads[{k!r}]: expected numpy arrays, got "
+                                f"{type(p).__name__} and {type(g).__name__}")
+            if p.shape != g.shape:
+                raise ValueError(f"grads[{k!r}]: expected shape {p.shape}, got {g.shape}")
+            if p.dtype not in (np.float32, np.float64) or g.dtype != p.dtype:
+                raise TypeError(f"params[{k!r}], grads[{k!r}]: expected float32 or float64 arrays of one "
+                                f"dtype, got {p.dtype} and {g.dtype}")
+            if not (p.flags.c_contiguous and g.flags.c_contiguous and p.flags.writeable and g.flags.writeable):
+                raise ValueError(f"params[{k!r}], grads[{k!r}]: expected writable C-contiguous arrays")
         self.params = params
         self.grads = grads
         self.schedule = lr if callable(lr) else Constant(lr)
@@ -176,7 +202,19 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.step_count = 0
         self.last_grad_norm = None
-        self.state = {b: {k: np.zeros_like(p) for k, p in params.items()} for b in self.buffer_names}
+        # per dtype: the parameter names, and each buffer as one flat array; state[b][name] views it
+        self.state = {b: {} for b in self.buffer_names}
+        self._groups = []
+        for dtype in dict.fromkeys(p.dtype for p in params.values()):
+            names = [k for k, p in params.items() if p.dtype == dtype]
+            flat = [np.zeros(sum(params[k].size for k in names), dtype) for _ in self.buffer_names]
+            off = 0
+            for k in names:
+                n = params[k].size
+                for b, buf in zip(self.buffer_names, flat):
+                    self.state[b][k] = buf[off:off + n].reshape(params[k].shape)
+                off += n
+            self._groups.append((names, flat))
 
     @property
     def lr(self):
@@ -185,25 +223,39 @@ class Optimizer:
 
     def step(self):
         """Clip the gradients (in place), then update every parameter in place. Returns the lr used.
-        A layer's backprop of a forward_train from before the step then raises RuntimeError."""
-        if self.clip_value is not None:
-            clip_grad_value(self.grads, self.clip_value)
+        A layer's backprop of a forward_train from before the step then raises RuntimeError.
+
+        Two compiled passes over all parameters at most: with clip_norm, the global norm (clamping
+        by clip_value on the way), then the update, which scales the gradients by
+        min(1, clip_norm / (‖g‖ + 1e-6)) in place, adds the weight decay and applies the rule."""
+        nt = get_num_threads()
+        clip_value, scale = self.clip_value or 0.0, 1.0
+        grads = [list(map(self.grads.__getitem__, names)) for names, _ in self._groups]
         if self.clip_norm is not None:
-            self.last_grad_norm = clip_grad_norm(self.grads, self.clip_norm)
+            self.last_grad_norm = norm = math.sqrt(_sumsq(grads, clip_value, nt))
+            clip_value = 0.0        # done
+            if norm > self.clip_norm:
+                scale = self.clip_norm / (norm + 1e-6)
         lr = self.schedule(self.step_count)
         self.step_count += 1
-        for k, p in self.params.items():
-            g = self.grads[k]
-            if self.weight_decay:
-                g = g + p.dtype.type(self.weight_decay) * p
-            self._update(k, p, g, lr)
+        rule, stateful = self._rule(lr), self._uses_state()
+        for (names, buffers), g in zip(self._groups, grads):
+            K.optim_update(list(map(self.params.__getitem__, names)), g, buffers if stateful else [],
+                           weight_decay=self.weight_decay, clip_value=clip_value, grad_scale=scale,
+                           num_threads=nt, **rule)
         # as torch's step (it bumps the parameters' versions): a backprop of a forward from
         # before this step would mix old and new weights, so it raises
         mark_modified(self.params.values())
         return lr
 
-    def _update(self, name, p, g, lr):
+    def _rule(self, lr):
+        """The keyword arguments of rnncore._kernels.optim_update for this step at learning rate lr:
+        rule, lr, a, b, c, eps, nesterov."""
         raise NotImplementedError
+
+    def _uses_state(self):
+        """False when this step reads no state buffer (SGD without momentum: they stay zero)."""
+        return True
 
     def zero_grad(self):
         for g in self.grads.values():
@@ -250,18 +302,12 @@ class SGD(Optimizer):
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         super().__init__(params, grads, lr, **kw)
 
-    def _update(self, name, p, g, lr):
-        lr = p.dtype.type(lr)
-        if self.momentum == 0:
-            p -= lr * g
-            return
-        v = self.state["momentum"][name]
-        mu = p.dtype.type(self.momentum)
-        # v = μ v + g
-        v *= mu
-        v += g
-        # p -= lr v   (Nesterov: p -= lr (g + μ v))
-        p -= lr * (g + mu * v) if self.nesterov else lr * v
+    def _rule(self, lr):
+        # v = μ v + g;  p -= lr v   (Nesterov: p -= lr (g + μ v));  μ = 0: p -= lr g (no buffer used)
+        return {"rule": "sgd", "lr": lr, "a": self.momentum, "nesterov": self.nesterov}
+
+    def _uses_state(self):
+        return self.momentum != 0
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -279,14 +325,9 @@ class RMSprop(Optimizer):
         self.eps = _positive("eps", eps)
         super().__init__(params, grads, lr, **kw)
 
-    def _update(self, name, p, g, lr):
-        t = p.dtype.type
-        s = self.state["square_avg"][name]
-        # s = α s + (1 - α) g²
-        s *= t(self.alpha)
-        s += t(1 - self.alpha) * g * g
-        # p -= lr g / (√s + ε)
-        p -= t(lr) * g / (np.sqrt(s) + t(self.eps))
+    def _rule(self, lr):
+        # s = α s + (1 - α) g²;  p -= lr g / (√s + ε)
+        return {"rule": "rmsprop", "lr": lr, "a": self.alpha, "eps": self.eps}
 
     def _hyper(self):
         return {"alpha": self.alpha, "eps": self.eps}
@@ -305,19 +346,12 @@ class Adam(Optimizer):
         self.eps = _positive("eps", eps)
         super().__init__(params, grads, lr, **kw)
 
-    def _update(self, name, p, g, lr):
-        t = p.dtype.type
-        b1, b2 = self.betas
-        m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
-        # m = β1 m + (1 - β1) g;   v = β2 v + (1 - β2) g²
-        m *= t(b1)
-        m += t(1 - b1) * g
-        v *= t(b2)
-        v += t(1 - b2) * g * g
+    def _rule(self, lr):
+        # m = β1 m + (1 - β1) g (torch's lerp);  v = β2 v + (1 - β2) g²
         # p -= lr m̂ / (√v̂ + ε), written as torch does: (lr / bc1) m / (√v / √bc2 + ε)
-        bc1 = 1 - b1 ** self.step_count
-        bc2 = 1 - b2 ** self.step_count
-        p -= t(lr / bc1) * m / (np.sqrt(v) / t(math.sqrt(bc2)) + t(self.eps))
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
+        return {"rule": "adam", "lr": lr / bc1, "a": b1, "b": b2, "c": math.sqrt(bc2), "eps": self.eps}
 
     def _hyper(self):
         return {"betas": list(self.betas), "eps": self.eps}
