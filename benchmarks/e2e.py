@@ -69,7 +69,8 @@ CELLS = {"RNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
 # the parts of rnncore's step: the compiled calls of rnncore/engine/cells.py, by name
 KERNEL_PARTS = {"forward": "rec fwd", "backward": "rec bwd", "matmul": "wgrad GEMMs",
                 "colsum_add": "wgrad GEMMs", "lstm_peephole_grads": "wgrad GEMMs",
-                "packed_rows_add": "wgrad GEMMs", "Cell": "packing"}
+                "step_sums_add": "wgrad GEMMs", "step_colsum_add": "wgrad GEMMs",
+                "step_dot_add": "wgrad GEMMs", "packed_rows_add": "wgrad GEMMs", "Cell": "packing"}
 PARTS = ("rec fwd", "rec bwd", "wgrad GEMMs", "packing", "head", "loss", "embedding", "optimizer",
          "zero/finite", "Python")
 RECURRENT = ("rec fwd", "rec bwd", "wgrad GEMMs", "packing")
