@@ -596,6 +596,11 @@ cdef class Cell:
         return next(name for name, k in KINDS.items() if k == self.c.kind)
 
     @property
+    def in_loop(self):
+        """Whether the input projection runs inside the time loop (else before it, into G)."""
+        return bool(self.c.in_loop)
+
+    @property
     def sizes(self):
         """(I, H, P, GH): inputs, hidden units, state width, gate columns."""
         return self.c.n_in, self.c.H, self.c.P, self.c.GH

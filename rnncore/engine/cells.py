@@ -35,14 +35,12 @@ class _Cell:
     has_cell_state = False
 
     def forward(self, p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B, nt, ws, bf, keep,
-                checkpoint=None):
+                checkpoint=None, cell=None):
         if keep and checkpoint is not None:
             return self._forward_segments(p, x, h0, c0, lengths, reverse, out, col0, h_n, c_n, T, B,
                                           nt, ws, bf, checkpoint)
-        cfg = get_config()
-        own = cfg["step_gemm"] == "own"
-        in_loop = own and _step_projection(p, x, B, cfg)
-        cell = K.Cell(self.kind, p, own_gemm=own, in_loop=in_loop, num_threads=nt)
+        cell = cell or self._cell(p, x, B, nt)
+        in_loop = cell.in_loop
         I, H, P, GH = cell.sizes
         rows, dt = _rows(T, B, bf, keep), x.dtype
         saved = {"G": ws("G", (rows if in_loop else _rows(T, B, bf)) + (GH,), dt),
@@ -52,11 +50,19 @@ class _Cell:
                   reverse=reverse, batch_first=bf, keep=keep, ws=saved, num_threads=nt)
         return {"x": x, "saved": saved, "lengths": lengths, "reverse": reverse, "bf": bf, "T": T}
 
-    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws):
+    def _cell(self, p, x, B, nt, backward=False):
+        """The compiled Cell: the weights packed for the configured path."""
+        cfg = get_config()
+        own = cfg["step_gemm"] == "own"
+        if backward:
+            return K.Cell(self.kind, p, own_gemm=own, backward=True, num_threads=nt)
+        return K.Cell(self.kind, p, own_gemm=own, in_loop=own and _step_projection(p, x, B, cfg),
+                      num_threads=nt)
+
+    def backward(self, p, g, cache, dout, col0, dh, dc, dx, nt, ws, cell=None):
         if "segments" in cache:
             return self._backward_segments(p, g, cache, dout, col0, dh, dc, dx, nt, ws)
-        cell = K.Cell(self.kind, p, own_gemm=get_config()["step_gemm"] == "own", backward=True,
-                      num_threads=nt)
+        cell = cell or self._cell(p, None, dh.shape[0], nt, backward=True)
         saved = cache["saved"]
         G = saved["G"]
         tmp = {"dG": ws("dG", G.shape, G.dtype)}
@@ -83,12 +89,13 @@ class _Cell:
         if cs is not None:
             cs[0] = c0
         P = h0.shape[1]
+        cell = self._cell(p, x, B, nt)          # packed once for every segment
         for i, (t0, t1) in enumerate(segs):
             seg = _Segment(t0, t1, T, B, bf)
             o, oc = seg.columns(out, col0, P, ws)
             self.forward(p, seg.rows(x), hs[i], None if cs is None else cs[i], seg.lengths(lengths),
                          reverse, o, oc, hs[i + 1], None if cs is None else cs[i + 1], t1 - t0, B, nt,
-                         ws, False, keep=False)
+                         ws, False, keep=False, cell=cell)
             seg.put_columns(out, o, col0, P)
         h_n[...] = hs[-1]
         if cs is not None:
@@ -101,16 +108,17 @@ class _Cell:
         P, dt = dh.shape[1], dh.dtype
         h_n = ws("ckpt_h", hs.shape[1:], dt)
         c_n = ws("ckpt_c", cs.shape[1:], dt) if cs is not None else None
+        fcell, bcell = self._cell(p, x, B, nt), self._cell(p, x, B, nt, backward=True)
         for i in reversed(range(len(cache["segments"]))):
             t0, t1 = cache["segments"][i]
             seg = _Segment(t0, t1, T, B, bf)
             out = ws("ckpt_out", ((t1 - t0) * B, P), dt)
             seg_cache = self.forward(p, seg.rows(x), hs[i], None if cs is None else cs[i],
                                      seg.lengths(cache["lengths"]), cache["reverse"], out, 0, h_n, c_n,
-                                     t1 - t0, B, nt, ws, False, keep=True)
+                                     t1 - t0, B, nt, ws, False, keep=True, cell=fcell)
             d, dcol = seg.columns(dout, col0, P, None)
             dx_s = seg.rows(dx)
-            dh, dc = self.backward(p, g, seg_cache, d, dcol, dh, dc, dx_s, nt, ws)
+            dh, dc = self.backward(p, g, seg_cache, d, dcol, dh, dc, dx_s, nt, ws, cell=bcell)
             seg.put_rows(dx, dx_s)
         return dh, dc
 
