@@ -287,22 +287,27 @@ def test_kernels_release_the_gil(request):
     def digest(buf):
         hashlib.sha256(buf).digest()
 
-    with threadpool_limits(1, user_api="blas"), rnncore.threads(1):
-        c_serial, c_parallel = timed_serial_and_parallel(digest, buffers, 3)
-        serial, parallel = timed_serial_and_parallel(infer, xs, 3)
-    control = min(c_parallel) / min(c_serial)
-    ratio = min(parallel) / min(serial)
-    line = (f"test_concurrency GIL: {2 * BIG['calls']} LSTM inference calls (T={BIG['T']}, B={BIG['B']}, "
-            f"I=H={BIG['hidden_size']}, float32, rnncore.threads(1)): serial best {min(serial) * 1e3:.0f} ms "
-            f"{[round(s * 1e3) for s in serial]}, 2 Python threads best {min(parallel) * 1e3:.0f} ms "
-            f"{[round(s * 1e3) for s in parallel]}: ratio {ratio:.2f} (control, sha256 of 2 x 16 MB: "
-            f"{min(c_serial) * 1e3:.0f} ms vs {min(c_parallel) * 1e3:.0f} ms, ratio {control:.2f})")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print("\n" + line)
+    # up to 3 attempts: another process taking a CPU for a moment can spoil one (a kernel that held
+    # the GIL would fail every attempt: two threads would take as long as one after the other)
+    for attempt in range(3):
+        with threadpool_limits(1, user_api="blas"), rnncore.threads(1):
+            c_serial, c_parallel = timed_serial_and_parallel(digest, buffers, 3)
+            serial, parallel = timed_serial_and_parallel(infer, xs, 3)
+        control = min(c_parallel) / min(c_serial)
+        ratio = min(parallel) / min(serial)
+        line = (f"test_concurrency GIL: {2 * BIG['calls']} LSTM inference calls (T={BIG['T']}, B={BIG['B']}, "
+                f"I=H={BIG['hidden_size']}, float32, rnncore.threads(1)): serial best {min(serial) * 1e3:.0f} ms "
+                f"{[round(s * 1e3) for s in serial]}, 2 Python threads best {min(parallel) * 1e3:.0f} ms "
+                f"{[round(s * 1e3) for s in parallel]}: ratio {ratio:.2f} (control, sha256 of 2 x 16 MB: "
+                f"{min(c_serial) * 1e3:.0f} ms vs {min(c_parallel) * 1e3:.0f} ms, ratio {control:.2f})")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print("\n" + line)
+        # the control shows how much two threads can overlap right now; the kernels must come close
+        if control <= 0.75 and ratio < max(0.8, control + 0.25):
+            return
     if control > 0.75:
         pytest.skip(f"two CPUs are not free now (other processes): {line}")
-    # the control shows how much two threads can overlap right now; the kernels must come close
     assert ratio < max(0.8, control + 0.25), f"the kernels do not seem to release the GIL: {line}"
 
 
