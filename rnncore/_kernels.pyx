@@ -13,10 +13,12 @@
                        rc_step_*, Cell) that outside Cython extensions cimport
     this file          Cell (a layer-direction's weights, packed), `forward` / `backward` / `step`
                        (the Python entries, which check every array before the nogil code runs),
-                       `matmul` (every large GEMM: the weight and input gradients of all timesteps
-                       after the loop), `colsum_add` and the weight packing
-    _wgrad.pxi         the weight gradients: sums over every step in the backward scan's order (the same
-                       bits in one call or in segments: checkpointed BPTT)
+                       `matmul` (BLAS GEMMs on a fixed grid: the input gradient on the BLAS path, the
+                       feedback stack's and the head's weight gradients), `colsum_add`, packing
+    _wgrad.pxi         the layers' weight gradients: sums over every step in the backward scan's order
+                       (the same bits in one call or in segments: checkpointed BPTT)
+    _optim.pxi         the optimizers' fused passes over all parameters (norm, clip, update)
+    _model.pxi         the models' softmax cross-entropy and embedding gradient
 
 The Python adapters (rnncore/engine/cells.py) call these; nothing below the Python entries checks shapes or
 touches a Python object while computing. All kernels release the GIL.

@@ -1,8 +1,9 @@
 """Cell adapters: what the Python side of each cell adds around the compiled scan.
 
 The compiled core (rnncore/_kernels.pyx) holds every cell's step and the one scan that runs them.
-An adapter here says which workspace arrays its cell keeps for backward, and runs the weight
-gradients of all timesteps after the backward scan as one GEMM each. The layer/stack driver
+An adapter here says which workspace arrays its cell keeps for backward, and sums the weight
+gradients of all timesteps after the backward scan in the scan's order (_StepSums, rnncore/_wgrad.pxi).
+Checkpointed BPTT (_forward_segments, _backward_segments) runs the same scan over segments of steps. The layer/stack driver
 (rnncore/layers/recurrent.py) is the same for every cell.
 
 Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidden, P = H or proj):
@@ -20,7 +21,8 @@ Conventions, for one layer and direction (T steps, B sequences, I inputs, H hidd
             inference: those arrays hold only the current and the next step (rnncore/_scan.pxi,
             "Workspace rows"), unless G holds every step's projection (the GEMM before the loop)
 The path (own step GEMM or BLAS, projection inside or before the loop) comes from rnncore's
-configuration (rnncore/engine/config.py). All large products go through rnncore._kernels.matmul.
+configuration (rnncore/engine/config.py). The large products run on rnncore's own GEMM (the weight
+gradients, the input gradient), or on BLAS through rnncore._kernels.matmul on the "blas" path.
 """
 import numpy as np
 
