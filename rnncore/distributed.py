@@ -185,8 +185,7 @@ class Replicas:
             msg = self.comm.recv(source=status.Get_source(), tag=_FAIL_TAG)
             sys.stderr.write(f"rnncore: error: rank {status.Get_source()} of {self.size} failed: {msg}; "
                              f"stopping every rank (checkpoints already written are left as they were)\n")
-            sys.stderr.flush()
-            self.comm.Abort(1)
+            self._abort()
 
     def sum(self, vec):
         """The sum over ranks of a 1-D array, the same bits on every rank: rank 0's + rank 1's + ...
@@ -313,7 +312,6 @@ class Replicas:
         if self.rank == 0:
             sys.stderr.write(f"rnncore: error: rank 0 of {self.size} failed: {msg}; stopping every rank "
                              f"(checkpoints already written are left as they were)\n")
-            sys.stderr.flush()
         else:
             request = self.comm.isend(msg, dest=0, tag=_FAIL_TAG)
             deadline = time.monotonic() + ABORT_GRACE
@@ -322,7 +320,13 @@ class Replicas:
                 time.sleep(_POLL)
             sys.stderr.write(f"rnncore: error: rank {self.rank} of {self.size} failed (rank 0 did not "
                              f"report it within {ABORT_GRACE:g} s): {msg}\n")
-            sys.stderr.flush()
+        self._abort()
+
+    def _abort(self):
+        # mpiexec forwards a rank's stderr through its proxy: an MPI_Abort right after the write can
+        # kill the job before the message gets out (seen in CI: an empty stderr), so give it a moment
+        sys.stderr.flush()
+        time.sleep(0.5)
         self.comm.Abort(1)
 
 
