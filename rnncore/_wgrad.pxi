@@ -15,15 +15,14 @@
 # sequence. The rows' layout (time-major or batch_first) and the thread count (threads split C's
 # columns) change no bit either.
 #
-# C (m x n) += A^T B reads both operands along their rows (T*B of them): the narrower operand is
-# transposed into a block (its width x SUM_ROWS rows), the wider one packed into the GEMM's panels,
-# SUM_ROWS rows at a time; when B is the narrower, C^T (n x m) += B^T A is what runs.
+# C (m x n) += A^T B reads both operands along their rows (T*B of them) where they lie, through row
+# pointers, SUM_ROWS rows at a time: rnncore/_rc_sums.h keeps a tile of C in registers, broadcasting
+# the narrower operand's values against vectors of the wider one's (nothing is packed or
+# transposed); when B is the narrower, C^T (n x m) += B^T A is what runs.
 # --------------------------------------------------------------------------------------------------
 
-from libc.stdlib cimport malloc, free
-
 cdef enum:
-    SUM_ROWS = 256      # rows per block: the narrow block and a thread's panels stay in L2
+    SUM_ROWS = 128      # rows per block (the row pointers; a block's rows stay in L2)
 
 
 cdef struct _Rows:
@@ -39,45 +38,40 @@ cdef inline const floating* _row_at(const _Rows* r, Py_ssize_t v, Py_ssize_t T, 
     return <const floating*> r.base + (T - 1 - s if descending else s) * r.st + b * r.sb
 
 
-cdef int _sums_panels(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L, Py_ssize_t T,
-                      Py_ssize_t B, bint descending, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
-    # C[:, columns of L's panels [p0, p1)] += S^T L over all T*B rows; returns -1 if out of memory
-    cdef Py_ssize_t nr = panel_width(C), ws = S.width, R = T * B, npan = p1 - p0
-    cdef Py_ssize_t c0 = p0 * nr, ncol, v0, kk, k, i, p, col, w
-    cdef const floating* srow
-    cdef const floating* lrow
-    cdef floating* At
-    cdef floating* Lp
-    cdef floating* dst
-    ncol = (L.width if p1 * nr > L.width else p1 * nr) - c0
-    if ncol <= 0:
-        return 0
-    At = <floating*> malloc(ws * SUM_ROWS * sizeof(floating))
-    Lp = <floating*> malloc(npan * SUM_ROWS * nr * sizeof(floating))
-    if At == NULL or Lp == NULL:
-        free(At)
-        free(Lp)
-        return -1
-    v0 = 0
-    while v0 < R:
-        kk = R - v0 if R - v0 < SUM_ROWS else SUM_ROWS
+cdef extern from "_rc_sums.h" nogil:
+    void rc_step_colsum_f(Py_ssize_t n, Py_ssize_t nb, const float* a, Py_ssize_t sa, const float* x,
+                          Py_ssize_t sx, double* acc, float* c, float* c2, Py_ssize_t n2)
+    void rc_step_colsum_d(Py_ssize_t n, Py_ssize_t nb, const double* a, Py_ssize_t sa,
+                          const double* x, Py_ssize_t sx, double* acc, double* c, double* c2,
+                          Py_ssize_t n2)
+    void rc_ssums(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* const* s,
+                  const float* const* l, Py_ssize_t v0, Py_ssize_t v1, float* C, Py_ssize_t ldc,
+                  const float** lpad, float* buf)
+    void rc_dsums(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* const* s,
+                  const double* const* l, Py_ssize_t v0, Py_ssize_t v1, double* C, Py_ssize_t ldc,
+                  const double** lpad, double* buf)
+
+
+cdef void _sums_vectors(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L, Py_ssize_t T,
+                        Py_ssize_t B, bint descending, Py_ssize_t v0, Py_ssize_t v1) noexcept nogil:
+    # C[:, the columns of vectors [v0, v1) of L's width] += S^T L over all T*B rows, SUM_ROWS rows
+    # at a time: their row pointers in the backward scan's order, then rnncore/_rc_sums.h
+    cdef const floating* sp[SUM_ROWS]
+    cdef const floating* lp[SUM_ROWS]
+    cdef const floating* lpad[SUM_ROWS]
+    cdef double buf[(SUM_ROWS + 6) * 8]         # (SUM_ROWS + 6) vectors of up to 64 bytes
+    cdef Py_ssize_t R = T * B, v, kk, k
+    v = 0
+    while v < R:
+        kk = R - v if R - v < SUM_ROWS else SUM_ROWS
         for k in range(kk):
-            srow = _row_at(S, v0 + k, T, B, descending, C)
-            for i in range(ws):
-                At[i * kk + k] = srow[i]
-            lrow = _row_at(L, v0 + k, T, B, descending, C)
-            for p in range(npan):
-                col = c0 + p * nr
-                w = L.width - col if L.width - col < nr else nr
-                dst = Lp + p * kk * nr + k * nr
-                memcpy(dst, lrow + col, w * sizeof(floating))
-                if w < nr:
-                    memset(dst + w, 0, (nr - w) * sizeof(floating))
-        packed_gemm(ws, ncol, kk, At, kk, Lp, kk * nr, C + c0, ldc, C + c0, ldc)
-        v0 += kk
-    free(At)
-    free(Lp)
-    return 0
+            sp[k] = _row_at(S, v + k, T, B, descending, C)
+            lp[k] = _row_at(L, v + k, T, B, descending, C)
+        if floating is float:
+            rc_ssums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, <float*> buf)
+        else:
+            rc_dsums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, buf)
+        v += kk
 
 
 cdef _Rows _rows_of(const floating[:, :, :] A, str name) except *:
@@ -105,68 +99,74 @@ def step_sums_add(C, const floating[:, :, :] A, const floating[:, :, :] B, bint 
     if T == 0 or nb == 0 or m == 0 or n == 0:
         return
     cdef _Rows ra = _rows_of(A, "A"), rb = _rows_of(B, "B")
-    cdef bint flip = n < m          # B is the narrower: C^T += B^T A
+    # B's rows give the vectors of a tile of C, A's the values broadcast against them; only when B
+    # is narrower than two vectors (and A wider) does C^T += B^T A run instead: transposing C both
+    # ways costs more than a narrower tile
+    cdef bint flip = n * isz < 2 * RC_VEC_BYTES and n < m
     Cw = np.ascontiguousarray(C.T) if flip else C
     if not flip and not C.flags.c_contiguous:
         raise ValueError("step_sums_add: C must be C-contiguous")
     cdef floating[:, ::1] cw = Cw
     cdef _Rows* S = &rb if flip else &ra
     cdef _Rows* L = &ra if flip else &rb
-    cdef Py_ssize_t npan = _npanels(L.width, panel_width(&cw[0, 0])), ci, nt, failed = 0
+    cdef Py_ssize_t nvec = (L.width * isz + RC_VEC_BYTES - 1) // RC_VEC_BYTES, ci, nt
     num_threads = _clamp_threads(num_threads)
-    nt = npan if npan < num_threads else num_threads
+    nt = nvec if nvec < num_threads else num_threads
     if m * n * T * nb < 4000000:     # below ~8 MFLOP a fork/join costs more than it saves
         nt = 1
     with nogil:
         if nt == 1:
-            failed = _sums_panels(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, npan)
+            _sums_vectors(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, nvec)
         else:
             for ci in prange(nt, num_threads=nt, schedule="static"):
-                failed += _sums_panels(&cw[0, 0], cw.shape[1], S, L, T, nb, descending,
-                                       ci * npan // nt, (ci + 1) * npan // nt)
-    if failed:
-        raise MemoryError("step_sums_add: out of memory for its blocks")
+                _sums_vectors(&cw[0, 0], cw.shape[1], S, L, T, nb, descending,
+                              ci * nvec // nt, (ci + 1) * nvec // nt)
     if flip:
         C[...] = Cw.T
 
 
-cdef void _step_sums_cols(floating* c, const _Rows* A, const _Rows* Bm, Py_ssize_t T, Py_ssize_t B,
-                          bint descending, Py_ssize_t j0, Py_ssize_t j1, double* acc) noexcept nogil:
-    # c[j] for j in [j0, j1) += each step's Σ_b A[t, b, j] (* Bm[t, b, j]), step by step
-    cdef Py_ssize_t s, b, j
+cdef void _step_sums_cols(floating* c, floating* c2, Py_ssize_t n2, const _Rows* A, const _Rows* Bm,
+                          Py_ssize_t T, Py_ssize_t B, bint descending, Py_ssize_t j0, Py_ssize_t j1,
+                          double* acc) noexcept nogil:
+    # c[j] for j in [j0, j1) (and c2[j] for j < n2) += each step's Σ_b A[t, b, j] (* Bm[t, b, j]),
+    # step by step (rnncore/_rc_sums.h)
+    cdef Py_ssize_t s, m2 = (n2 if n2 < j1 else j1) - j0 if c2 != NULL else 0
     cdef const floating* a
-    cdef const floating* x
+    cdef const floating* x = NULL
+    cdef floating* d2 = c2 + j0 if c2 != NULL and m2 > 0 else NULL
     for s in range(T):
-        for j in range(j0, j1):
-            acc[j - j0] = 0
-        for b in range(B):
-            a = _row_at(A, s * B + b, T, B, descending, c)
-            if Bm == NULL:
-                for j in range(j0, j1):
-                    acc[j - j0] += a[j]
-            else:
-                x = _row_at(Bm, s * B + b, T, B, descending, c)
-                for j in range(j0, j1):
-                    acc[j - j0] += <double> a[j] * x[j]
-        for j in range(j0, j1):
-            c[j] = <floating> (c[j] + acc[j - j0])
+        a = _row_at(A, s * B, T, B, descending, c) + j0
+        if Bm != NULL:
+            x = _row_at(Bm, s * B, T, B, descending, c) + j0
+        if floating is float:
+            rc_step_colsum_f(j1 - j0, B, a, A.sb, x, Bm.sb if Bm != NULL else 0, acc, c + j0, d2, m2)
+        else:
+            rc_step_colsum_d(j1 - j0, B, a, A.sb, x, Bm.sb if Bm != NULL else 0, acc, c + j0, d2, m2)
 
 
 cdef _step_sums_vec(floating[::1] c, const floating[:, :, :] A, B, bint descending,
-                    int num_threads):
-    cdef Py_ssize_t T = A.shape[0], nb = A.shape[1], n = A.shape[2], ci, nt
-    if c.shape[0] != n or (B is not None and tuple(B.shape)[:3] != tuple(A.shape)[:3]):
-        raise ValueError(f"want c ({n},) and B of A's shape {tuple(A.shape)[:3]}, got c "
-                         f"({c.shape[0]},), B {None if B is None else tuple(B.shape)[:3]}")
+                    int num_threads, c2=None):
+    cdef Py_ssize_t T = A.shape[0], nb = A.shape[1], n = A.shape[2], ci, nt, n2 = 0
+    if (c.shape[0] != n or (B is not None and tuple(B.shape)[:3] != tuple(A.shape)[:3])
+            or (c2 is not None and c2.shape[0] > n)):
+        raise ValueError(f"want c ({n},), c2 (at most {n},) and B of A's shape "
+                         f"{tuple(A.shape)[:3]}, got c ({c.shape[0]},), c2 "
+                         f"{None if c2 is None else c2.shape}, B "
+                         f"{None if B is None else tuple(B.shape)[:3]}")
     if T == 0 or nb == 0 or n == 0:
         return
     cdef _Rows ra = _rows_of(A, "A"), rb
     cdef _Rows* pb = NULL
     cdef const floating[:, :, :] Bv
+    cdef floating[::1] cv2
+    cdef floating* p2 = NULL
     if B is not None:
         Bv = B
         rb = _rows_of(Bv, "B")
         pb = &rb
+    if c2 is not None and c2.shape[0] > 0:
+        cv2 = c2
+        p2, n2 = &cv2[0], cv2.shape[0]
     nt = _clamp_threads(num_threads)
     if n * T * nb < 262144 or n < 64:
         nt = 1
@@ -174,17 +174,20 @@ cdef _step_sums_vec(floating[::1] c, const floating[:, :, :] A, B, bint descendi
     cdef double[::1] ac = acc
     with nogil:
         if nt == 1:
-            _step_sums_cols(&c[0], &ra, pb, T, nb, descending, 0, n, &ac[0])
+            _step_sums_cols(&c[0], p2, n2, &ra, pb, T, nb, descending, 0, n, &ac[0])
         else:
             for ci in prange(nt, num_threads=nt, schedule="static"):
-                _step_sums_cols(&c[0], &ra, pb, T, nb, descending, ci * n // nt,
+                _step_sums_cols(&c[0], p2, n2, &ra, pb, T, nb, descending, ci * n // nt,
                                 (ci + 1) * n // nt, &ac[ci * n // nt])
 
 
-def step_colsum_add(floating[::1] c, const floating[:, :, :] A, bint descending, int num_threads=1):
+def step_colsum_add(floating[::1] c, const floating[:, :, :] A, bint descending, int num_threads=1,
+                    c2=None):
     """c += Σ over steps (backward's order) of each step's Σ_b A[t, b] (in double), rounded once a
-    step: the bias gradients. A (T, batch, n), rows unit-stride."""
-    _step_sums_vec(c, A, None, descending, num_threads)
+    step: the bias gradients. A (T, batch, n), rows unit-stride. c2 (m <= n values, optional) gets
+    the same step sums of A's first m columns, rounded on its own (b_hh's columns that share
+    b_ih's gradient), in the same pass."""
+    _step_sums_vec(c, A, None, descending, num_threads, c2)
 
 
 def step_dot_add(floating[::1] c, const floating[:, :, :] A, B, bint descending,

@@ -234,3 +234,62 @@ def test_weight_gradient_sums_are_exact_and_the_same_in_any_cut(dtype):
                                        rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="want C"):
         K.step_sums_add(np.zeros((3, 3), dtype), A, X, True)
+
+
+def _fma_chain_sums(C0, A, X, desc):
+    """C0 + Σ_rows A[row]^T X[row] as one float32 multiply-add chain per element, over the rows in
+    backward's order (steps descending or ascending, the batch ascending): float32 products are exact
+    in float64, so float32(float64(c) + a * x) is a fused multiply-add (barring a double rounding
+    once in ~2^29 operations)."""
+    C = C0.astype(np.float32)
+    for t in (reversed(range(A.shape[0])) if desc else range(A.shape[0])):
+        for b in range(A.shape[1]):
+            C = (C.astype(np.float64) + np.outer(A[t, b].astype(np.float64), X[t, b])).astype(np.float32)
+    return C
+
+
+def _step_colsums(c0, A, desc):
+    """c0 + each step's Σ_b A[t, b] in float64 (b ascending), rounded to c0's dtype once a step."""
+    c = c0.copy()
+    for t in (reversed(range(A.shape[0])) if desc else range(A.shape[0])):
+        acc = np.zeros(A.shape[2])
+        for b in range(A.shape[1]):
+            acc = acc + A[t, b]
+        c = (c.astype(np.float64) + acc).astype(c0.dtype)
+    return c
+
+
+@pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 80, 96, 128, 130])
+def test_weight_gradient_sums_are_one_fused_chain_per_element_on_every_tile(n):
+    """Every element of step_sums_add's C is ONE fused multiply-add chain over the rows in the
+    backward scan's order, starting from C, whatever tile, strip (4, 2, 1 vectors), column edge or
+    orientation it falls in: widths across the 8-, 16- and 32-float vectors and tiles, tile heights
+    6, 4, 2, 1 (m = 1 .. 13), narrow B (C^T computed) and narrow A. And step_colsum_add's step sums,
+    with the second gradient (b_hh's shared columns) fed from the same pass."""
+    rng = np.random.default_rng(n)
+    for m in (1, 2, 3, 5, 6, 7, 13, 40):
+        T, B = 3, 4
+        A = rng.standard_normal((T, B, m)).astype(np.float32)
+        X = rng.standard_normal((T, B, n)).astype(np.float32)
+        C0 = rng.standard_normal((m, n)).astype(np.float32)
+        for desc in (True, False):
+            for nt in (1, 2):
+                C = C0.copy()
+                K.step_sums_add(C, A, X, desc, nt)
+                np.testing.assert_array_equal(C, _fma_chain_sums(C0, A, X, desc))
+                Ct = C0.T.copy()
+                K.step_sums_add(Ct, X, A, desc, nt)
+                np.testing.assert_array_equal(Ct, C.T)
+    # large enough for two threads (each its own columns)
+    A = rng.standard_normal((200, 5, 40)).astype(np.float32)
+    X = rng.standard_normal((200, 5, n + 800)).astype(np.float32)
+    C0 = rng.standard_normal((40, n + 800)).astype(np.float32)
+    C = C0.copy()
+    K.step_sums_add(C, A, X, True, 2)
+    np.testing.assert_array_equal(C, _fma_chain_sums(C0, A, X, True))
+    c0, c2 = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n // 2).astype(np.float32)
+    A = rng.standard_normal((5, 3, n)).astype(np.float32)
+    c, d = c0.copy(), c2.copy()
+    K.step_colsum_add(c, A, True, 2, d)
+    np.testing.assert_array_equal(c, _step_colsums(c0, A, True))
+    np.testing.assert_array_equal(d, _step_colsums(c2, A[..., :n // 2], True))

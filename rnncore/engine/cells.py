@@ -285,8 +285,7 @@ def _input_side_grads(p, g, dG, x, dx, sums, w_ih_n, hh_cols):
     that a sequence's input gradient does not depend on its batch, or on BLAS (w_ih_n None)."""
     sums.add(g["w_ih"], dG, x)
     if "b_ih" in g:
-        sums.colsum(g["b_ih"], dG)
-        sums.colsum(g["b_hh"][:hh_cols], dG[..., :hh_cols])
+        sums.colsum(g["b_ih"], dG, also=g["b_hh"][:hh_cols])
     dG = dG.reshape(-1, dG.shape[-1])
     if w_ih_n is not None:
         K.packed_rows_add(dx, dG, w_ih_n, sums.nt)
@@ -314,9 +313,10 @@ class _StepSums:
         """C += Σ over rows of A[row]^T B[row]"""
         K.step_sums_add(C, self.steps(A), self.steps(B), self.descending, self.nt)
 
-    def colsum(self, c, A):
-        """c += Σ over rows of A[row]"""
-        K.step_colsum_add(c, self.steps(A), self.descending, self.nt)
+    def colsum(self, c, A, also=None):
+        """c += Σ over rows of A[row]; also (optional, m values) += the same sums of A's first m
+        columns, in the same pass"""
+        K.step_colsum_add(c, self.steps(A), self.descending, self.nt, also)
 
     def dot(self, c, A, B):
         """c += Σ over rows of A[row] ⊙ B[row]"""
