@@ -121,11 +121,9 @@ class Linear:
 
         def backprop(dY):
             dY2 = np.ascontiguousarray(dY.reshape(-1, N), dtype=W.dtype)
-            # dW += dY^T X (one GEMM, a fixed grid of BLAS blocks), dY^T made contiguous first: BLAS
-            # ran the transposed-operand form of this thin product no faster on 2 threads than on 1
-            # (99 x 256 x 2048: 1.2 ms either way, 0.64 ms after a 0.13 ms transpose);  db += Σ_rows dY
-            with _threads.blas_single_thread():
-                K.matmul(self.grads["weight"], np.ascontiguousarray(dY2.T), X2, beta=1.0, num_threads=nt)
+            # dW += dY^T X on rnncore's own GEMM for sums over rows (rnncore/_rc_sums.h: the rows
+            # read where they lie, one multiply-add chain per element in row order);  db += Σ_rows dY
+            K.step_sums_add(self.grads["weight"], dY2[None], X2[None], False, nt)
             K.colsum_add(self.grads["bias"], dY2, nt)
             # dX = dY W
             dX = np.zeros((M, Kin), W.dtype)
