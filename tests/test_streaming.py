@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 
 import rnncore
-
-VARIANTS = {
-    "rnn_tanh": lambda **kw: rnncore.RNN(5, 16, **kw),
-    "rnn_relu": lambda **kw: rnncore.RNN(5, 7, nonlinearity="relu", **kw),
-    "lstm": lambda **kw: rnncore.LSTM(5, 33, **kw),
-    "lstm_proj_peephole": lambda **kw: rnncore.LSTM(5, 17, proj_size=6, peephole=True, **kw),
-    "gru": lambda **kw: rnncore.GRU(5, 32, **kw),
-    "gru_reset_before": lambda **kw: rnncore.GRU(5, 9, reset_after=False, **kw),
-}
+from conftest import VARIANTS   # every cell variant, at hidden sizes across the panel widths
 
 
 def random_hx(layer, B, rng):

@@ -24,10 +24,10 @@ import numpy as np
 
 from rnncore import _kernels
 from rnncore.engine import threads as _threads
-from rnncore.engine.validation import (as_float_array, check_bool, check_choice, check_float_dtype, check_int,
+from rnncore.engine.validation import (as_float_array, check_bool, check_choice,
                                       check_lengths, check_shape)
 from rnncore.layers import reference_feedback as _ref
-from rnncore.layers.recurrent import (_check_budget, _numpy_dtype, _owners, _RecurrentStack, _released,
+from rnncore.layers.recurrent import (_check_budget, _check_layer_args, _owners, _RecurrentStack, _released,
                                       _ParamDict)
 
 __all__ = ["FeedbackRNN"]
@@ -63,20 +63,13 @@ class FeedbackRNN:
                  **config):
         self._config_keys(config, mode="FEEDBACK")
         self.cell = check_choice(cell, "cell", _ref.GATES)
-        self.input_size = check_int(input_size, "input_size", 1)
-        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
-        self.num_layers = check_int(num_layers, "num_layers", 1)
+        _check_layer_args(self, input_size, hidden_size, num_layers, bias, batch_first, dtype, seed)
         self.gated = check_bool(gated, "gated")
-        self.bias = check_bool(bias, "bias")
-        self.batch_first = check_bool(batch_first, "batch_first")
         if check_bool(bidirectional, "bidirectional"):
             raise ValueError("a FeedbackRNN has one direction: every layer reads the states of step t-1")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or dropout != 0:
             raise ValueError(f"a FeedbackRNN has no dropout between layers, got dropout={dropout!r}")
-        self.dtype = check_float_dtype(_numpy_dtype(dtype))
-        if seed is not None:
-            check_int(seed, "seed", 0)
-        self.seed, self.init, self.forget_bias = seed, "default", None
+        self.init, self.forget_bias = "default", None
         self.mode, self.dropout, self.bidirectional, self.num_directions = "FEEDBACK", 0.0, False, 1
         self.output_size = self.hidden_size
         self._rng = np.random.default_rng(seed)

@@ -50,11 +50,7 @@ class _RecurrentStack:
                  forget_bias=None):
         self.mode = mode
         self._cell = cell
-        self.input_size = check_int(input_size, "input_size", 1)
-        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
-        self.num_layers = check_int(num_layers, "num_layers", 1)
-        self.bias = check_bool(bias, "bias")
-        self.batch_first = check_bool(batch_first, "batch_first")
+        _check_layer_args(self, input_size, hidden_size, num_layers, bias, batch_first, dtype, seed)
         self.bidirectional = check_bool(bidirectional, "bidirectional")
         self.proj_size = check_int(proj_size, "proj_size", 0)
         if self.proj_size >= self.hidden_size:
@@ -68,10 +64,6 @@ class _RecurrentStack:
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout:g} applies between recurrent layers, and num_layers=1 has "
                           f"none: it has no effect (as torch.nn warns)", UserWarning, stacklevel=3)
-        self.dtype = check_float_dtype(_numpy_dtype(dtype))
-        if seed is not None:
-            check_int(seed, "seed", 0)
-        self.seed = seed
         self.peephole = peephole
         self.reset_after = reset_after
         if init not in _INITS:
@@ -739,6 +731,20 @@ def _released(lock):
         yield
     finally:
         lock.release()
+
+
+def _check_layer_args(layer, input_size, hidden_size, num_layers, bias, batch_first, dtype, seed):
+    """The constructor arguments every recurrent layer (RNN, LSTM, GRU, FeedbackRNN) shares, checked
+    and set on the layer."""
+    layer.input_size = check_int(input_size, "input_size", 1)
+    layer.hidden_size = check_int(hidden_size, "hidden_size", 1)
+    layer.num_layers = check_int(num_layers, "num_layers", 1)
+    layer.bias = check_bool(bias, "bias")
+    layer.batch_first = check_bool(batch_first, "batch_first")
+    layer.dtype = check_float_dtype(_numpy_dtype(dtype))
+    if seed is not None:
+        check_int(seed, "seed", 0)
+    layer.seed = seed
 
 
 def _numpy_dtype(dtype):
