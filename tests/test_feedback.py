@@ -268,6 +268,40 @@ def test_same_bits_on_any_thread_count_and_in_any_batch(cell, dtype):
                 np.testing.assert_array_equal(got[k][idx], w, err_msg=f"{k}, batch {B} at {idx}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell,gated,L,bf", [("tanh", True, 2, False), ("gru", True, 3, True),
+                                             ("lstm", True, 2, False), ("lstm", False, 1, True)])
+def test_streaming_gives_the_whole_sequence_bits_at_every_step(cell, gated, L, bf, dtype):
+    """``state = layer.initial_state(B, hx)``, ``y_t, state = layer.step(x_t, state)``: every y_t and
+    the final states are, bit for bit, what the whole-sequence call gives (nonzero initial states,
+    batch 1 and 5, one sequence given as (I,) steps); the state passed in is left as it was."""
+    rng = np.random.default_rng(5)
+    layer = rnncore.FeedbackRNN(I, 17, L, cell=cell, gated=gated, batch_first=bf, dtype=dtype, seed=2)
+    for B in (1, 5):
+        x = rng.standard_normal((B, 6, I) if bf else (6, B, I)).astype(dtype)
+        h0 = rng.standard_normal((L, B, 17)).astype(dtype)
+        hx = (h0, rng.standard_normal((L, B, 17)).astype(dtype)) if cell == "lstm" else h0
+        out, h_n = layer(x, hx)
+        state = layer.initial_state(B, hx)
+        for t in range(6):
+            y, state = layer.step(x[:, t] if bf else x[t], state)
+            np.testing.assert_array_equal(y, out[:, t] if bf else out[t])
+        for got, want in zip(state.hx if cell == "lstm" else (state.hx,),
+                             h_n if cell == "lstm" else (h_n,)):
+            np.testing.assert_array_equal(got, want)
+    x1 = x[0] if bf else x[:, 0]            # one sequence, its steps as (I,) vectors
+    one = layer.initial_state(1, tuple(a[:, :1] for a in hx) if cell == "lstm" else hx[:, :1])
+    y, one2 = layer.step(x1[0], one)
+    assert y.shape == (17,)
+    np.testing.assert_array_equal(y, layer(x1[:1][None] if bf else x1[:1, None],
+                                           one.hx)[0].reshape(17))
+    assert not np.array_equal(one.h, one2.h)            # the state given stays as it was
+    with pytest.raises(TypeError, match="StreamState"):
+        layer.step(x1[0], one.hx)
+    with pytest.raises(ValueError, match="x_t"):
+        layer.step(np.zeros(I + 1, dtype), one)
+
+
 def _subset(arrays, idx):
     x, hx, lengths, d_out, d_state = arrays
     st = lambda s: tuple(a[:, idx] for a in s) if isinstance(s, tuple) else s[:, idx]

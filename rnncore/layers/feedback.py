@@ -24,11 +24,11 @@ import numpy as np
 
 from rnncore import _kernels
 from rnncore.engine import threads as _threads
-from rnncore.engine.validation import (as_float_array, check_bool, check_choice,
+from rnncore.engine.validation import (as_float_array, check_bool, check_choice, check_int,
                                       check_lengths, check_shape)
 from rnncore.layers import reference_feedback as _ref
-from rnncore.layers.recurrent import (_check_budget, _check_layer_args, _owners, _RecurrentStack, _released,
-                                      _ParamDict)
+from rnncore.layers.recurrent import (StreamState, _check_budget, _check_layer_args, _owners,
+                                      _RecurrentStack, _released, _ParamDict)
 
 __all__ = ["FeedbackRNN"]
 
@@ -123,6 +123,38 @@ class FeedbackRNN:
         returns the gradients for x and hx and adds the parameter gradients into ``self.grads``."""
         return self._forward(x, hx, lengths, train=True)
 
+    def initial_state(self, batch_size=1, hx=None):
+        """Start streaming, as for RNN/LSTM/GRU: ``state = layer.initial_state(batch_size)``, then
+        ``y_t, state = layer.step(x_t, state)``. hx as in ``layer(x, hx)`` (default zeros). The
+        weights are packed once for the stream: after changing them, start a new stream."""
+        B = check_int(batch_size, "batch_size", 1)
+        h0, c0 = self._check_hx(hx, B, False)
+        net = _kernels.FeedbackNet(self.cell, self._layers(self.params),
+                                   num_threads=_threads.threads_for(self._flops(1, B)))
+        return StreamState(np.array(h0, copy=True), None if c0 is None else np.array(c0, copy=True),
+                           net, None)
+
+    def step(self, x_t, state):
+        """One step of a stream: ``y_t, state = layer.step(x_t, state)``, x_t (batch, input_size) (or
+        (input_size,) for a stream of one sequence), y_t (batch, hidden_size): bit for bit what
+        ``layer(x)`` computes at that step from the same states. The state passed in is left as it
+        was (a new one comes back)."""
+        if not isinstance(state, StreamState) or not isinstance(state._cells, _kernels.FeedbackNet):
+            raise TypeError(f"state must be the StreamState that this FeedbackRNN's initial_state() "
+                            f"or step() returned, got {type(state).__name__}")
+        B = state.h.shape[1]
+        x = as_float_array(x_t, "x_t", self.dtype, f"(batch={B}, input_size={self.input_size})")
+        if x.ndim == 1 and B == 1:
+            x = x[None]
+        check_shape(x, "x_t", (B, self.input_size), f"(batch={B}, input_size={self.input_size})")
+        out, hx, _ = self._forward(x[:, None] if self.batch_first else x[None], state.hx, None,
+                                   train=False, net=state._cells)
+        y = out[:, 0] if self.batch_first else out[0]
+        if np.ndim(x_t) == 1:
+            y = y[0]
+        h, c = hx if self.cell == "lstm" else (hx, None)
+        return y, StreamState(h, c, state._cells, None)
+
     def _check_hx(self, hx, B, unbatched):
         H = self.hidden_size
         if self.cell == "lstm":
@@ -155,7 +187,7 @@ class FeedbackRNN:
         L, H, NG, GH, W = self._sizes()
         return 2 * T * B * L * (W * H + (W - H) * L * H + H * L * H)
 
-    def _forward(self, x, hx, lengths, train):
+    def _forward(self, x, hx, lengths, train, net=None):
         x, unbatched = self._check_input(x)
         bf = self.batch_first and not unbatched
         if bf:   # the core runs time-major: one transposing copy here, and one of the output
@@ -179,7 +211,8 @@ class FeedbackRNN:
               "PC": np.empty((B, H), dt)}
         nt = _threads.threads_for(self._flops(T, B))
         with _threads.blas_single_thread():
-            net = _kernels.FeedbackNet(self.cell, self._layers(self.params), num_threads=nt)
+            if net is None:
+                net = _kernels.FeedbackNet(self.cell, self._layers(self.params), num_threads=nt)
             _kernels.feedback_forward(net, x=x2, out=out, ws=ws, lengths=lens, num_threads=nt, **saved)
         h_n = _states(saved["Hs"][T * B:], L)
         c_n = _states(saved["Cs"][T * B:], L) if lstm else None
