@@ -19,6 +19,8 @@
 #define RNNCORE_RC_SUMS_H
 #include "_rc_gemm.h"
 
+#define RC_SUMS_BAND 48      /* rows of C per band: 8 tiles of 6 */
+
 /* One MR x NV-vector tile: c (C's row i0, column j0; rows ldc apart) += Σ_k s[k][i0 + r] l[k][j0 ..] */
 #define RC_SUMS_TILE(NAME, T, V, MR, NV)                                                         \
 static inline void NAME##_tile_##MR##_##NV(ptrdiff_t K, const T *const *s, ptrdiff_t i0,         \
@@ -75,8 +77,9 @@ static inline void NAME##_store(T *p, V v) { memcpy(p, &v, sizeof v); }         
 RC_SUMS_STRIP4(NAME, T, V)                                                                       \
 RC_SUMS_STRIP(NAME, T, V, 2)                                                                     \
 RC_SUMS_STRIP(NAME, T, V, 1)                                                                     \
-static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *const *s, const T *const *l,    \
-                 ptrdiff_t v0, ptrdiff_t v1, T *C, ptrdiff_t ldc, const T **lpad, T *buf)        \
+static void NAME##_cols(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *const *s,               \
+                        const T *const *l, ptrdiff_t v0, ptrdiff_t v1, T *C, ptrdiff_t ldc,      \
+                        const T **lpad, T *buf)                                                  \
 {                                                                                                \
     const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T)), nfull = N / W;                       \
     const ptrdiff_t vend = v1 < nfull ? v1 : nfull;                                              \
@@ -102,6 +105,23 @@ static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *const *s, const
             for (r = 0; r < m; r++)                                                              \
                 memcpy(C + (i + r) * ldc + j0, cb + r * W, (size_t)w * sizeof(T));               \
         }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+/* The whole product, RC_SUMS_BAND rows of C at a time: the band's values of the K rows of S are   \
+   copied first into `band` (K x RC_SUMS_BAND, in L1 with the L strip the band's tiles share),     \
+   so that rows of S whose addresses fall into the same cache sets (4 KB apart, say) are not read   \
+   again from L2 by every tile. band: K * RC_SUMS_BAND values; bandp: room for K pointers. */      \
+static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *const *s, const T *const *l,    \
+                 ptrdiff_t v0, ptrdiff_t v1, T *C, ptrdiff_t ldc, const T **lpad, T *buf,        \
+                 T *band, const T **bandp)                                                       \
+{                                                                                                \
+    const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T));                                      \
+    ptrdiff_t i0, k;                                                                             \
+    for (k = 0; k < K; k++) bandp[k] = band + k * RC_SUMS_BAND;                                  \
+    for (i0 = 0; i0 < M; i0 += RC_SUMS_BAND) {                                                   \
+        const ptrdiff_t mb = M - i0 < RC_SUMS_BAND ? M - i0 : RC_SUMS_BAND;                      \
+        for (k = 0; k < K; k++) memcpy(band + k * RC_SUMS_BAND, s[k] + i0, (size_t)mb * sizeof(T)); \
+        NAME##_cols(mb, N, K, bandp, l, v0, v1, C + i0 * ldc, ldc, lpad, buf);                    \
     }                                                                                            \
 }
 

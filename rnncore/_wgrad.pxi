@@ -22,7 +22,7 @@
 # --------------------------------------------------------------------------------------------------
 
 cdef enum:
-    SUM_ROWS = 128      # rows per block (the row pointers; a block's rows stay in L2)
+    SUM_ROWS = 64       # rows per block: a band of S and a strip of L stay in L1 together
 
 
 cdef struct _Rows:
@@ -44,12 +44,13 @@ cdef extern from "_rc_sums.h" nogil:
     void rc_step_colsum_d(Py_ssize_t n, Py_ssize_t nb, const double* a, Py_ssize_t sa,
                           const double* x, Py_ssize_t sx, double* acc, double* c, double* c2,
                           Py_ssize_t n2)
+    const int RC_SUMS_BAND
     void rc_ssums(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* const* s,
                   const float* const* l, Py_ssize_t v0, Py_ssize_t v1, float* C, Py_ssize_t ldc,
-                  const float** lpad, float* buf)
+                  const float** lpad, float* buf, float* band, const float** bandp)
     void rc_dsums(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* const* s,
                   const double* const* l, Py_ssize_t v0, Py_ssize_t v1, double* C, Py_ssize_t ldc,
-                  const double** lpad, double* buf)
+                  const double** lpad, double* buf, double* band, const double** bandp)
 
 
 cdef void _sums_vectors(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L, Py_ssize_t T,
@@ -59,7 +60,9 @@ cdef void _sums_vectors(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows
     cdef const floating* sp[SUM_ROWS]
     cdef const floating* lp[SUM_ROWS]
     cdef const floating* lpad[SUM_ROWS]
+    cdef const floating* bandp[SUM_ROWS]
     cdef double buf[(SUM_ROWS + 6) * 8]         # (SUM_ROWS + 6) vectors of up to 64 bytes
+    cdef double band[SUM_ROWS * 48]             # SUM_ROWS x RC_SUMS_BAND values
     cdef Py_ssize_t R = T * B, v, kk, k
     v = 0
     while v < R:
@@ -68,9 +71,10 @@ cdef void _sums_vectors(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows
             sp[k] = _row_at(S, v + k, T, B, descending, C)
             lp[k] = _row_at(L, v + k, T, B, descending, C)
         if floating is float:
-            rc_ssums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, <float*> buf)
+            rc_ssums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, <float*> buf,
+                     <float*> band, bandp)
         else:
-            rc_dsums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, buf)
+            rc_dsums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, buf, band, bandp)
         v += kk
 
 
