@@ -107,21 +107,21 @@ static void NAME##_cols(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *const *s
         }                                                                                        \
     }                                                                                            \
 }                                                                                                \
-/* The whole product, RC_SUMS_BAND rows of C at a time: the band's values of the K rows of S are   \
-   copied first into `band` (K x RC_SUMS_BAND, in L1 with the L strip the band's tiles share),     \
-   so that rows of S whose addresses fall into the same cache sets (4 KB apart, say) are not read   \
-   again from L2 by every tile. band: K * RC_SUMS_BAND values; bandp: room for K pointers. */      \
-static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *const *s, const T *const *l,    \
-                 ptrdiff_t v0, ptrdiff_t v1, T *C, ptrdiff_t ldc, const T **lpad, T *buf,        \
-                 T *band, const T **bandp)                                                       \
+/* Rows [i0, i1) of C (all rows: 0, M), RC_SUMS_BAND rows at a time: the band's values of the K   \
+   rows of S are copied first into `band` (K x RC_SUMS_BAND, in L1 with the L strip the band's     \
+   tiles share), so that rows of S whose addresses fall into the same cache sets (4 KB apart, say)  \
+   are not read again from L2 by every tile. band: K * RC_SUMS_BAND values; bandp: room for K       \
+   pointers. */                                                                                  \
+static void NAME(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t N, ptrdiff_t K, const T *const *s,        \
+                 const T *const *l, ptrdiff_t v0, ptrdiff_t v1, T *C, ptrdiff_t ldc,             \
+                 const T **lpad, T *buf, T *band, const T **bandp)                               \
 {                                                                                                \
-    const ptrdiff_t W = (ptrdiff_t)(sizeof(V) / sizeof(T));                                      \
-    ptrdiff_t i0, k;                                                                             \
+    ptrdiff_t i, k;                                                                              \
     for (k = 0; k < K; k++) bandp[k] = band + k * RC_SUMS_BAND;                                  \
-    for (i0 = 0; i0 < M; i0 += RC_SUMS_BAND) {                                                   \
-        const ptrdiff_t mb = M - i0 < RC_SUMS_BAND ? M - i0 : RC_SUMS_BAND;                      \
-        for (k = 0; k < K; k++) memcpy(band + k * RC_SUMS_BAND, s[k] + i0, (size_t)mb * sizeof(T)); \
-        NAME##_cols(mb, N, K, bandp, l, v0, v1, C + i0 * ldc, ldc, lpad, buf);                    \
+    for (i = i0; i < i1; i += RC_SUMS_BAND) {                                                    \
+        const ptrdiff_t mb = i1 - i < RC_SUMS_BAND ? i1 - i : RC_SUMS_BAND;                      \
+        for (k = 0; k < K; k++) memcpy(band + k * RC_SUMS_BAND, s[k] + i, (size_t)mb * sizeof(T)); \
+        NAME##_cols(mb, N, K, bandp, l, v0, v1, C + i * ldc, ldc, lpad, buf);                     \
     }                                                                                            \
 }
 

@@ -13,7 +13,7 @@
 # time, in that order. So sums that stop, store C and go on from it in another call give the bits of
 # one call: the gradients of a sequence cut into segments (checkpointed BPTT) are those of the whole
 # sequence. The rows' layout (time-major or batch_first) and the thread count (threads split C's
-# columns) change no bit either.
+# rows or columns) change no bit either.
 #
 # C (m x n) += A^T B reads both operands along their rows (T*B of them) where they lie, through row
 # pointers, SUM_ROWS rows at a time: rnncore/_rc_sums.h keeps a tile of C in registers, broadcasting
@@ -45,18 +45,19 @@ cdef extern from "_rc_sums.h" nogil:
                           const double* x, Py_ssize_t sx, double* acc, double* c, double* c2,
                           Py_ssize_t n2)
     const int RC_SUMS_BAND
-    void rc_ssums(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* const* s,
+    void rc_ssums(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t N, Py_ssize_t K, const float* const* s,
                   const float* const* l, Py_ssize_t v0, Py_ssize_t v1, float* C, Py_ssize_t ldc,
                   const float** lpad, float* buf, float* band, const float** bandp)
-    void rc_dsums(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* const* s,
+    void rc_dsums(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t N, Py_ssize_t K, const double* const* s,
                   const double* const* l, Py_ssize_t v0, Py_ssize_t v1, double* C, Py_ssize_t ldc,
                   const double** lpad, double* buf, double* band, const double** bandp)
 
 
-cdef void _sums_vectors(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L, Py_ssize_t T,
-                        Py_ssize_t B, bint descending, Py_ssize_t v0, Py_ssize_t v1) noexcept nogil:
-    # C[:, the columns of vectors [v0, v1) of L's width] += S^T L over all T*B rows, SUM_ROWS rows
-    # at a time: their row pointers in the backward scan's order, then rnncore/_rc_sums.h
+cdef void _sums_part(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L, Py_ssize_t T,
+                     Py_ssize_t B, bint descending, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t v0,
+                     Py_ssize_t v1) noexcept nogil:
+    # C[i0:i1, the columns of vectors [v0, v1) of L's width] += S^T L over all T*B rows, SUM_ROWS
+    # rows at a time: their row pointers in the backward scan's order, then rnncore/_rc_sums.h
     cdef const floating* sp[SUM_ROWS]
     cdef const floating* lp[SUM_ROWS]
     cdef const floating* lpad[SUM_ROWS]
@@ -71,10 +72,10 @@ cdef void _sums_vectors(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows
             sp[k] = _row_at(S, v + k, T, B, descending, C)
             lp[k] = _row_at(L, v + k, T, B, descending, C)
         if floating is float:
-            rc_ssums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, <float*> buf,
+            rc_ssums(i0, i1, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, <float*> buf,
                      <float*> band, bandp)
         else:
-            rc_dsums(S.width, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, buf, band, bandp)
+            rc_dsums(i0, i1, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, buf, band, bandp)
         v += kk
 
 
@@ -113,18 +114,25 @@ def step_sums_add(C, const floating[:, :, :] A, const floating[:, :, :] B, bint 
     cdef floating[:, ::1] cw = Cw
     cdef _Rows* S = &rb if flip else &ra
     cdef _Rows* L = &ra if flip else &rb
+    # threads split C's longer side: rows (S's columns, in whole tiles of 6) or vectors of columns
     cdef Py_ssize_t nvec = (L.width * isz + RC_VEC_BYTES - 1) // RC_VEC_BYTES, ci, nt
+    cdef Py_ssize_t ms = S.width, tiles = (S.width + 5) // 6
+    cdef bint by_rows = ms >= L.width
     num_threads = _clamp_threads(num_threads)
-    nt = nvec if nvec < num_threads else num_threads
+    nt = min(tiles if by_rows else nvec, num_threads)
     if m * n * T * nb < 4000000:     # below ~8 MFLOP a fork/join costs more than it saves
         nt = 1
     with nogil:
         if nt == 1:
-            _sums_vectors(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, nvec)
+            _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, ms, 0, nvec)
+        elif by_rows:
+            for ci in prange(nt, num_threads=nt, schedule="static"):
+                _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending,
+                           min(ms, ci * tiles // nt * 6), min(ms, (ci + 1) * tiles // nt * 6), 0, nvec)
         else:
             for ci in prange(nt, num_threads=nt, schedule="static"):
-                _sums_vectors(&cw[0, 0], cw.shape[1], S, L, T, nb, descending,
-                              ci * nvec // nt, (ci + 1) * nvec // nt)
+                _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, ms,
+                           ci * nvec // nt, (ci + 1) * nvec // nt)
     if flip:
         C[...] = Cw.T
 
