@@ -1,20 +1,35 @@
 """Accuracy, not speed: rnncore's RNNClassifier on five UCR/UEA classification sets, against 1-NN
 baselines computed here and the published accuracies of 1-NN-DTW, FCN and ResNet.
 
-    python benchmarks/accuracy.py [--datasets ArrowHead,GunPoint,...] [--seeds 5] [--cv-repeats 3]
-                                  [--json out.json] [--threads 1]
+    python benchmarks/accuracy.py [--datasets ArrowHead,GunPoint,...] [--seeds 5] [--cv-folds 5]
+                                  [--cv-repeats 5] [--selection one-se|best] [--json out.json]
+                                  [--threads 1]
 
 Data: the official train/test splits bundled inside sktime's wheel (sktime.datasets, no download;
 ``pip install -e ".[accuracy]"``): ArrowHead, GunPoint, ItalyPowerDemand (univariate, UCR),
 BasicMotions and JapaneseVowels (multivariate, UEA; JapaneseVowels has sequences of 7-29 steps).
 
-Protocol. For each set, the settings (stride, pooling, ... from a small grid per set, below) are
-chosen by GridSearchCV with 3-fold stratified cross-validation repeated 3 times (3 x 3 folds: on
-training splits of 36 to 270 sequences one 3-fold split is a noisy judge) on the TRAINING split only; the
+Protocol. For each set, every setting of a small grid per set (stride, pooling, bidirectional;
+below) is scored by GridSearchCV with 5-fold stratified cross-validation repeated 5 times (25 fits
+per setting: on training splits of 36 to 270 sequences one split into folds is a noisy judge) on
+the TRAINING split only, and one setting is chosen from those scores by the one-standard-error
+rule (`one_standard_error`, below; `--selection best` takes the highest CV accuracy instead). The
 chosen settings are refitted on the whole training split with `--seeds` random_state values and
 scored once on the test split (mean, min and max over the seeds are reported, and the accuracy of
 the seeds' networks as one ensemble: the mean of their class probabilities). The test split is
 never looked at before that.
+
+The one-standard-error rule (Breiman, Friedman, Olshen and Stone, "Classification and Regression
+Trees", 1984, section 3.4.3; Hastie, Tibshirani and Friedman, "The Elements of Statistical
+Learning", 2nd ed., section 7.10): a* is the highest mean CV accuracy of the grid, and its standard
+error SE = sqrt(a* (1 - a*) / n), n the number of training sequences (each repeat of the CV
+predicts every training sequence once, so its accuracy is a proportion over n; repeating the CV
+averages out the choice of folds, not the sampling noise of n sequences). Every setting whose mean
+CV accuracy is >= a* - SE is as good as the best as far as the training split can tell, and the
+SIMPLEST of them is chosen: the one with the fewest trainable parameters (counted on the model the
+estimator builds), ties broken by the higher mean CV accuracy. On training sets of 36 to 270
+sequences the best CV score is partly luck; the simpler model is the one less likely to have won by
+fitting the folds.
 
 Computed baselines: 1-NN with Euclidean distance, and 1-NN with DTW (full window, squared
 point-to-point cost summed over the channels, i.e. DTW_D for the multivariate sets), both on the
@@ -126,7 +141,26 @@ def one_nn_dtw(Xtr, ytr, Xte, yte):
     return float(np.mean(ytr[dtw_distances(Xte, Xtr).argmin(axis=1)] == yte))
 
 
-def run(name, seeds, cv_repeats, log):
+def n_parameters(settings, X, y):
+    """Trainable parameters of the model RNNClassifier(**COMMON, **settings) builds on (X, y): the
+    sizes of its weights after one epoch (the count does not depend on training)."""
+    from rnncore.estimators import RNNClassifier
+    clf = RNNClassifier(**{**COMMON, **settings, "max_iter": 1, "random_state": 0}).fit(X, y)
+    return int(sum(p.size for p in clf.model_.params.values()))
+
+
+def one_standard_error(means, n_params, n):
+    """Index of the setting chosen by the one-standard-error rule (module docstring): among the
+    settings whose mean CV accuracy is >= a* - sqrt(a* (1 - a*) / n), a* the best mean, the one with
+    the fewest parameters, ties broken by the higher mean. Returns (index, a* - SE)."""
+    means = np.asarray(means, dtype=np.float64)
+    best = means.max()
+    threshold = best - np.sqrt(best * (1 - best) / n)
+    candidates = np.flatnonzero(means >= threshold - 1e-12)
+    return int(min(candidates, key=lambda i: (n_params[i], -means[i]))), float(threshold)
+
+
+def run(name, seeds, cv_folds, cv_repeats, selection, log):
     from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold
 
     from rnncore.estimators import RNNClassifier
@@ -140,21 +174,34 @@ def run(name, seeds, cv_repeats, log):
         f"({time.perf_counter() - t0:.0f} s)")
 
     search = GridSearchCV(RNNClassifier(random_state=0, **COMMON), GRIDS[name],
-                          cv=RepeatedStratifiedKFold(n_splits=3, n_repeats=cv_repeats, random_state=0),
+                          cv=RepeatedStratifiedKFold(n_splits=cv_folds, n_repeats=cv_repeats, random_state=0),
                           refit=False)
     t0 = time.perf_counter()
     search.fit(Xtr, ytr)
     row["cv_seconds"] = time.perf_counter() - t0
-    row["chosen"] = search.best_params_
-    row["cv_accuracy"] = float(search.best_score_)
-    row["cv_table"] = [(p, float(s)) for p, s in zip(search.cv_results_["params"],
-                                                      search.cv_results_["mean_test_score"])]
-    log(f"{name}: CV chose {search.best_params_} (CV accuracy {search.best_score_:.3f}, "
-        f"{row['cv_seconds']:.0f} s for {len(row['cv_table'])} settings x 3 folds x {cv_repeats})")
+    res = search.cv_results_
+    settings, means = res["params"], res["mean_test_score"]
+    n_params = [n_parameters(p, Xtr, ytr) for p in settings]
+    if selection == "one-se":
+        chosen, row["one_se_threshold"] = one_standard_error(means, n_params, len(Xtr))
+    else:
+        chosen = int(np.argmax(means))
+    row["chosen"] = settings[chosen]
+    row["cv_accuracy"] = float(means[chosen])
+    row["cv_best_accuracy"] = float(means.max())
+    row["cv_table"] = [dict(settings=p, mean=float(m), std=float(sd), n_params=k)
+                       for p, m, sd, k in zip(settings, means, res["std_test_score"], n_params)]
+    for r in row["cv_table"]:
+        log(f"{name}:   {r['settings']}: CV {r['mean']:.3f} (std over folds {r['std']:.3f}), "
+            f"{r['n_params']} parameters")
+    rule = (f"one-SE rule: fewest parameters with CV >= {row['one_se_threshold']:.3f}"
+            if selection == "one-se" else "highest CV accuracy")
+    log(f"{name}: chose {row['chosen']} (CV accuracy {row['cv_accuracy']:.3f}, best {row['cv_best_accuracy']:.3f}; "
+        f"{rule}; {row['cv_seconds']:.0f} s for {len(settings)} settings x {cv_folds} folds x {cv_repeats})")
 
     accs, fit_s, epochs, proba = [], [], [], 0
     for seed in range(seeds):
-        clf = RNNClassifier(**{**COMMON, **search.best_params_, "random_state": seed})
+        clf = RNNClassifier(**{**COMMON, **row["chosen"], "random_state": seed})
         t0 = time.perf_counter()
         clf.fit(Xtr, ytr)
         fit_s.append(time.perf_counter() - t0)
@@ -175,7 +222,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--seeds", type=int, default=5, help="refits of the chosen settings (random_state 0..)")
-    ap.add_argument("--cv-repeats", type=int, default=3, help="repeats of the 3-fold cross-validation")
+    ap.add_argument("--cv-folds", type=int, default=5, help="folds of the stratified cross-validation")
+    ap.add_argument("--cv-repeats", type=int, default=5, help="repeats of the cross-validation")
+    ap.add_argument("--selection", choices=["one-se", "best"], default="one-se",
+                    help="one-se: the simplest setting within one standard error of the best CV "
+                         "accuracy (module docstring); best: the highest CV accuracy")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--threads", type=int, default=1, help="rnncore's threads (default 1)")
     args = ap.parse_args()
@@ -193,10 +244,11 @@ def main():
     for name in args.datasets.split(","):
         if name not in GRIDS:
             sys.exit(f"--datasets: expected names among {DATASETS}, got {name!r}")
-        rows.append(run(name, args.seeds, args.cv_repeats, log))
+        rows.append(run(name, args.seeds, args.cv_folds, args.cv_repeats, args.selection, log))
         if args.json:
             with open(args.json + ".tmp", "w") as f:
-                json.dump({"common": COMMON, "grids": GRIDS, "cv_repeats": args.cv_repeats, "rows": rows},
+                json.dump({"common": COMMON, "grids": GRIDS, "cv_folds": args.cv_folds,
+                           "cv_repeats": args.cv_repeats, "selection": args.selection, "rows": rows},
                           f, indent=1)
             os.replace(args.json + ".tmp", args.json)
     print()
