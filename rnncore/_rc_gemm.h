@@ -87,7 +87,7 @@ static inline void NAME##_tile##MR(ptrdiff_t K, const T *a, ptrdiff_t lda, const
     }                                                                                            \
 }
 
-#define RC_DEFINE_GEMM(NAME, T, V, NR)                                                           \
+#define RC_DEFINE_GEMM(NAME, T, V, NR, TRANSPOSE8)                                               \
 static inline V NAME##_load(const T *p) { V v; memcpy(&v, p, sizeof v); return v; }             \
 static inline void NAME##_store(T *p, V v) { memcpy(p, &v, sizeof v); }                          \
 RC_TILE(NAME, T, V, 6)                                                                           \
@@ -173,19 +173,24 @@ static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *A, ptrdiff_t ld
     NAME##2(M, N, K, A, lda, Bp, pstride, 0, A, 0, Bp, pstride, Ci, ldci, C, ldc);                \
 }                                                                                                \
 /* pack B = W^T, W (N x K) row-major (ldw): the forward product A . W^T; panels [p0, p1) only, so  \
-   that threads can pack disjoint panels. Each W row is read along k (contiguous) into its panel   \
-   column. */                                                                                    \
+   that threads can pack disjoint panels. 8 x 8 blocks are transposed in registers (TRANSPOSE8);  \
+   the rest of a panel's columns and rows go one value at a time. */                              \
 static void NAME##_pack_t_panels(ptrdiff_t N, ptrdiff_t K, const T *W, ptrdiff_t ldw, T *Bp,     \
                                  ptrdiff_t p0, ptrdiff_t p1)                                     \
 {                                                                                                \
-    ptrdiff_t p, k, c;                                                                           \
+    ptrdiff_t p, k, c, c0, k0;                                                                   \
     for (p = p0; p < p1; p++) {                                                                  \
         T *dst = Bp + p * K * NR;                                                                \
         const ptrdiff_t w = N - p * NR < NR ? N - p * NR : NR;                                   \
-        for (c = 0; c < w; c++) {                                                                \
-            const T *src = W + (p * NR + c) * ldw;                                               \
-            for (k = 0; k < K; k++) dst[k * NR + c] = src[k];                                    \
+        const T *src = W + p * NR * ldw;                                                         \
+        for (c0 = 0; c0 + 8 <= w; c0 += 8) {                                                     \
+            for (k0 = 0; k0 + 8 <= K; k0 += 8)                                                   \
+                TRANSPOSE8(src + c0 * ldw + k0, ldw, dst + k0 * NR + c0, NR);                    \
+            for (k = k0; k < K; k++)                                                             \
+                for (c = c0; c < c0 + 8; c++) dst[k * NR + c] = src[c * ldw + k];                \
         }                                                                                        \
+        for (c = c0; c < w; c++)                                                                 \
+            for (k = 0; k < K; k++) dst[k * NR + c] = src[c * ldw + k];                          \
         for (c = w; c < NR; c++)                                                                 \
             for (k = 0; k < K; k++) dst[k * NR + c] = (T)0;                                      \
     }                                                                                            \
@@ -205,7 +210,44 @@ static void NAME##_pack_n_panels(ptrdiff_t K, ptrdiff_t N, const T *W, ptrdiff_t
     }                                                                                            \
 }
 
-RC_DEFINE_GEMM(rc_sgemm_packed, float, rc_vf, RC_NR_F)
-RC_DEFINE_GEMM(rc_dgemm_packed, double, rc_vd, RC_NR_D)
+/* dst[j * ldd + i] = src[i * lds + j] for i, j < 8: a block of a transposition. float: in registers
+ * (8 rows of 8 values, three rounds of shuffles); double: one value at a time. */
+typedef float rc_v8f __attribute__((vector_size(32)));
+typedef int rc_v8i __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define RC_SHUF8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
+#else
+#define RC_SHUF8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shuffle(a, b, (rc_v8i){i0, i1, i2, i3, i4, i5, i6, i7})
+#endif
+static inline void rc_transpose8_f(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd)
+{
+    rc_v8f r[8], t[8], u[8];
+    int i, j;
+    for (i = 0; i < 8; i++) memcpy(&r[i], src + i * lds, sizeof r[i]);
+    for (i = 0; i < 8; i += 2) {       /* rows a, b: a0 b0 a1 b1 a4 b4 a5 b5 | a2 b2 a3 b3 a6 b6 a7 b7 */
+        t[i] = RC_SHUF8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = RC_SHUF8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (i = 0; i < 8; i += 4)         /* a b c d of columns 0|4, 2|6, 1|5, 3|7 */
+        for (j = 0; j < 2; j++) {
+            u[i + j] = RC_SHUF8(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            u[i + j + 2] = RC_SHUF8(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (j = 0; j < 4; j++) {          /* columns 0, 2, 1, 3 and 4, 6, 5, 7 */
+        static const int col[4] = {0, 2, 1, 3};
+        rc_v8f lo = RC_SHUF8(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        rc_v8f hi = RC_SHUF8(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        memcpy(dst + col[j] * ldd, &lo, sizeof lo);
+        memcpy(dst + (col[j] + 4) * ldd, &hi, sizeof hi);
+    }
+}
+static inline void rc_transpose8_d(const double *src, ptrdiff_t lds, double *dst, ptrdiff_t ldd)
+{
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 8; j++) dst[j * ldd + i] = src[i * lds + j];
+}
+
+RC_DEFINE_GEMM(rc_sgemm_packed, float, rc_vf, RC_NR_F, rc_transpose8_f)
+RC_DEFINE_GEMM(rc_dgemm_packed, double, rc_vd, RC_NR_D, rc_transpose8_d)
 
 #endif

@@ -134,6 +134,12 @@ static void NAME(ptrdiff_t n, ptrdiff_t nb, const T *a, ptrdiff_t sa, const T *x
                  double *restrict acc, T *restrict c, T *restrict c2, ptrdiff_t n2)              \
 {                                                                                                \
     ptrdiff_t b, j;                                                                              \
+    if (nb == 1) {  /* one row: the same sums (0.0 + a value) in one pass */                      \
+        for (j = 0; j < n; j++) acc[j] = 0.0 + (x ? (double)a[j] * (double)x[j] : (double)a[j]); \
+        for (j = 0; j < n; j++) c[j] = (T)(c[j] + acc[j]);                                       \
+        if (c2) for (j = 0; j < n2; j++) c2[j] = (T)(c2[j] + acc[j]);                            \
+        return;                                                                                  \
+    }                                                                                            \
     for (j = 0; j < n; j++) acc[j] = 0;                                                          \
     for (b = 0; b < nb; b++) {                                                                   \
         const T *restrict ab = a + b * sa;                                                       \

@@ -120,7 +120,7 @@ def step_sums_add(C, const floating[:, :, :] A, const floating[:, :, :] B, bint 
     cdef bint by_rows = ms >= L.width
     num_threads = _clamp_threads(num_threads)
     nt = min(tiles if by_rows else nvec, num_threads)
-    if m * n * T * nb < 4000000:     # below ~8 MFLOP a fork/join costs more than it saves
+    if m * n * T * nb < 1000000:     # below ~2 MFLOP (~20 us on one core) one thread is as fast
         nt = 1
     with nogil:
         if nt == 1:

@@ -136,7 +136,8 @@ def test_packing_on_several_threads_gives_the_same_panels(dtype):
     from rnncore import _kernels as K
     rng = np.random.default_rng(2)
     nr = K.pack_t(np.zeros((1, 1), dtype)).shape[1]
-    for N, Kd in ((3, 2), (nr, 300), (5 * nr + 3, 257), (40 * nr, 64)):
+    # 8 x 8 blocks (transposed in registers) and the columns and rows past them
+    for N, Kd in ((3, 2), (8, 8), (13, 9), (nr + 9, 15), (nr, 300), (5 * nr + 3, 257), (40 * nr, 64)):
         W = rng.standard_normal((N, Kd)).astype(dtype)
         one = K.pack_t(W, 1)
         # panel p, row k holds W[p*nr + c, k] for c < nr, zero past N
