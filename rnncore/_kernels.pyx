@@ -138,8 +138,9 @@ def empty_aligned(shape, dtype):
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
-    buf = np.empty(nbytes + ALIGN, np.uint8)
-    off = -buf.ctypes.data % ALIGN
+    cdef cnp.ndarray buf = np.empty(nbytes + ALIGN, np.uint8)
+    cdef size_t addr = <size_t> cnp.PyArray_DATA(buf)
+    cdef Py_ssize_t off = (ALIGN - addr % ALIGN) % ALIGN
     return buf[off:off + nbytes].view(dtype).reshape(shape)
 
 
