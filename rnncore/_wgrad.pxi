@@ -22,7 +22,7 @@
 # --------------------------------------------------------------------------------------------------
 
 cdef enum:
-    SUM_ROWS = 64       # rows per block: a band of S and a strip of L stay in L1 together
+    SUM_ROWS = 256      # rows per block: C is loaded and stored once a block (64 was slower)
 
 
 cdef struct _Rows:
@@ -37,6 +37,8 @@ cdef inline const floating* _row_at(const _Rows* r, Py_ssize_t v, Py_ssize_t T, 
     cdef Py_ssize_t s = v // B, b = v - s * B
     return <const floating*> r.base + (T - 1 - s if descending else s) * r.st + b * r.sb
 
+
+from libc.stdlib cimport malloc, free
 
 cdef extern from "_rc_sums.h" nogil:
     void rc_step_colsum_f(Py_ssize_t n, Py_ssize_t nb, const float* a, Py_ssize_t sa, const float* x,
@@ -53,18 +55,21 @@ cdef extern from "_rc_sums.h" nogil:
                   const double** lpad, double* buf, double* band, const double** bandp)
 
 
-cdef void _sums_part(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L, Py_ssize_t T,
-                     Py_ssize_t B, bint descending, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t v0,
-                     Py_ssize_t v1) noexcept nogil:
+cdef int _sums_part(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L, Py_ssize_t T,
+                    Py_ssize_t B, bint descending, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t v0,
+                    Py_ssize_t v1) noexcept nogil:
     # C[i0:i1, the columns of vectors [v0, v1) of L's width] += S^T L over all T*B rows, SUM_ROWS
-    # rows at a time: their row pointers in the backward scan's order, then rnncore/_rc_sums.h
+    # rows at a time: their row pointers in the backward scan's order, then rnncore/_rc_sums.h.
+    # Returns -1 if out of memory for the band (malloc'd: 96 KB would crowd a small thread stack).
     cdef const floating* sp[SUM_ROWS]
     cdef const floating* lp[SUM_ROWS]
     cdef const floating* lpad[SUM_ROWS]
     cdef const floating* bandp[SUM_ROWS]
     cdef double buf[(SUM_ROWS + 6) * 8]         # (SUM_ROWS + 6) vectors of up to 64 bytes
-    cdef double band[SUM_ROWS * 48]             # SUM_ROWS x RC_SUMS_BAND values
+    cdef double* band = <double*> malloc(SUM_ROWS * RC_SUMS_BAND * sizeof(double))
     cdef Py_ssize_t R = T * B, v, kk, k
+    if band == NULL:
+        return -1
     v = 0
     while v < R:
         kk = R - v if R - v < SUM_ROWS else SUM_ROWS
@@ -77,6 +82,8 @@ cdef void _sums_part(floating* C, Py_ssize_t ldc, const _Rows* S, const _Rows* L
         else:
             rc_dsums(i0, i1, L.width, kk, sp, lp, v0, v1, C, ldc, lpad, buf, band, bandp)
         v += kk
+    free(band)
+    return 0
 
 
 cdef _Rows _rows_of(const floating[:, :, :] A, str name) except *:
@@ -122,17 +129,21 @@ def step_sums_add(C, const floating[:, :, :] A, const floating[:, :, :] B, bint 
     nt = min(tiles if by_rows else nvec, num_threads)
     if m * n * T * nb < 1000000:     # below ~2 MFLOP (~20 us on one core) one thread is as fast
         nt = 1
+    cdef int failed = 0
     with nogil:
         if nt == 1:
-            _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, ms, 0, nvec)
+            failed = _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, ms, 0, nvec)
         elif by_rows:
             for ci in prange(nt, num_threads=nt, schedule="static"):
-                _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending,
-                           min(ms, ci * tiles // nt * 6), min(ms, (ci + 1) * tiles // nt * 6), 0, nvec)
+                failed += _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending,
+                                     min(ms, ci * tiles // nt * 6),
+                                     min(ms, (ci + 1) * tiles // nt * 6), 0, nvec)
         else:
             for ci in prange(nt, num_threads=nt, schedule="static"):
-                _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, ms,
-                           ci * nvec // nt, (ci + 1) * nvec // nt)
+                failed += _sums_part(&cw[0, 0], cw.shape[1], S, L, T, nb, descending, 0, ms,
+                                     ci * nvec // nt, (ci + 1) * nvec // nt)
+    if failed:
+        raise MemoryError("step_sums_add: out of memory for its band of rows")
     if flip:
         C[...] = Cw.T
 
