@@ -1,14 +1,17 @@
 /* rnncore's GEMM for the weight-gradient sums over rows (rnncore/_wgrad.pxi):
  *
- *   C[M x N] += Σ_k S_k^T L_k      k < K, S_k = row k of the narrow operand (M values at s[k]),
- *                                  L_k = row k of the wide operand (N values at l[k])
+ *   C[M x N] += Σ_k S_k^T L_k      k < K, S_k = row k of the operand whose values are broadcast
+ *                                  (M values at s[k]), L_k = row k of the operand read as vectors
+ *                                  (N values at l[k])
  *
  * The operands are given as row pointers (s[k], l[k]): the rows of a (T, B, width) array in the
- * backward scan's order, wherever the layout puts them, are read where they lie. Nothing is packed
- * or transposed: an MR x NV-vector tile of C stays in registers while k runs, taking MR values of
- * S_k (broadcast, s[k][i0 .. i0 + MR)) and NV vectors of L_k (l[k][j0 .. j0 + NV * W)) per row.
- * AVX-512 (32 registers): 6 x 4 vectors (24 accumulators); AVX2 (16): 6 x 2. Columns past the last
- * whole vector go through a small zero-padded copy.
+ * backward scan's order, wherever the layout puts them. Nothing is packed or transposed: an MR x
+ * NV-vector tile of C stays in registers while k runs, taking MR values of S_k (broadcast) and NV
+ * vectors of L_k (read where they lie) per row. AVX-512 (32 registers): 6 x 4 vectors (24
+ * accumulators); AVX2 (16): 6 x 2. C goes in bands of RC_SUMS_BAND rows, each band's values of the
+ * K rows of S copied first into a small buffer (rows of S 4 KB apart would otherwise share L1's
+ * sets and come from L2 again for every tile). Columns past the last whole vector go through a
+ * small zero-padded copy.
  *
  * Every element C[i][j] is ONE chain of multiply-adds over k = 0 .. K-1 starting from its stored
  * value, whatever tile, strip, edge or thread it falls in (the tile shape changes which elements

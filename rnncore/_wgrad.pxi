@@ -15,10 +15,10 @@
 # sequence. The rows' layout (time-major or batch_first) and the thread count (threads split C's
 # rows or columns) change no bit either.
 #
-# C (m x n) += A^T B reads both operands along their rows (T*B of them) where they lie, through row
-# pointers, SUM_ROWS rows at a time: rnncore/_rc_sums.h keeps a tile of C in registers, broadcasting
-# the narrower operand's values against vectors of the wider one's (nothing is packed or
-# transposed); when B is the narrower, C^T (n x m) += B^T A is what runs.
+# C (m x n) += A^T B reads both operands along their rows (T*B of them) through row pointers,
+# SUM_ROWS rows at a time: rnncore/_rc_sums.h keeps a tile of C in registers, broadcasting A's
+# values against vectors of B's (nothing is packed or transposed; a band of A's values is copied
+# per block). Only when B is narrower than two vectors (and A wider) does C^T (n x m) += B^T A run.
 # --------------------------------------------------------------------------------------------------
 
 cdef enum:
