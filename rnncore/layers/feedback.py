@@ -28,7 +28,7 @@ from rnncore.engine.validation import (as_float_array, check_bool, check_choice,
                                       check_lengths, check_shape)
 from rnncore.layers import reference_feedback as _ref
 from rnncore.layers.recurrent import (StreamState, _check_budget, _check_layer_args, _owners,
-                                      _RecurrentStack, _released, _ParamDict)
+                                      _RecurrentStack, _released, _ParamDict, _step_input)
 
 __all__ = ["FeedbackRNN"]
 
@@ -143,10 +143,7 @@ class FeedbackRNN:
             raise TypeError(f"state must be the StreamState that this FeedbackRNN's initial_state() "
                             f"or step() returned, got {type(state).__name__}")
         B = state.h.shape[1]
-        x = as_float_array(x_t, "x_t", self.dtype, f"(batch={B}, input_size={self.input_size})")
-        if x.ndim == 1 and B == 1:
-            x = x[None]
-        check_shape(x, "x_t", (B, self.input_size), f"(batch={B}, input_size={self.input_size})")
+        x = _step_input(x_t, B, self.input_size, self.dtype)
         out, hx, _ = self._forward(x[:, None] if self.batch_first else x[None], state.hx, None,
                                    train=False, net=state._cells)
         y = out[:, 0] if self.batch_first else out[0]

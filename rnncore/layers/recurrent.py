@@ -458,14 +458,7 @@ class _RecurrentStack:
                             f"got {type(state).__name__}")
         h, c = state.h, state.c
         B = h.shape[1]
-        x = x_t
-        if not (isinstance(x, np.ndarray) and x.dtype == self.dtype and x.flags.c_contiguous
-                and x.shape == (B, self.input_size)):
-            x = as_float_array(x_t, "x_t", self.dtype, f"(batch={B}, input_size={self.input_size})")
-            if x.ndim == 1 and B == 1:
-                x = x[None]
-            check_shape(x, "x_t", (B, self.input_size), f"(batch={B}, input_size={self.input_size})")
-            x = np.ascontiguousarray(x)
+        x = _step_input(x_t, B, self.input_size, self.dtype)
         h_new = np.empty_like(h)
         c_new = None if c is None else np.empty_like(c)
         _kernels.step_stack(state._cells, x, h, c, h_new, c_new, state._work)
@@ -731,6 +724,19 @@ def _released(lock):
         yield
     finally:
         lock.release()
+
+
+def _step_input(x_t, B, input_size, dtype):
+    """A stream step's input as a C-contiguous (B, input_size) array of dtype (x_t itself when it
+    already is one); (input_size,) is taken as a batch of one."""
+    if (isinstance(x_t, np.ndarray) and x_t.dtype == dtype and x_t.flags.c_contiguous
+            and x_t.shape == (B, input_size)):
+        return x_t
+    x = as_float_array(x_t, "x_t", dtype, f"(batch={B}, input_size={input_size})")
+    if x.ndim == 1 and B == 1:
+        x = x[None]
+    check_shape(x, "x_t", (B, input_size), f"(batch={B}, input_size={input_size})")
+    return np.ascontiguousarray(x)
 
 
 def _check_layer_args(layer, input_size, hidden_size, num_layers, bias, batch_first, dtype, seed):
