@@ -44,6 +44,7 @@ array may instead be batch-major, (B, T, .), when the layer is batch_first: see 
 from cython.parallel cimport prange
 import numpy as np
 cimport numpy as cnp
+from cpython.ref cimport Py_INCREF
 from libc.string cimport memcpy, memset
 
 from rnncore._blas cimport (floating, gemm, mm_packed, mm_packed_bias, mm_packed2_bias,
@@ -124,6 +125,13 @@ cdef inline Py_ssize_t _npanels(Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
 
 
 ALIGN = 64   # bytes: a cache line, and a whole AVX-512 vector
+cdef enum:
+    _ALIGN = 64
+
+cdef extern from "numpy/arrayobject.h":
+    # (not in Cython's numpy declarations) steals a reference to descr
+    object PyArray_NewFromDescr(type subtype, cnp.dtype descr, int nd, cnp.npy_intp* dims,
+                                cnp.npy_intp* strides, void* data, int flags, object obj)
 
 
 def empty_aligned(shape, dtype):
@@ -133,15 +141,32 @@ def empty_aligned(shape, dtype):
     loads of a packed panel, or of a workspace row of 8 floats, would straddle two cache lines
     (measured: the step GEMM about 3% slower on a panel 16 bytes off). Rows whose length is a multiple
     of 64 bytes (H a multiple of 16 in float32) are then all aligned too."""
-    dtype = np.dtype(dtype)
+    cdef cnp.dtype dt = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    nbytes = dtype.itemsize
-    for n in shape:
-        nbytes *= n
-    cdef cnp.ndarray buf = np.empty(nbytes + ALIGN, np.uint8)
-    cdef size_t addr = <size_t> cnp.PyArray_DATA(buf)
-    cdef Py_ssize_t off = (ALIGN - addr % ALIGN) % ALIGN
-    return buf[off:off + nbytes].view(dtype).reshape(shape)
+    return _empty_aligned(shape, dt)
+
+
+cdef cnp.ndarray _empty_aligned(tuple shape, cnp.dtype dtype):
+    # the array is a view, made with numpy's C API, into a byte buffer that it keeps alive (numpy's
+    # slice, view and reshape cost 2 us a call, a sixth of packing a Cell at H = 64)
+    cdef int nd = len(shape), i
+    cdef cnp.npy_intp dims[32]
+    cdef Py_ssize_t nbytes = dtype.itemsize
+    if nd > 32:
+        raise ValueError(f"empty_aligned: at most 32 dimensions, got {nd}")
+    for i in range(nd):
+        dims[i] = shape[i]
+        if dims[i] < 0:
+            raise ValueError(f"empty_aligned: negative dimensions are not allowed, got {shape}")
+        nbytes *= dims[i]
+    cdef cnp.ndarray buf = np.empty(nbytes + _ALIGN, np.uint8)
+    cdef char* data = <char*> cnp.PyArray_DATA(buf)
+    data += (_ALIGN - <size_t> data % _ALIGN) % _ALIGN
+    Py_INCREF(dtype)        # PyArray_NewFromDescr steals a reference to the descriptor
+    cdef cnp.ndarray out = PyArray_NewFromDescr(np.ndarray, dtype, nd, dims, NULL, data,
+                                                cnp.NPY_ARRAY_CARRAY, None)
+    cnp.set_array_base(out, buf)
+    return out
 
 
 def _usable_cpus():
@@ -182,24 +207,41 @@ cdef inline void _pack_panels(const floating* W, Py_ssize_t ld, Py_ssize_t N, Py
         rc_dgemm_packed_pack_n_panels(K, N, W, ld, o, p0, p1)
 
 
-def _pack(const floating[:, ::1] W, bint trans, int num_threads=1):
+def _pack(W, bint trans, int num_threads=1):
     """B = W^T (trans; W is (N, K)) or B = W (W is (K, N)) packed into panels (rnncore/_rc_gemm.h):
     an array (panels * K, panel width) of W's dtype. Panels are split over num_threads threads (a
     copy: the same result on any number)."""
-    cdef Py_ssize_t ld = W.shape[1], nr = panel_width(&W[0, 0])
-    cdef Py_ssize_t N = W.shape[0] if trans else W.shape[1], K = W.shape[1] if trans else W.shape[0]
+    if not cnp.PyArray_Check(W) or cnp.PyArray_NDIM(<cnp.ndarray> W) != 2 \
+            or cnp.PyArray_TYPE(<cnp.ndarray> W) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
+        raise TypeError(f"pack: expected a 2-D float32 or float64 array, got {W!r:.80}")
+    cdef cnp.ndarray w = <cnp.ndarray> W
+    if not cnp.PyArray_IS_C_CONTIGUOUS(w):
+        raise ValueError("pack: the array must be C-contiguous")
+    cdef bint f32 = cnp.PyArray_TYPE(w) == cnp.NPY_FLOAT32
+    cdef Py_ssize_t ld = cnp.PyArray_DIMS(w)[1]
+    cdef Py_ssize_t nr = panel_width(<float*> NULL) if f32 else panel_width(<double*> NULL)
+    cdef Py_ssize_t N = cnp.PyArray_DIMS(w)[0] if trans else ld, K = ld if trans else cnp.PyArray_DIMS(w)[0]
     cdef Py_ssize_t npan = _npanels(N, nr), p
-    out = empty_aligned((npan * K, nr), np.float32 if floating is float else np.float64)
-    cdef floating[:, ::1] o = out
+    cdef cnp.ndarray out = _empty_aligned((npan * K, nr), <cnp.dtype> w.dtype)
+    cdef void* src = cnp.PyArray_DATA(w)
+    cdef void* dst = cnp.PyArray_DATA(out)
+    if N == 0 or K == 0:
+        return out
     num_threads = _clamp_threads(num_threads)
     if N * K < 65536:   # below ~64K values a fork/join costs more than it saves
         num_threads = 1
     with nogil:
         if num_threads == 1:
-            _pack_panels(&W[0, 0], ld, N, K, trans, &o[0, 0], 0, npan)
+            if f32:
+                _pack_panels(<const float*> src, ld, N, K, trans, <float*> dst, 0, npan)
+            else:
+                _pack_panels(<const double*> src, ld, N, K, trans, <double*> dst, 0, npan)
         else:
             for p in prange(npan, num_threads=num_threads, schedule="static"):
-                _pack_panels(&W[0, 0], ld, N, K, trans, &o[0, 0], p, p + 1)
+                if f32:
+                    _pack_panels(<const float*> src, ld, N, K, trans, <float*> dst, p, p + 1)
+                else:
+                    _pack_panels(<const double*> src, ld, N, K, trans, <double*> dst, p, p + 1)
     return out
 
 

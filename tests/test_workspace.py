@@ -5,6 +5,7 @@ What must hold besides speed: nothing the caller holds is ever overwritten by a 
 backprop still outstanding when another forward_train starts keeps its own arrays, and a backprop
 runs once (its arrays may already serve the next step).
 """
+import gc
 import pickle
 
 import numpy as np
@@ -154,3 +155,10 @@ def test_workspace_arrays_and_packed_weights_start_on_a_cache_line(cell):
             a = _kernels.empty_aligned(shape, dtype)
             assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
             assert a.size == 0 or a.ctypes.data % 64 == 0
+            a[...] = 7                       # the whole extent is the array's own (a view that keeps
+            gc.collect()                     # its buffer alive)
+            assert (a == 7).all() and (a.copy() == 7).all()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.pack_t(np.ones((8, 6), np.float32)[:, ::2])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _kernels.pack_n(np.ones((8, 6), np.int64))

@@ -380,7 +380,7 @@ class _RecurrentStack:
         # workspaces: inference reuses one per thread; training takes one from the layer's pool and
         # its backprop gives it back (what forward keeps for backward lives there, not in new arrays)
         scratch = self._train_workspace() if train else self._scratch()
-        with _threads.blas_single_thread():
+        with _threads.blas_single_thread_if_used():
             for layer in range(self.num_layers):
                 if layer > 0 and train and self.dropout > 0:
                     kept = self._rng.random((T, B, self.output_size)) >= self.dropout
@@ -682,7 +682,7 @@ class _Backprop:
                                f"layer (both would add into layer.grads); run backward passes of one layer "
                                f"one after the other, or train a separate layer per thread")
         ws = self._ws
-        with _threads.blas_single_thread(), _released(guard):
+        with _threads.blas_single_thread_if_used(), _released(guard):
             for layer in reversed(range(lay.num_layers)):
                 in_size = lay.input_size if layer == 0 else lay.output_size
                 if layer == 0:  # the caller's
