@@ -322,3 +322,32 @@ def test_training_a_language_model_is_bit_identical_whatever_the_thread_count(dt
         assert losses == runs[0][0] and norm == runs[0][1]
         for k, p in params.items():
             np.testing.assert_array_equal(p, runs[0][2][k], err_msg=k)
+
+
+def test_blas_threads_hold_inside_fit_and_evaluate_and_are_restored(rng):
+    """Trainer(blas_threads=n) puts every BLAS library on n threads while fit and evaluate run (on the
+    libraries rnncore found once: threadpoolctl's limit scanned the process's libraries on every
+    call, 40% of a small estimator's fit) and gives the user's counts back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    def counts():
+        return [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = counts()
+    assert before, "no BLAS library found: the test would show nothing"
+    n = 1 if any(k != 1 for _, k in before) else 2       # a count that differs from the user's
+    seen = []
+    V = 5
+    model = SequenceModel("gru", hidden_size=4, vocab_size=V, embedding_dim=3, seed=0)
+    trainer = Trainer(model, Adam(model.params, model.grads, lr=0.01), blas_threads=n, eval_every=1,
+                      on_eval=lambda tr, loss: seen.append(counts()))
+    batches = _random_batches(rng, 2, 6, 3, V)
+    trainer.fit(batches, val=batches, epochs=1)
+    assert seen and all(k == n for c in seen for _, k in c), (n, seen)
+    assert counts() == before
+    trainer.evaluate(batches)
+    assert counts() == before
+    with pytest.raises(ValueError, match=">= 1"):
+        Trainer(model, Adam(model.params, model.grads), blas_threads=0)
+    with pytest.raises(TypeError, match="integer"):
+        Trainer(model, Adam(model.params, model.grads), blas_threads="2")

@@ -88,6 +88,7 @@ import numpy as np
 
 from rnncore import distributed as dist
 from rnncore.training import checkpoint as ckpt
+from rnncore.engine import threads as _threads
 from rnncore.engine.config import config_context
 from rnncore.engine.validation import check_checkpoint, check_choice, check_reduction
 from rnncore.layers.recurrent import mark_modified, param_budget
@@ -175,7 +176,7 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.progress, self.loss_in_bits, self.on_eval = progress, loss_in_bits, on_eval
         self.eval_chunk = eval_chunk
-        self.blas_threads = blas_threads
+        self.blas_threads = None if blas_threads is None else _threads.check_num_threads(blas_threads)
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self.best_checkpoint_path = best_checkpoint_path
@@ -230,8 +231,7 @@ class Trainer:
     def _blas_limit(self):
         if self.blas_threads is None:
             return contextlib.nullcontext()
-        from threadpoolctl import threadpool_limits
-        return threadpool_limits(limits=self.blas_threads, user_api="blas")
+        return _threads.blas_threads(self.blas_threads)
 
     def _fit(self, train, val, epochs, max_steps):
         if epochs is None and max_steps is None:
