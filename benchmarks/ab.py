@@ -9,6 +9,15 @@ Each tree is a source checkout with its compiled core built in place (``python s
 timed in turn (ABBA order over rounds), each in a fresh process that warms up and then times a few
 samples; a row reports the median of each build's samples and old / new (above 1: the new build is
 faster). Processes, not one process, because two builds of one extension cannot be imported together.
+
+How many rounds: on the shared 2-vCPU machines of this project a process runs fast or slow as a
+whole (by 10-50% at S and B1), so a row's median moves with how many of each build's processes
+landed in the slow state. With 6-8 rounds, rows whose code had not changed moved by -8% to +16%
+between runs; with 30 rounds (60 processes a row, about 25 minutes for the whole table) most rows
+hold within a few percent, but a single run still had one S or B1 row of 24 off by 4-30%, a
+different row each time. Take two runs and pool their samples per row (`--json`, then the medians
+of the pooled lists). Run it on a quiet machine: another process on the second CPU makes a
+2-thread call wait for a descheduled thread at every step.
 """
 import argparse
 import json
