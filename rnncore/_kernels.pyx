@@ -124,9 +124,9 @@ cdef inline Py_ssize_t _npanels(Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
     return (n + nr - 1) // nr
 
 
-ALIGN = 64   # bytes: a cache line, and a whole AVX-512 vector
 cdef enum:
-    _ALIGN = 64
+    _ALIGN = 64  # bytes: a cache line, and a whole AVX-512 vector
+ALIGN = _ALIGN
 
 cdef extern from "numpy/arrayobject.h":
     # (not in Cython's numpy declarations) steals a reference to descr

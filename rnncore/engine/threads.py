@@ -116,6 +116,23 @@ def _set_blas_threads(lib, n):
     (real or lib.set_num_threads)(n)
 
 
+def _set_all_blas_threads(n):
+    """Every BLAS library on n threads; returns [(library, its count before)] for the ones changed,
+    for _restore_blas_threads. The caller holds _lock."""
+    saved = []
+    for lib in _get_blas_libs():
+        old = lib.get_num_threads()
+        if old != n:
+            _set_blas_threads(lib, n)
+            saved.append((lib, old))
+    return saved
+
+
+def _restore_blas_threads(saved):
+    for lib, old in saved:
+        _set_blas_threads(lib, old)
+
+
 @contextlib.contextmanager
 def blas_single_thread():
     """Keep every BLAS library on one thread while rnncore computes; restore it afterwards.
@@ -124,13 +141,7 @@ def blas_single_thread():
     and the user's setting comes back when the last one leaves."""
     with _lock:
         if _active[0] == 0:
-            saved = []
-            for lib in _get_blas_libs():
-                n = lib.get_num_threads()
-                if n != 1:
-                    _set_blas_threads(lib, 1)
-                    saved.append((lib, n))
-            _active[1] = saved
+            _active[1] = _set_all_blas_threads(1)
         _active[0] += 1
     try:
         yield
@@ -138,8 +149,7 @@ def blas_single_thread():
         with _lock:
             _active[0] -= 1
             if _active[0] == 0:
-                for lib, n in _active[1]:
-                    _set_blas_threads(lib, n)
+                _restore_blas_threads(_active[1])
                 _active[1] = []
 
 
@@ -151,18 +161,12 @@ def blas_threads(n):
     (about 40 ms, measured: 40% of a small estimator's fit)."""
     n = check_num_threads(n)
     with _lock:
-        saved = []
-        for lib in _get_blas_libs():
-            old = lib.get_num_threads()
-            if old != n:
-                _set_blas_threads(lib, n)
-                saved.append((lib, old))
+        saved = _set_all_blas_threads(n)
     try:
         yield
     finally:
         with _lock:
-            for lib, old in saved:
-                _set_blas_threads(lib, old)
+            _restore_blas_threads(saved)
 
 
 def blas_single_thread_if_used():
